@@ -1,0 +1,271 @@
+//! Model files and training checkpoints.
+//!
+//! * A **model file** is a Burn record in the named-MessagePack format (what Burn's
+//!   `NamedMpkFileRecorder` writes, full precision), written atomically. [`load_module`] checks
+//!   that every parameter has the shape the receiving module expects, so a file of another
+//!   architecture is an error that names the parameter, never a silent mis-load.
+//! * A **checkpoint** (`*.ckpt`) bundles everything a resumed run needs in one file: the model
+//!   record, the optimiser/scheduler record, optionally the early-stopping best weights, and a JSON
+//!   header with the epoch, step, seed and callback states. Layout: the magic line `KILNCKPT1\n`,
+//!   a little-endian `u64` header length, the JSON header, then the sections it lists. One file
+//!   and one atomic rename per checkpoint, so a crash never leaves a partial checkpoint.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::io::write_atomic_with;
+
+type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+/// Encodes a record in Burn's named-MessagePack format.
+pub fn record_to_bytes<B: Backend, R: Record<B>>(record: R) -> Result<Vec<u8>> {
+    Recorder::<B>::record(&Rec::default(), record, ()).context("cannot encode record")
+}
+
+/// Decodes a record written by [`record_to_bytes`].
+pub fn record_from_bytes<B: Backend, R: Record<B>>(
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> Result<R> {
+    Recorder::<B>::load(&Rec::default(), bytes, device).map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Parameter paths and shapes of a module, in visiting order.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    struct Shapes {
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl Shapes {
+        fn push(&mut self, dims: Vec<usize>) {
+            self.out.push((self.path.join("."), dims));
+        }
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.push(param.val().dims().to_vec());
+        }
+        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+            self.push(param.val().dims().to_vec());
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
+            self.push(param.val().dims().to_vec());
+        }
+    }
+    let mut v = Shapes {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Initialises every lazily-initialised parameter now.
+///
+/// Burn initialises parameters on first use, and a clone of an uninitialised module initialises
+/// independently with its own random draws. Call this right after building a model (with the
+/// backend seeded) so that the weights are fixed once, before anything clones or saves them.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    let _ = param_shapes::<B, M>(&module);
+    module
+}
+
+/// Loads `record` into `module`, failing (instead of mis-loading) when any parameter's shape
+/// differs from what the module expects.
+pub fn load_checked<B: Backend, M: Module<B>>(
+    module: M,
+    record: M::Record,
+    what: &str,
+) -> Result<M> {
+    let expected = param_shapes::<B, M>(&module);
+    let loaded = module.load_record(record);
+    let got = param_shapes::<B, M>(&loaded);
+    if expected.len() != got.len() {
+        bail!(
+            "{what} holds {} parameter tensors, the model has {}: it was saved from another architecture",
+            got.len(),
+            expected.len()
+        );
+    }
+    for ((name, want), (_, have)) in expected.iter().zip(&got) {
+        if want != have {
+            bail!(
+                "{what}: parameter `{name}` has shape {have:?}, the model expects {want:?}: \
+                 it was saved from another architecture or configuration"
+            );
+        }
+    }
+    Ok(loaded)
+}
+
+/// Writes a module's weights to `path` (Burn named-MessagePack record, atomic).
+pub fn save_module<B: Backend, M: Module<B>>(module: &M, path: impl AsRef<Path>) -> Result<()> {
+    let bytes = record_to_bytes::<B, _>(module.clone().into_record())?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// Loads weights written by [`save_module`] into `module` (shapes are checked).
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    path: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<M> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let record = record_from_bytes::<B, M::Record>(bytes, device).with_context(|| {
+        format!(
+            "{} is not a weight file of this model (wrong architecture or not a Burn record)",
+            path.display()
+        )
+    })?;
+    load_checked(module, record, &path.display().to_string())
+}
+
+/// Sets `require_grad` on every float parameter of a module (freeze with `false`).
+pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: bool) -> M {
+    struct Flag(bool);
+    impl<B: Backend> ModuleMapper<B> for Flag {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.set_require_grad(self.0)
+        }
+    }
+    module.map(&mut Flag(trainable))
+}
+
+/// The JSON header of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Number of epochs completed when the checkpoint was written.
+    pub epochs_completed: usize,
+    /// Optimiser steps taken.
+    pub global_step: usize,
+    /// The run's seed (every random stream derives from it and the epoch).
+    pub seed: u64,
+    /// Epoch-level metrics of the last completed epoch.
+    pub metrics: BTreeMap<String, f64>,
+    /// Callback states by callback name.
+    pub callbacks: BTreeMap<String, serde_json::Value>,
+    /// Free-form task state (e.g. label maps).
+    pub task: serde_json::Value,
+    /// Names and lengths of the binary sections that follow the header.
+    #[serde(default)]
+    pub sections: Vec<(String, u64)>,
+}
+
+const MAGIC: &[u8] = b"KILNCKPT1\n";
+
+/// Writes a checkpoint atomically: header plus named binary sections.
+pub fn write_checkpoint(
+    path: impl AsRef<Path>,
+    mut meta: CheckpointMeta,
+    sections: Vec<(&str, Vec<u8>)>,
+) -> Result<()> {
+    meta.sections = sections
+        .iter()
+        .map(|(name, bytes)| (name.to_string(), bytes.len() as u64))
+        .collect();
+    let header = serde_json::to_vec(&meta)?;
+    write_atomic_with(path, |file| {
+        let mut w = std::io::BufWriter::new(file);
+        w.write_all(MAGIC)?;
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, bytes) in &sections {
+            w.write_all(bytes)?;
+        }
+        w.flush()?;
+        Ok(())
+    })
+}
+
+/// Reads a checkpoint written by [`write_checkpoint`].
+pub fn read_checkpoint(
+    path: impl AsRef<Path>,
+) -> Result<(CheckpointMeta, BTreeMap<String, Vec<u8>>)> {
+    let path = path.as_ref();
+    let data = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("{} is not a kiln checkpoint: {why}", path.display());
+    if !data.starts_with(MAGIC) {
+        return Err(bad("missing KILNCKPT header"));
+    }
+    let mut at = MAGIC.len();
+    let len_bytes: [u8; 8] = data
+        .get(at..at + 8)
+        .ok_or_else(|| bad("truncated header"))?
+        .try_into()
+        .expect("8 bytes");
+    at += 8;
+    let header_len = u64::from_le_bytes(len_bytes) as usize;
+    let header = data
+        .get(at..at + header_len)
+        .ok_or_else(|| bad("truncated header"))?;
+    at += header_len;
+    let meta: CheckpointMeta =
+        serde_json::from_slice(header).map_err(|e| bad(&format!("bad header ({e})")))?;
+    let mut sections = BTreeMap::new();
+    for (name, len) in &meta.sections {
+        let len = *len as usize;
+        let bytes = data
+            .get(at..at + len)
+            .ok_or_else(|| bad(&format!("section `{name}` is truncated")))?;
+        sections.insert(name.clone(), bytes.to_vec());
+        at += len;
+    }
+    if at != data.len() {
+        return Err(bad("trailing bytes after the last section"));
+    }
+    Ok((meta, sections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_container_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.ckpt");
+        let meta = CheckpointMeta {
+            epochs_completed: 3,
+            global_step: 30,
+            seed: 9,
+            metrics: [("val_loss".to_string(), 0.5)].into(),
+            callbacks: BTreeMap::new(),
+            task: serde_json::json!({"labels": ["a", "b"]}),
+            sections: vec![],
+        };
+        write_checkpoint(
+            &path,
+            meta,
+            vec![("model", vec![1, 2, 3]), ("optim", vec![])],
+        )
+        .unwrap();
+        let (m, s) = read_checkpoint(&path).unwrap();
+        assert_eq!(m.epochs_completed, 3);
+        assert_eq!(s["model"], vec![1, 2, 3]);
+        assert!(s["optim"].is_empty());
+
+        // A truncated file is rejected, not half-loaded.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        let err = read_checkpoint(&path).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(read_checkpoint(&path).is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! # kiln: a Lightning-like trainer for Burn
+//!
+//! Shared plumbing of the workspace's model crates (`moola`, `reid`):
+//!
+//! * [`trainer`]: the [`Trainer`](trainer::Trainer) loop over a [`Task`](trainer::Task), with
+//!   [`callbacks`] (early stopping with restore-best, checkpointing best-k / last / every N),
+//!   resume from a checkpoint, a CSV metrics log, progress bars, and the `precision` and
+//!   `strategy` settings;
+//! * [`optim`]: automatic ([`Standard`](optim::Standard)) and manual optimisation policies on
+//!   Burn's optimisers and learning-rate schedulers;
+//! * [`checkpoint`]: atomic model files (Burn records) and checkpoint files, with shape checks;
+//! * [`config`]: the yacs-style configuration (typed defaults, YAML, `KEY VALUE` overrides) on
+//!   figment;
+//! * [`backend`]: `--device cpu|cuda` → a concrete Burn backend, with a clear error when CUDA is
+//!   missing;
+//! * [`metrics`]: classification metrics (accuracy, P/R/F1, ECE, Brier, log-loss, confusion);
+//! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
+//!   [`io`]: atomic writes; [`progress`]: progress bars and logging.
+
+pub mod backend;
+pub mod callbacks;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod io;
+pub mod metric_log;
+pub mod metrics;
+pub mod optim;
+pub mod progress;
+pub mod seed;
+pub mod trainer;
+
+pub use backend::{BackendJob, DeviceKind, launch};
+pub use callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint};
+pub use optim::{Interval, LrControl, Optimization, Standard};
+pub use trainer::{
+    EpochInfo, FitOutcome, Loader, Precision, StepOutput, Strategy, Task, Trainer, TrainerConfig,
+};

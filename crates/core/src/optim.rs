@@ -1,0 +1,234 @@
+//! How a training step turns a loss into new weights.
+//!
+//! The [`Trainer`](crate::trainer::Trainer) owns the loop; an [`Optimization`] owns the optimiser
+//! state and decides what one update is. [`Standard`] is Lightning's automatic optimisation (one
+//! Burn optimiser, one Burn learning-rate scheduler stepped per batch or per epoch, optional
+//! global-norm gradient clipping). Tasks with several optimisers or gradient surgery (reid's
+//! centre-loss SGD) implement [`Optimization`] themselves: that is Lightning's manual optimisation.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use crate::checkpoint::{record_from_bytes, record_to_bytes};
+
+/// Learning-rate control a task may use between epochs (e.g. when unfreezing an encoder).
+pub trait LrControl {
+    /// The learning rate the next update uses.
+    fn lr(&self) -> f64;
+    /// Multiplies the learning rate from now on.
+    fn scale_lr(&mut self, factor: f64);
+}
+
+/// One optimisation policy: backward pass, gradient handling and parameter update.
+pub trait Optimization<B: AutodiffBackend, M: AutodiffModule<B>>: LrControl {
+    /// Back-propagates `loss` and returns the updated model.
+    fn step(&mut self, model: M, loss: Tensor<B, 1>) -> Result<M>;
+    /// Called before the first batch of every epoch (0-based).
+    fn on_epoch_start(&mut self, _epoch: usize) {}
+    /// Called after the last batch of every epoch (0-based).
+    fn on_epoch_end(&mut self, _epoch: usize) {}
+    /// Serialises the optimiser and scheduler state as named byte sections.
+    fn state(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Restores the state written by [`Optimization::state`].
+    fn load_state(
+        &mut self,
+        sections: &BTreeMap<String, Vec<u8>>,
+        device: &B::Device,
+    ) -> Result<()>;
+}
+
+/// When a learning-rate scheduler advances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Interval {
+    /// Once per optimiser step.
+    Step,
+    /// Once per epoch (at its start), like PyTorch's epoch schedulers.
+    Epoch,
+}
+
+/// Automatic optimisation: one optimiser and one scheduler.
+pub struct Standard<O, S> {
+    optim: O,
+    scheduler: S,
+    interval: Interval,
+    clip_norm: Option<f64>,
+    factor: f64,
+    scheduled_lr: f64,
+    started: bool,
+}
+
+impl<O, S: LrScheduler> Standard<O, S> {
+    /// Combines an optimiser and a scheduler.
+    pub fn new(optim: O, scheduler: S, interval: Interval) -> Self {
+        Self {
+            optim,
+            scheduler,
+            interval,
+            clip_norm: None,
+            factor: 1.0,
+            scheduled_lr: 0.0,
+            started: false,
+        }
+    }
+
+    /// Clips the global gradient norm (over all parameters) to `max_norm`, like
+    /// `torch.nn.utils.clip_grad_norm_`.
+    pub fn with_clip_norm(mut self, max_norm: f64) -> Self {
+        self.clip_norm = Some(max_norm);
+        self
+    }
+}
+
+impl<O, S: LrScheduler> LrControl for Standard<O, S> {
+    fn lr(&self) -> f64 {
+        self.scheduled_lr * self.factor
+    }
+    fn scale_lr(&mut self, factor: f64) {
+        self.factor *= factor;
+    }
+}
+
+impl<B, M, O, S> Optimization<B, M> for Standard<O, S>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+    S: LrScheduler,
+{
+    fn step(&mut self, model: M, loss: Tensor<B, 1>) -> Result<M> {
+        if self.interval == Interval::Step || !self.started {
+            self.scheduled_lr = self.scheduler.step();
+            self.started = true;
+        }
+        let grads = loss.backward();
+        let mut grads = GradientsParams::from_grads(grads, &model);
+        if let Some(max_norm) = self.clip_norm {
+            clip_grad_norm::<B, M>(&model, &mut grads, max_norm);
+        }
+        Ok(self.optim.step(self.lr(), model, grads))
+    }
+
+    fn on_epoch_start(&mut self, _epoch: usize) {
+        if self.interval == Interval::Epoch {
+            self.scheduled_lr = self.scheduler.step();
+            self.started = true;
+        }
+    }
+
+    fn state(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(vec![
+            (
+                "optimizer".into(),
+                record_to_bytes::<B, _>(self.optim.to_record())?,
+            ),
+            (
+                "scheduler".into(),
+                record_to_bytes::<B, _>(self.scheduler.to_record::<B>())?,
+            ),
+            (
+                "lr".into(),
+                [self.factor, self.scheduled_lr]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .chain([u8::from(self.started)])
+                    .collect(),
+            ),
+        ])
+    }
+
+    fn load_state(
+        &mut self,
+        sections: &BTreeMap<String, Vec<u8>>,
+        device: &B::Device,
+    ) -> Result<()> {
+        let get = |name: &str| {
+            sections
+                .get(name)
+                .cloned()
+                .with_context(|| format!("checkpoint has no optimiser section `{name}`"))
+        };
+        let record = record_from_bytes::<B, O::Record>(get("optimizer")?, device)
+            .context("optimiser state does not match this optimiser")?;
+        self.optim = self.optim.clone().load_record(record);
+        let record = record_from_bytes::<B, S::Record<B>>(get("scheduler")?, device)
+            .context("scheduler state does not match this scheduler")?;
+        self.scheduler = self.scheduler.clone().load_record::<B>(record);
+        let lr = get("lr")?;
+        anyhow::ensure!(lr.len() == 17, "malformed learning-rate section");
+        self.factor = f64::from_le_bytes(lr[0..8].try_into().expect("8 bytes"));
+        self.scheduled_lr = f64::from_le_bytes(lr[8..16].try_into().expect("8 bytes"));
+        self.started = lr[16] != 0;
+        Ok(())
+    }
+}
+
+/// Ids of a module's float parameters.
+pub fn float_param_ids<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping (PyTorch's `clip_grad_norm_`, with its `1e-6` in the denominator).
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    struct Visit<'a, B: AutodiffBackend> {
+        grads: &'a mut GradientsParams,
+        sq: Option<Tensor<B::InnerBackend, 1>>,
+        scale: Option<f64>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Visit<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            match self.scale {
+                None => {
+                    if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                        let s = g.square().sum();
+                        self.sq = Some(match self.sq.take() {
+                            Some(acc) => acc + s,
+                            None => s,
+                        });
+                    }
+                }
+                Some(scale) => {
+                    if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                        self.grads.register(param.id, g.mul_scalar(scale));
+                    }
+                }
+            }
+        }
+    }
+    let mut v = Visit::<B> {
+        grads,
+        sq: None,
+        scale: None,
+    };
+    model.visit(&mut v);
+    let Some(sq) = v.sq.take() else {
+        return 0.0;
+    };
+    let norm = f64::from(sq.into_scalar().elem::<f32>()).sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        v.scale = Some(coef);
+        model.visit(&mut v);
+    }
+    norm
+}
+
+use burn::tensor::ElementConversion as _;

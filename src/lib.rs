@@ -1,0 +1,4 @@
+//! Umbrella crate.
+pub use kiln;
+pub use moola;
+pub use reid;
