@@ -25,6 +25,7 @@ pub mod data;
 pub mod io;
 pub mod metric_log;
 pub mod metrics;
+pub mod nn;
 pub mod optim;
 pub mod progress;
 pub mod seed;

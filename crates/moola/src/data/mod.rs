@@ -1,0 +1,1 @@
+//! moola's data contract: parquet windows, UCR/UEA `.ts` files, OHLC CSV slicing.

@@ -1,0 +1,223 @@
+//! moola's deep classifiers (reference §2): SimpleLSTM, CNN-Transformer, RWKV-TS.
+//!
+//! Every network takes `[batch, time, features]` raw-price windows and returns class logits
+//! (plus start/end pointer logits for the CNN-Transformer with pointer heads). Field names mirror
+//! the reference's PyTorch state-dict keys, so that importing a PyTorch checkpoint is a mapping
+//! table (see [`crate::import`]).
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub mod cnn_transformer;
+pub mod rwkv_ts;
+pub mod simple_lstm;
+
+pub use cnn_transformer::{CnnTransformer, CnnTransformerConfig};
+pub use rwkv_ts::{RwkvTs, RwkvTsConfig};
+pub use simple_lstm::{SimpleLstm, SimpleLstmConfig};
+
+/// The inner ("prediction") window of a sequence: steps `start..end`.
+///
+/// The reference hard-codes bars 30–74 of a 105-bar window. Window weighting, the
+/// buffer→inner attention mask, the inner-window mean pool and the pointer heads use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InnerWindow {
+    /// First step of the inner window.
+    pub start: usize,
+    /// One past the last step.
+    pub end: usize,
+}
+
+impl InnerWindow {
+    /// The reference layout: bars 30..75 of 105.
+    pub const REFERENCE: InnerWindow = InnerWindow { start: 30, end: 75 };
+    /// The reference window length.
+    pub const REFERENCE_LEN: usize = 105;
+
+    /// The default for a sequence length: the reference layout for 105 bars, none otherwise
+    /// (then weighting and masking are off and pooling runs over all steps).
+    pub fn default_for(seq_len: usize) -> Option<Self> {
+        (seq_len == Self::REFERENCE_LEN).then_some(Self::REFERENCE)
+    }
+
+    /// Number of steps in the window.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True for an empty window.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Output of a classifier network.
+#[derive(Debug, Clone)]
+pub struct ModelOutput<B: Backend> {
+    /// Class logits `[batch, classes]`.
+    pub logits: Tensor<B, 2>,
+    /// Start/end pointer logits `[batch, inner_len]` each (CNN-Transformer with pointer heads).
+    pub pointers: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+/// Which network, with its hyper-parameters (the reference's `hyperparams` dict).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum ModelSpec {
+    /// SimpleLSTM (§2.1).
+    SimpleLstm(SimpleLstmConfig),
+    /// CNN-Transformer (§2.2).
+    CnnTransformer(CnnTransformerConfig),
+    /// RWKV-TS (§2.3).
+    RwkvTs(RwkvTsConfig),
+}
+
+impl ModelSpec {
+    /// The reference defaults of a model by CLI name.
+    pub fn from_name(name: &str) -> anyhow::Result<Self> {
+        match name {
+            "simple_lstm" => Ok(Self::SimpleLstm(SimpleLstmConfig::default())),
+            "cnn_transformer" => Ok(Self::CnnTransformer(CnnTransformerConfig::default())),
+            "rwkv_ts" => Ok(Self::RwkvTs(RwkvTsConfig::default())),
+            other => anyhow::bail!(
+                "unknown model `{other}`: expected simple_lstm, cnn_transformer or rwkv_ts"
+            ),
+        }
+    }
+
+    /// The CLI name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SimpleLstm(_) => "simple_lstm",
+            Self::CnnTransformer(_) => "cnn_transformer",
+            Self::RwkvTs(_) => "rwkv_ts",
+        }
+    }
+
+    /// Builds the network for `input_dim` features, `n_classes` classes and sequences of
+    /// `seq_len` steps (window-dependent parts take their defaults from `seq_len`).
+    pub fn init<B: Backend>(
+        &self,
+        input_dim: usize,
+        n_classes: usize,
+        seq_len: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<Net<B>> {
+        let net = match self {
+            Self::SimpleLstm(c) => Net::SimpleLstm(c.init(input_dim, n_classes, device)),
+            Self::CnnTransformer(c) => {
+                Net::CnnTransformer(c.init(input_dim, n_classes, seq_len, device)?)
+            }
+            Self::RwkvTs(c) => Net::RwkvTs(c.init(input_dim, n_classes, seq_len, device)?),
+        };
+        Ok(kiln::checkpoint::materialize(net))
+    }
+}
+
+/// Any of moola's networks.
+#[derive(Module, Debug)]
+pub enum Net<B: Backend> {
+    /// SimpleLSTM.
+    SimpleLstm(SimpleLstm<B>),
+    /// CNN-Transformer.
+    CnnTransformer(CnnTransformer<B>),
+    /// RWKV-TS.
+    RwkvTs(RwkvTs<B>),
+}
+
+impl<B: Backend> Net<B> {
+    /// Forward pass on `[batch, time, features]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> ModelOutput<B> {
+        match self {
+            Net::SimpleLstm(m) => ModelOutput {
+                logits: m.forward(x),
+                pointers: None,
+            },
+            Net::CnnTransformer(m) => m.forward(x),
+            Net::RwkvTs(m) => ModelOutput {
+                logits: m.forward(x),
+                pointers: None,
+            },
+        }
+    }
+}
+
+/// The JSON sidecar of a saved model: everything needed to rebuild the network and map its
+/// outputs back to labels (the reference's save dict minus the weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Format tag, `moola-burn/1`.
+    pub format: String,
+    /// Architecture and hyper-parameters.
+    pub spec: ModelSpec,
+    /// Features per time step.
+    pub input_dim: usize,
+    /// Number of classes.
+    pub n_classes: usize,
+    /// Sequence length the window-dependent parts were built for.
+    pub seq_len: usize,
+    /// Class labels in index order (sorted, like `np.unique`).
+    pub classes: Vec<String>,
+    /// Where the weights came from (e.g. an imported PyTorch checkpoint), for the record.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// The current sidecar format tag.
+pub const CARD_FORMAT: &str = "moola-burn/1";
+
+/// The weight and sidecar paths of a model path (`x` or `x.mpk` → `x.mpk`, `x.json`).
+pub fn model_paths(path: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let stem = if path.extension().is_some_and(|e| e == "mpk" || e == "json") {
+        path.with_extension("")
+    } else {
+        path.to_path_buf()
+    };
+    let mut weights = stem.clone().into_os_string();
+    weights.push(".mpk");
+    let mut card = stem.into_os_string();
+    card.push(".json");
+    (weights.into(), card.into())
+}
+
+/// Saves weights (Burn record) and sidecar (JSON), both atomically.
+pub fn save<B: Backend>(
+    net: &Net<B>,
+    card: &ModelCard,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (weights, card_path) = model_paths(path);
+    kiln::checkpoint::save_module(net, &weights)?;
+    kiln::io::write_json(&card_path, card)
+}
+
+/// Loads a model saved by [`save`] (or produced by `moola import`).
+pub fn load<B: Backend>(
+    path: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<(Net<B>, ModelCard)> {
+    use anyhow::Context;
+    let (weights, card_path) = model_paths(path);
+    let card: ModelCard = kiln::io::read_json(&card_path)
+        .with_context(|| format!("cannot load the model card of {}", path.display()))?;
+    if card.format != CARD_FORMAT {
+        anyhow::bail!(
+            "{}: unsupported model format `{}` (expected {CARD_FORMAT})",
+            card_path.display(),
+            card.format
+        );
+    }
+    if card.classes.len() != card.n_classes {
+        anyhow::bail!(
+            "{}: {} class labels for n_classes = {}",
+            card_path.display(),
+            card.classes.len(),
+            card.n_classes
+        );
+    }
+    let net = card
+        .spec
+        .init::<B>(card.input_dim, card.n_classes, card.seq_len, device)?;
+    let net = kiln::checkpoint::load_module(net, &weights, device)?;
+    Ok((net, card))
+}

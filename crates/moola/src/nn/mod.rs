@@ -1,0 +1,1 @@
+//! PyTorch-layout building blocks whose parameter names match `torch.nn` state dicts.
