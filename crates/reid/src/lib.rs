@@ -1,1 +1,10 @@
-pub fn hello() {}
+//! # reid: person re-identification and fashion retrieval with centroids, on Burn
+//!
+//! A Rust re-implementation of mikwieczorek/centroids-reid ("On the Unreasonable Effectiveness
+//! of Centroids in Image Retrieval").
+
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod loss;
+pub mod model;
