@@ -370,6 +370,7 @@ impl LiteralParser<'_> {
         match self.peek()? {
             b'[' => self.sequence(b'[', b']', false),
             b'(' => self.sequence(b'(', b')', true),
+            b'{' => self.dict(),
             b'\'' | b'"' => self.string(),
             c if c.is_ascii_digit() || c == b'-' || c == b'+' || c == b'.' => self.number(),
             _ => self.word(),
@@ -404,6 +405,37 @@ impl LiteralParser<'_> {
             return items.pop();
         }
         Some(Value::Array(Tag::Default, items))
+    }
+
+    fn dict(&mut self) -> Option<Value> {
+        self.i += 1;
+        let mut d = Dict::new();
+        loop {
+            if self.peek()? == b'}' {
+                self.i += 1;
+                break;
+            }
+            let key = match self.value()? {
+                Value::String(_, s) => s,
+                Value::Num(_, n) => n.to_i128()?.to_string(),
+                _ => return None,
+            };
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            let value = self.value()?;
+            d.insert(key, value);
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        Some(Value::Dict(Tag::Default, d))
     }
 
     fn string(&mut self) -> Option<Value> {
@@ -585,6 +617,11 @@ mod tests {
         assert_eq!(kind(&f("(5,)")), Kind::List);
         assert_eq!(f("/home/data").as_str(), Some("/home/data"));
         assert_eq!(f("[1, 2").as_str(), Some("[1, 2"));
+        let Value::Dict(_, d) = f("{'start': 30, 'end': 75}") else {
+            panic!()
+        };
+        assert_eq!(d["end"].to_i128(), Some(75));
+        assert_eq!(f("{'a' 1}").as_str(), Some("{'a' 1}"));
     }
 
     #[test]
