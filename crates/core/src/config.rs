@@ -151,7 +151,23 @@ where
         };
         Figment::from(Serialized::globals(dict))
             .extract::<T>()
-            .map_err(|e| anyhow!("invalid configuration: {e}"))
+            .map_err(|errors| {
+                let lines: Vec<String> = errors
+                    .into_iter()
+                    .map(|e| {
+                        if e.path.is_empty() {
+                            format!("invalid configuration: {}", e.kind)
+                        } else {
+                            format!(
+                                "invalid value for config key `{}`: {}",
+                                e.path.join("."),
+                                e.kind
+                            )
+                        }
+                    })
+                    .collect();
+                anyhow!("{}", lines.join("\n"))
+            })
     }
 }
 
@@ -708,6 +724,14 @@ mod tests {
             let err = load::<Cfg>(None, &ov(&[k, v])).unwrap_err().to_string();
             assert!(err.contains(k), "{k} {v}: {err}");
         }
+        // Values that pass the type check but not the typed struct name the key too.
+        let err = load::<Cfg>(None, &ov(&["SOLVER.MAX_EPOCHS", "-3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`SOLVER.MAX_EPOCHS`") && !err.contains("config.rs"),
+            "{err}"
+        );
         // Ints widen into float lists.
         let cfg: Cfg = load(None, &ov(&["PIXEL_MEAN", "[0, 1, 0.5]"])).unwrap();
         assert_eq!(cfg.pixel_mean, vec![0.0, 1.0, 0.5]);
