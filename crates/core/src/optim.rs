@@ -88,7 +88,13 @@ impl<O, S: LrScheduler> Standard<O, S> {
 
 impl<O, S: LrScheduler> LrControl for Standard<O, S> {
     fn lr(&self) -> f64 {
-        self.scheduled_lr * self.factor
+        let scheduled = if self.started {
+            self.scheduled_lr
+        } else {
+            // Before the first step: the rate the first step will use.
+            self.scheduler.clone().step()
+        };
+        scheduled * self.factor
     }
     fn scale_lr(&mut self, factor: f64) {
         self.factor *= factor;

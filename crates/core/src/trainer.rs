@@ -392,7 +392,8 @@ impl Trainer {
                 for (name, v) in out.logs {
                     *sums.entry(name).or_default() += v * n;
                 }
-                bar.set_message(format!("loss {loss:.4}"));
+                let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("loss {loss:.4} | {rate:.1} samples/s"));
                 bar.inc(1);
             }
             bar.finish_and_clear();
@@ -411,7 +412,9 @@ impl Trainer {
                 let val = task.validate(&model.valid(), &info)?;
                 metrics.extend(val);
             }
-            metrics.insert("epoch_seconds".into(), started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            metrics.insert("epoch_seconds".into(), seconds);
+            metrics.insert("samples_per_second".into(), seen as f64 / seconds.max(1e-9));
             log.log(epoch, metrics.clone())?;
             epochs_completed = epoch + 1;
 

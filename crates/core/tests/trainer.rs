@@ -191,9 +191,12 @@ fn learns_and_writes_run_files() {
 
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     assert!(
-        csv.starts_with("epoch,epoch_seconds,lr,train_loss,val_loss\n"),
+        csv.starts_with("epoch,epoch_seconds,lr,samples_per_second,train_loss,val_loss\n"),
         "{csv}"
     );
+    // The learning rate of every epoch is logged, the first one included.
+    let rows = kiln::metric_log::read_csv(&dir.path().join("metrics.csv")).unwrap();
+    assert!(rows.iter().all(|(_, r)| r["lr"] == 0.05), "{csv}");
     assert_eq!(csv.lines().count(), 31);
     let ckpts: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
         .unwrap()
