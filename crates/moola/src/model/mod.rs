@@ -104,7 +104,10 @@ impl ModelSpec {
         device: &B::Device,
     ) -> anyhow::Result<Net<B>> {
         let net = match self {
-            Self::SimpleLstm(c) => Net::SimpleLstm(c.init(input_dim, n_classes, device)),
+            Self::SimpleLstm(c) => {
+                c.validate(input_dim, n_classes)?;
+                Net::SimpleLstm(c.init(input_dim, n_classes, device))
+            }
             Self::CnnTransformer(c) => {
                 Net::CnnTransformer(c.init(input_dim, n_classes, seq_len, device)?)
             }
