@@ -1,0 +1,734 @@
+//! The `moola` command line (reference §1.4, with the Burn re-implementation's additions).
+//!
+//! ```text
+//! moola [--config-file F] [--device cpu|cuda] <command> [args] [KEY VALUE ...]
+//!   doctor     resolved configuration, paths, compiled backends, CUDA availability
+//!   ingest     validate a data file and write the canonical parquet
+//!   describe   print a model's architecture and parameter count
+//!   train      fit a model, save it, report held-out metrics
+//!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.csv
+//!   predict    CSV of predictions and per-class probabilities
+//!   import     turn a reference PyTorch checkpoint into this project's format
+//!   bench      one training step per model, side by side with PyTorch
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln::backend::{BackendJob, DeviceKind, launch};
+use kiln::metrics::ClassificationReport;
+use serde::Serialize;
+
+use crate::Classifier;
+use crate::config::MoolaConfig;
+use crate::data::{self, LabelMap, WindowSet};
+use crate::model::{InnerWindow, ModelSpec};
+use crate::train::RunOptions;
+
+/// moola: classifiers of fixed-length OHLC windows (SimpleLSTM, CNN-Transformer, RWKV-TS) on Burn.
+#[derive(Debug, Parser)]
+#[command(name = "moola", version, about)]
+pub struct Cli {
+    /// YAML configuration merged over the defaults (then `KEY VALUE` overrides).
+    #[arg(long, global = true)]
+    pub config_file: Option<PathBuf>,
+    /// Device: cpu (default backend of this build), ndarray, flex, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the resolved configuration, paths, backends and CUDA availability.
+    Doctor(Overrides),
+    /// Validate a data file (.parquet, .ts, .csv) and write the canonical nested parquet.
+    Ingest(IngestArgs),
+    /// Print a model's architecture and parameter count.
+    Describe(DescribeArgs),
+    /// Train a model, save it and report held-out metrics.
+    Train(TrainArgs),
+    /// Stratified k-fold cross-validation (fresh model per fold).
+    Evaluate(EvaluateArgs),
+    /// Predict labels and per-class probabilities into a CSV.
+    Predict(PredictArgs),
+    /// Convert a reference PyTorch checkpoint (`torch.save` dict) into this project's format.
+    Import(ImportArgs),
+    /// Time one training step per model at the reference batch size, next to PyTorch.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Trailing yacs-style `KEY VALUE` pairs.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Overrides {
+    /// `KEY VALUE` pairs, e.g. `seed 7 simple_lstm.train.n_epochs 10`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "KEY VALUE"
+    )]
+    pub opts: Vec<String>,
+}
+
+/// `ingest` arguments.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Input file (.parquet, .ts or OHLC .csv).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output parquet (default: `<data_dir>/processed/train.parquet`).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `describe` arguments.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// simple_lstm, cnn_transformer or rwkv_ts.
+    #[arg(long)]
+    pub model: String,
+    /// Number of classes.
+    #[arg(long, default_value_t = 2)]
+    pub n_classes: usize,
+    /// Features per time step.
+    #[arg(long, default_value_t = 4)]
+    pub input_dim: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = InnerWindow::REFERENCE_LEN)]
+    pub seq_len: usize,
+    /// CNN-Transformer: include the pointer heads.
+    #[arg(long)]
+    pub pointers: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Pointer-head policy of the CNN-Transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pointers {
+    /// On when the data has expansion indices.
+    Auto,
+    /// Always (rows without valid expansions are dropped).
+    On,
+    /// Never.
+    Off,
+}
+
+/// `train` arguments.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// simple_lstm, cnn_transformer or rwkv_ts.
+    #[arg(long)]
+    pub model: String,
+    /// Training data (.parquet, .ts, .csv); default `<data_dir>/processed/train.parquet`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out test data; without it a stratified `test_split` of the data is held out.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Output directory (default `<artifacts_dir>/models/<model>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Resume training from a checkpoint (e.g. `<out>/checkpoints/last.ckpt`).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// CNN-Transformer pointer heads.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub pointers: Pointers,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `evaluate` arguments.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// simple_lstm, cnn_transformer or rwkv_ts.
+    #[arg(long)]
+    pub model: String,
+    /// Labelled data; default `<data_dir>/processed/train.parquet`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output directory (default `<artifacts_dir>/models/<model>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// CNN-Transformer pointer heads.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub pointers: Pointers,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `predict` arguments.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Saved model (`<path>.mpk` + `<path>.json`), e.g. `artifacts/models/simple_lstm/model`.
+    #[arg(long)]
+    pub model_path: PathBuf,
+    /// Windows to classify (.parquet, .ts, .csv).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output CSV.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `import` arguments.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Reference checkpoint (`torch.save` dict with `model_state_dict`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output model path (`<path>.mpk` + `<path>.json`).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Sequence length the model will run on.
+    #[arg(long, default_value_t = InnerWindow::REFERENCE_LEN)]
+    pub seq_len: usize,
+    /// Model name (detected from the checkpoint when omitted).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+impl Command {
+    fn overrides(&self) -> &[String] {
+        match self {
+            Command::Doctor(o) => &o.opts,
+            Command::Ingest(a) => &a.overrides.opts,
+            Command::Describe(a) => &a.overrides.opts,
+            Command::Train(a) => &a.overrides.opts,
+            Command::Evaluate(a) => &a.overrides.opts,
+            Command::Predict(a) => &a.overrides.opts,
+            Command::Import(a) => &a.overrides.opts,
+            Command::Bench(a) => &a.overrides.opts,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let cfg = MoolaConfig::load(cli.config_file.as_deref(), cli.command.overrides())?;
+    let progress = !cli.quiet;
+    match cli.command {
+        Command::Doctor(_) => doctor(&cfg, cli.device),
+        Command::Ingest(a) => {
+            let out = a
+                .output
+                .unwrap_or_else(|| cfg.paths.data_dir.join("processed/train.parquet"));
+            let summary = data::ingest(&a.input, &out)?;
+            println!("{summary}");
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Describe(a) => launch(cli.device, Describe { cfg, args: a }),
+        Command::Train(a) => launch(
+            cli.device,
+            TrainJob {
+                cfg,
+                args: a,
+                progress,
+            },
+        ),
+        Command::Evaluate(a) => launch(
+            cli.device,
+            EvaluateJob {
+                cfg,
+                args: a,
+                progress,
+            },
+        ),
+        Command::Predict(a) => launch(cli.device, PredictJob { cfg, args: a }),
+        Command::Import(a) => launch(cli.device, ImportJob { args: a }),
+        Command::Bench(a) => crate::bench::run(&cfg, &a, cli.device),
+    }
+}
+
+fn doctor(cfg: &MoolaConfig, device: DeviceKind) -> Result<()> {
+    println!("moola {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "backends compiled in: {}",
+        kiln::backend::compiled_backends().join(", ")
+    );
+    println!("requested device: {device}");
+    match kiln::backend::cuda_available() {
+        Ok(()) => println!("CUDA driver: found"),
+        Err(_) => println!("CUDA driver: not found (CPU only)"),
+    }
+    println!(
+        "CPU threads: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for (name, p) in [
+        ("data_dir", &cfg.paths.data_dir),
+        ("artifacts_dir", &cfg.paths.artifacts_dir),
+    ] {
+        println!(
+            "{name}: {} ({})",
+            p.display(),
+            if p.exists() { "exists" } else { "missing" }
+        );
+    }
+    println!("--- resolved configuration ---");
+    print!("{}", serde_yaml::to_string(cfg)?);
+    Ok(())
+}
+
+/// Applies the CNN-Transformer pointer policy: returns the spec to train and the data to use.
+fn apply_pointer_policy(
+    spec: ModelSpec,
+    data: WindowSet,
+    policy: Pointers,
+) -> Result<(ModelSpec, WindowSet)> {
+    let ModelSpec::CnnTransformer(mut c) = spec else {
+        return Ok((spec, data));
+    };
+    let wanted = match policy {
+        Pointers::On => true,
+        Pointers::Off => false,
+        Pointers::Auto => c.predict_pointers || data.expansion.is_some(),
+    };
+    c.predict_pointers = wanted;
+    if !wanted {
+        return Ok((ModelSpec::CnnTransformer(c), data));
+    }
+    let window = c
+        .window
+        .or(InnerWindow::default_for(data.seq_len))
+        .with_context(|| {
+            format!(
+                "pointer heads need an inner window; the data has {} steps, set \
+                 cnn_transformer.model.window for non-105-bar data",
+                data.seq_len
+            )
+        })?;
+    if data.expansion.is_none() {
+        bail!("pointer heads need expansion_start/expansion_end columns in the data");
+    }
+    let (kept, _dropped) = data::validate_expansions(&data, window)?;
+    tracing::info!("CNN-Transformer trains with start/end pointer heads (multi-task loss)");
+    Ok((ModelSpec::CnnTransformer(c), kept))
+}
+
+struct Describe {
+    cfg: MoolaConfig,
+    args: DescribeArgs,
+}
+
+impl BackendJob for Describe {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let (mut spec, _) = self.cfg.model(&self.args.model)?;
+        if let ModelSpec::CnnTransformer(c) = &mut spec {
+            c.predict_pointers |= self.args.pointers;
+        }
+        let net = spec.init::<B::InnerBackend>(
+            self.args.input_dim,
+            self.args.n_classes,
+            self.args.seq_len,
+            &device,
+        )?;
+        println!("{net}");
+        println!(
+            "{}: {} parameters ({} classes, input dim {}, {} steps)",
+            spec.name(),
+            net.num_params(),
+            self.args.n_classes,
+            self.args.input_dim,
+            self.args.seq_len
+        );
+        println!("hyper-parameters: {}", serde_json::to_string(&spec)?);
+        Ok(())
+    }
+}
+
+fn model_dir(cfg: &MoolaConfig, out: Option<PathBuf>, model: &str) -> PathBuf {
+    out.unwrap_or_else(|| cfg.paths.artifacts_dir.join("models").join(model))
+}
+
+fn default_data(cfg: &MoolaConfig, data: Option<PathBuf>) -> PathBuf {
+    data.unwrap_or_else(|| cfg.paths.data_dir.join("processed/train.parquet"))
+}
+
+/// Encodes a labelled set with a trained label map.
+fn encode(labels: &LabelMap, set: &WindowSet, what: &str) -> Result<Vec<usize>> {
+    labels
+        .encode(set.require_labels()?)
+        .with_context(|| format!("{what} holds a label the model was not trained on"))
+}
+
+#[derive(Serialize)]
+struct TrainReport<'a> {
+    model: &'a str,
+    data: String,
+    test: String,
+    fit: crate::classifier::FitReport,
+    train: ClassificationReport,
+    test_metrics: ClassificationReport,
+}
+
+struct TrainJob {
+    cfg: MoolaConfig,
+    args: TrainArgs,
+    progress: bool,
+}
+
+impl BackendJob for TrainJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let TrainJob {
+            cfg,
+            args,
+            progress,
+        } = self;
+        let (spec, train_cfg) = cfg.model(&args.model)?;
+        let data_path = default_data(&cfg, args.data);
+        let data = data::read_any(&data_path)?;
+        let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+        let (train_set, test_set, test_name) = match &args.test {
+            Some(p) => {
+                let test = data::read_any(p)?;
+                let (_, test) = apply_pointer_policy(spec.clone(), test, args.pointers)?;
+                (data, test, p.display().to_string())
+            }
+            None => {
+                let y = LabelMap::fit(data.require_labels()?).encode(data.require_labels()?)?;
+                let mut rng = kiln::seed::rng(cfg.seed, "test_split", 0);
+                let (tr, te) = kiln::data::stratified_split(&y, cfg.test_split, &mut rng)?;
+                (
+                    data.select(&tr),
+                    data.select(&te),
+                    format!(
+                        "{} ({:.0}% stratified hold-out)",
+                        data_path.display(),
+                        cfg.test_split * 100.0
+                    ),
+                )
+            }
+        };
+        let out = model_dir(&cfg, args.out, &args.model);
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
+        let mut clf = Classifier::<B>::new(spec, train_cfg, device).with_run_options(RunOptions {
+            run_dir: Some(out.clone()),
+            resume_from: args.resume,
+            progress,
+        });
+        let fit = clf.fit(&train_set)?;
+        let model_path = out.join("model");
+        clf.save(&model_path)?;
+        let labels = clf.labels()?;
+        let train_metrics = ClassificationReport::from_probabilities(
+            &encode(&labels, &train_set, "the training data")?,
+            &clf.predict_proba(&train_set)?,
+        )?;
+        let test_metrics = ClassificationReport::from_probabilities(
+            &encode(&labels, &test_set, "the test data")?,
+            &clf.predict_proba(&test_set)?,
+        )?;
+        println!(
+            "{}: {} epochs{}, {} parameters",
+            args.model,
+            fit.epochs,
+            if fit.stopped_early {
+                " (early stopped)"
+            } else {
+                ""
+            },
+            fit.num_params
+        );
+        println!(
+            "train ({} windows): {}",
+            train_set.len(),
+            train_metrics.summary()
+        );
+        println!(
+            "test  ({} windows): {}",
+            test_set.len(),
+            test_metrics.summary()
+        );
+        let report = TrainReport {
+            model: &args.model,
+            data: data_path.display().to_string(),
+            test: test_name,
+            fit,
+            train: train_metrics,
+            test_metrics,
+        };
+        kiln::io::write_json(out.join("report.json"), &report)?;
+        println!(
+            "saved {} and {}",
+            model_path.with_extension("mpk").display(),
+            out.join("report.json").display()
+        );
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct FoldDetail {
+    fold: usize,
+    train_size: usize,
+    val_size: usize,
+    accuracy: f64,
+    precision: f64,
+    recall: f64,
+    f1: f64,
+}
+
+#[derive(Serialize)]
+struct CvMetrics<'a> {
+    model: &'a str,
+    data: String,
+    seed: u64,
+    cv_folds: usize,
+    /// Mean over folds (weighted P/R/F1 like the reference's `evaluate`).
+    accuracy: f64,
+    precision: f64,
+    recall: f64,
+    f1: f64,
+    fold_details: Vec<FoldDetail>,
+    /// Metrics of the pooled out-of-fold probabilities (macro/weighted, ECE, Brier, log-loss).
+    oof: ClassificationReport,
+    classes: Vec<String>,
+    timestamp_unix: u64,
+}
+
+struct EvaluateJob {
+    cfg: MoolaConfig,
+    args: EvaluateArgs,
+    progress: bool,
+}
+
+impl BackendJob for EvaluateJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let EvaluateJob {
+            cfg,
+            args,
+            progress,
+        } = self;
+        let (spec, train_cfg) = cfg.model(&args.model)?;
+        let data_path = default_data(&cfg, args.data);
+        let data = data::read_any(&data_path)?;
+        let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+        let labels = LabelMap::fit(data.require_labels()?);
+        let y = labels.encode(data.require_labels()?)?;
+        let mut rng = kiln::seed::rng(cfg.seed, "cv_folds", 0);
+        let folds = kiln::data::stratified_kfold(&y, cfg.cv_folds, &mut rng)?;
+        let mut oof = vec![Vec::new(); data.len()];
+        let mut details = Vec::new();
+        for (k, (tr, va)) in folds.iter().enumerate() {
+            tracing::info!(
+                "fold {}/{}: {} train / {} validation",
+                k + 1,
+                folds.len(),
+                tr.len(),
+                va.len()
+            );
+            let mut clf = Classifier::<B>::new(spec.clone(), train_cfg.clone(), device.clone())
+                .with_run_options(RunOptions {
+                    progress,
+                    ..RunOptions::default()
+                });
+            let train_set = data.select(tr);
+            clf.fit(&train_set)?;
+            let fold_labels = clf.labels()?;
+            if fold_labels.classes() != labels.classes() {
+                bail!("fold {k} lacks a class in its training part; use fewer folds");
+            }
+            let proba = clf.predict_proba(&data.select(va))?;
+            let yv: Vec<usize> = va.iter().map(|&i| y[i]).collect();
+            let rep = ClassificationReport::from_probabilities(&yv, &proba)?;
+            tracing::info!("fold {}: {}", k + 1, rep.summary());
+            for (&i, p) in va.iter().zip(proba) {
+                oof[i] = p;
+            }
+            details.push(FoldDetail {
+                fold: k,
+                train_size: tr.len(),
+                val_size: va.len(),
+                accuracy: rep.accuracy,
+                precision: rep.weighted_avg.precision,
+                recall: rep.weighted_avg.recall,
+                f1: rep.weighted_avg.f1,
+            });
+        }
+        let mean =
+            |f: fn(&FoldDetail) -> f64| details.iter().map(f).sum::<f64>() / details.len() as f64;
+        let oof_report = ClassificationReport::from_probabilities(&y, &oof)?;
+        let metrics = CvMetrics {
+            model: &args.model,
+            data: data_path.display().to_string(),
+            seed: cfg.seed,
+            cv_folds: cfg.cv_folds,
+            accuracy: mean(|d| d.accuracy),
+            precision: mean(|d| d.precision),
+            recall: mean(|d| d.recall),
+            f1: mean(|d| d.f1),
+            classes: labels.classes().to_vec(),
+            oof: oof_report,
+            fold_details: details,
+            timestamp_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let out = model_dir(&cfg, args.out, &args.model);
+        kiln::io::write_json(out.join("metrics.json"), &metrics)?;
+        kiln::io::write_atomic(
+            out.join("confusion_matrix.csv"),
+            metrics.oof.confusion_csv(labels.classes()).as_bytes(),
+        )?;
+        write_proba_csv(
+            &out.join("oof_probabilities.csv"),
+            &data,
+            &oof,
+            labels.classes(),
+            None,
+        )?;
+        println!(
+            "{} {}-fold CV: accuracy {:.4} | weighted P/R/F1 {:.4}/{:.4}/{:.4} (means over folds)",
+            args.model,
+            cfg.cv_folds,
+            metrics.accuracy,
+            metrics.precision,
+            metrics.recall,
+            metrics.f1
+        );
+        println!("out-of-fold: {}", metrics.oof.summary());
+        println!(
+            "wrote {}/{{metrics.json, confusion_matrix.csv, oof_probabilities.csv}}",
+            out.display()
+        );
+        Ok(())
+    }
+}
+
+/// Writes `window_id,prediction,prob_class_0..` (+ pointer bars) atomically.
+fn write_proba_csv(
+    path: &Path,
+    data: &WindowSet,
+    proba: &[Vec<f64>],
+    classes: &[String],
+    pointers: Option<(&[usize], &[usize])>,
+) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["window_id".to_string(), "prediction".to_string()];
+    header.extend((0..classes.len()).map(|k| format!("prob_class_{k}")));
+    if pointers.is_some() {
+        header.extend([
+            "expansion_start_pred".to_string(),
+            "expansion_end_pred".to_string(),
+        ]);
+    }
+    w.write_record(&header)?;
+    for (i, p) in proba.iter().enumerate() {
+        let mut row = vec![
+            data.ids[i].clone(),
+            classes[kiln::metrics::argmax(p)].clone(),
+        ];
+        row.extend(p.iter().map(|v| format!("{v:.6}")));
+        if let Some((s, e)) = pointers {
+            row.extend([s[i].to_string(), e[i].to_string()]);
+        }
+        w.write_record(&row)?;
+    }
+    let bytes = w.into_inner().context("cannot encode CSV")?;
+    kiln::io::write_atomic(path, &bytes)
+}
+
+struct PredictJob {
+    cfg: MoolaConfig,
+    args: PredictArgs,
+}
+
+impl BackendJob for PredictJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let _ = &self.cfg;
+        let clf = Classifier::<B>::load(&self.args.model_path, Default::default(), device)?;
+        let data = data::read_any(&self.args.input)?;
+        let card = clf.card().context("loaded model has no card")?.clone();
+        let has_pointers = matches!(&card.spec, ModelSpec::CnnTransformer(c) if c.predict_pointers);
+        let (proba, pointers) = if has_pointers {
+            let p = clf.predict_with_pointers(&data)?;
+            let abs = |v: &[usize]| v.iter().map(|r| r + p.window.start).collect::<Vec<_>>();
+            (
+                p.probabilities.clone(),
+                Some((abs(&p.start_predictions), abs(&p.end_predictions))),
+            )
+        } else {
+            (clf.predict_proba(&data)?, None)
+        };
+        write_proba_csv(
+            &self.args.output,
+            &data,
+            &proba,
+            &card.classes,
+            pointers.as_ref().map(|(s, e)| (s.as_slice(), e.as_slice())),
+        )?;
+        println!(
+            "wrote {} predictions to {}",
+            data.len(),
+            self.args.output.display()
+        );
+        println!(
+            "columns prob_class_k follow the class order {:?}",
+            card.classes
+        );
+        if data.labels.is_some() {
+            let labels = clf.labels()?;
+            let y = encode(&labels, &data, "the input")?;
+            println!(
+                "input is labelled: {}",
+                ClassificationReport::from_probabilities(&y, &proba)?.summary()
+            );
+        }
+        Ok(())
+    }
+}
+
+struct ImportJob {
+    args: ImportArgs,
+}
+
+impl BackendJob for ImportJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let options = crate::import::ImportOptions {
+            model: self.args.model.clone(),
+            seq_len: self.args.seq_len,
+        };
+        let (net, card) = crate::import::import_torch_checkpoint_with::<B::InnerBackend>(
+            &self.args.checkpoint,
+            &options,
+            &device,
+        )?;
+        crate::model::save(&net, &card, &self.args.output)?;
+        println!(
+            "imported {} ({}, {} classes {:?}, input dim {}, {} parameters) -> {}",
+            self.args.checkpoint.display(),
+            card.spec.name(),
+            card.n_classes,
+            card.classes,
+            card.input_dim,
+            net.num_params(),
+            crate::model::model_paths(&self.args.output).0.display()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! moola's run configuration on kiln's yacs-style config.
+//!
+//! Keys are lower-case like the reference's Hydra config (`seed`, `cv_folds`); each model has a
+//! `model` section (architecture hyper-parameters) and a `train` section (the recipe), with the
+//! reference defaults. A YAML file (`--config-file`) merges over the defaults, then `KEY VALUE`
+//! pairs on the command line:
+//!
+//! ```text
+//! moola train --model cnn_transformer --data train.parquet \
+//!     cnn_transformer.train.n_epochs 80 cnn_transformer.model.dropout 0.3 seed 7
+//! ```
+//!
+//! Unknown keys and type mismatches are errors naming the key. The final configuration is
+//! written into each run directory as `config.yaml`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CnnTransformerConfig, ModelSpec, RwkvTsConfig, SimpleLstmConfig};
+use crate::train::TrainConfig;
+
+/// One model's sections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection<M> {
+    /// Architecture hyper-parameters.
+    pub model: M,
+    /// Training recipe.
+    pub train: TrainConfig,
+}
+
+/// Where files go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// Canonical data directory (`ingest` writes `processed/train.parquet` here).
+    pub data_dir: PathBuf,
+    /// Models, metrics and run directories.
+    pub artifacts_dir: PathBuf,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoolaConfig {
+    /// Seed of every random stream (reference: 1337).
+    pub seed: u64,
+    /// Folds of `evaluate` (reference: 5).
+    pub cv_folds: usize,
+    /// Held-out fraction of `train` when no test file is given (reference: 0.2).
+    pub test_split: f64,
+    /// File locations.
+    pub paths: Paths,
+    /// SimpleLSTM.
+    pub simple_lstm: ModelSection<SimpleLstmConfig>,
+    /// CNN-Transformer.
+    pub cnn_transformer: ModelSection<CnnTransformerConfig>,
+    /// RWKV-TS.
+    pub rwkv_ts: ModelSection<RwkvTsConfig>,
+}
+
+impl Default for MoolaConfig {
+    fn default() -> Self {
+        let env_path = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        Self {
+            seed: kiln::seed::DEFAULT_SEED,
+            cv_folds: 5,
+            test_split: 0.2,
+            paths: Paths {
+                data_dir: env_path("MOOLA_DATA_DIR", "data"),
+                artifacts_dir: env_path("MOOLA_ARTIFACTS_DIR", "artifacts"),
+            },
+            simple_lstm: ModelSection {
+                model: SimpleLstmConfig::default(),
+                train: TrainConfig::for_model("simple_lstm"),
+            },
+            cnn_transformer: ModelSection {
+                model: CnnTransformerConfig::default(),
+                train: TrainConfig::for_model("cnn_transformer"),
+            },
+            rwkv_ts: ModelSection {
+                model: RwkvTsConfig::default(),
+                train: TrainConfig::for_model("rwkv_ts"),
+            },
+        }
+    }
+}
+
+impl MoolaConfig {
+    /// Defaults, then the YAML file, then `KEY VALUE` overrides.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let cfg: Self = kiln::config::load(file, overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.cv_folds < 2 {
+            anyhow::bail!("cv_folds must be at least 2, got {}", self.cv_folds);
+        }
+        if !(self.test_split > 0.0 && self.test_split < 1.0) {
+            anyhow::bail!("test_split must be in (0, 1), got {}", self.test_split);
+        }
+        Ok(())
+    }
+
+    /// The model spec and recipe of a model by name (the recipe carries the run seed).
+    pub fn model(&self, name: &str) -> Result<(ModelSpec, TrainConfig)> {
+        let (spec, mut train) = match ModelSpec::from_name(name)? {
+            ModelSpec::SimpleLstm(_) => (
+                ModelSpec::SimpleLstm(self.simple_lstm.model.clone()),
+                self.simple_lstm.train.clone(),
+            ),
+            ModelSpec::CnnTransformer(_) => (
+                ModelSpec::CnnTransformer(self.cnn_transformer.model.clone()),
+                self.cnn_transformer.train.clone(),
+            ),
+            ModelSpec::RwkvTs(_) => (
+                ModelSpec::RwkvTs(self.rwkv_ts.model.clone()),
+                self.rwkv_ts.train.clone(),
+            ),
+        };
+        train.seed = self.seed;
+        Ok((spec, train))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ov(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_reference_ones() {
+        let cfg = MoolaConfig::load(None, &[]).unwrap();
+        assert_eq!(cfg.seed, 1337);
+        assert_eq!(cfg.cv_folds, 5);
+        let (spec, train) = cfg.model("rwkv_ts").unwrap();
+        assert_eq!(train.early_stopping_patience, 30);
+        assert_eq!(train.mixup_alpha, 0.2);
+        assert!(!train.temporal_aug.enabled);
+        let ModelSpec::RwkvTs(r) = spec else { panic!() };
+        assert_eq!((r.d_model, r.n_layers), (128, 4));
+        let (_, train) = cfg.model("simple_lstm").unwrap();
+        assert_eq!((train.batch_size, train.learning_rate), (512, 5e-4));
+    }
+
+    #[test]
+    fn overrides_reach_the_model_and_recipe() {
+        let cfg = MoolaConfig::load(
+            None,
+            &ov(&[
+                "seed",
+                "7",
+                "cnn_transformer.train.n_epochs",
+                "80",
+                "cnn_transformer.model.window",
+                "{'start': 10, 'end': 20}",
+                "cnn_transformer.train.focal_alpha",
+                "[1.0, 1.17]",
+                "simple_lstm.train.temporal_aug.per_sample_flips",
+                "True",
+            ]),
+        )
+        .unwrap();
+        let (spec, train) = cfg.model("cnn_transformer").unwrap();
+        assert_eq!(train.seed, 7);
+        assert_eq!(train.n_epochs, 80);
+        assert_eq!(train.focal_alpha, Some(vec![1.0, 1.17]));
+        let ModelSpec::CnnTransformer(c) = spec else {
+            panic!()
+        };
+        assert_eq!(c.window.map(|w| (w.start, w.end)), Some((10, 20)));
+        assert!(cfg.simple_lstm.train.temporal_aug.per_sample_flips);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let err = MoolaConfig::load(None, &ov(&["simple_lstm.train.n_epoch", "3"])).unwrap_err();
+        assert!(
+            err.to_string().contains("simple_lstm.train.n_epoch"),
+            "{err}"
+        );
+        let err = MoolaConfig::load(None, &ov(&["cv_folds", "1"])).unwrap_err();
+        assert!(err.to_string().contains("cv_folds"), "{err}");
+        let err = MoolaConfig::load(None, &ov(&["rwkv_ts.model.d_model", "big"])).unwrap_err();
+        assert!(err.to_string().contains("rwkv_ts.model.d_model"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! The `moola` command-line tool; see `moola --help` and the crate docs of [`moola::cli`].
+
+use clap::Parser;
+
+fn main() {
+    let cli = moola::cli::Cli::parse();
+    kiln::progress::init_logging(false);
+    if let Err(e) = moola::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

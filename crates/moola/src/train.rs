@@ -1,0 +1,656 @@
+//! The classifier training recipe (reference §2.0, §2.1.3, §2.2.4, §2.3.4) as a kiln [`Task`].
+//!
+//! Per `fit`: labels mapped in sorted order, a stratified validation split (`val_split`, default
+//! 15%), a freshly built network, AdamW (lr 5e-4, decoupled weight decay 1e-4, β 0.9/0.999,
+//! ε 1e-8, no scheduler, no clipping), per batch temporal augmentation then mixup/CutMix, focal
+//! loss γ = 2 with the mixup criterion (or the pointer multi-task loss with its progressive β),
+//! validation on un-augmented batches (mean of per-batch losses), early stopping on `val_loss`
+//! with best-weight restore. kiln's Trainer runs the loop; this module only says what a step is.
+//!
+//! ## Reference quirks (§8) and what this crate does
+//! * §8.1 every `fit` rebuilds the network: reproduced (a `Classifier` is re-initialised on fit).
+//! * §8.5 multi-task mode mixes the inputs but not the pointer/class targets: reproduced by default
+//!   (`multitask_mix_inputs = true`); `false` trains the multi-task model on un-mixed inputs.
+//! * §8.8 temporal-augmentation coin flips cover whole batches: reproduced by default;
+//!   `temporal_aug.per_sample_flips = true` flips per sample.
+//! * Early stopping counts epochs without a strict improvement (`score < best − 0`), like the
+//!   reference's `EarlyStopping(delta = 0)`, and always restores the best weights.
+//! * Randomness: every draw derives from `(seed, purpose, epoch/step)` (kiln's seeding), so a run
+//!   is reproducible on CPU for a seed; NumPy/torch streams of the reference are not reproduced.
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::optim::AdamWConfig;
+use burn::optim::lr_scheduler::constant::ConstantLr;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use kiln::callbacks::{EarlyStopping, Mode, ModelCheckpoint};
+use kiln::metric_log::Row;
+use kiln::optim::{Interval, Standard};
+use kiln::trainer::{EpochInfo, Loader, StepOutput, Task, Trainer, TrainerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{TemporalAugment, mixup_cutmix};
+use crate::data::{LabelMap, WindowSet};
+use crate::loss;
+use crate::model::{InnerWindow, ModelSpec, Net};
+
+/// Training hyper-parameters of one model (the reference's constructor arguments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Maximum epochs.
+    pub n_epochs: usize,
+    /// Mini-batch size (the last partial batch is kept).
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Epochs without validation improvement before stopping.
+    pub early_stopping_patience: usize,
+    /// Stratified validation fraction (0 disables validation and early stopping).
+    pub val_split: f64,
+    /// Mixup Beta(α, α) parameter (≤ 0 disables mixup).
+    pub mixup_alpha: f64,
+    /// CutMix Beta parameter (the reference always uses 0.3).
+    pub cutmix_alpha: f64,
+    /// Probability of CutMix instead of mixup per batch.
+    pub cutmix_prob: f64,
+    /// Focal-loss γ.
+    pub focal_gamma: f64,
+    /// Optional per-class focal α (length = number of classes).
+    pub focal_alpha: Option<Vec<f64>>,
+    /// Temporal augmentation.
+    pub temporal_aug: TemporalAugment,
+    /// Progressive pointer weight: β = max · min(epoch / warmup, 1) (reference 0.1, 50).
+    pub pointer_beta_max: f64,
+    /// Epochs of the β ramp.
+    pub pointer_beta_warmup_epochs: usize,
+    /// Quirk §8.5: mix inputs in multi-task mode while the targets stay un-mixed (reference).
+    pub multitask_mix_inputs: bool,
+    /// Seed of every random stream (set from the run configuration's top-level `seed`).
+    #[serde(skip)]
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            n_epochs: 60,
+            batch_size: 512,
+            learning_rate: 5e-4,
+            weight_decay: 1e-4,
+            early_stopping_patience: 20,
+            val_split: 0.15,
+            mixup_alpha: 0.4,
+            cutmix_alpha: 0.3,
+            cutmix_prob: 0.5,
+            focal_gamma: 2.0,
+            focal_alpha: None,
+            temporal_aug: TemporalAugment::default(),
+            pointer_beta_max: 0.1,
+            pointer_beta_warmup_epochs: 50,
+            multitask_mix_inputs: true,
+            seed: kiln::seed::DEFAULT_SEED,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The reference defaults of a model (RWKV-TS: patience 30, mixup α 0.2, no temporal
+    /// augmentation).
+    pub fn for_model(name: &str) -> Self {
+        match name {
+            "rwkv_ts" => Self {
+                early_stopping_patience: 30,
+                mixup_alpha: 0.2,
+                temporal_aug: TemporalAugment {
+                    enabled: false,
+                    ..TemporalAugment::default()
+                },
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("batch_size must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            bail!("val_split must be in [0, 1), got {}", self.val_split);
+        }
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
+            bail!("learning_rate must be positive, got {}", self.learning_rate);
+        }
+        Ok(())
+    }
+}
+
+/// Where and how a fit writes files.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run directory for `metrics.csv` and checkpoints (none: in memory).
+    pub run_dir: Option<std::path::PathBuf>,
+    /// Resume from this checkpoint.
+    pub resume_from: Option<std::path::PathBuf>,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// Labels, pointer targets and the shape of a labelled set, ready for training.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Class index of each row.
+    pub y: Vec<usize>,
+    /// Pointer targets relative to the inner window, when the model predicts pointers.
+    pub pointers: Option<Vec<(usize, usize)>>,
+    /// The label map.
+    pub labels: LabelMap,
+    /// The inner window the pointers refer to.
+    pub window: Option<InnerWindow>,
+}
+
+/// Checks a labelled set against a model spec and computes targets.
+pub fn prepare(spec: &ModelSpec, data: &WindowSet, labels: Option<&LabelMap>) -> Result<Prepared> {
+    let raw = data.require_labels()?;
+    data.check_finite()?;
+    let labels = match labels {
+        Some(l) => l.clone(),
+        None => LabelMap::fit(raw),
+    };
+    let y = labels.encode(raw)?;
+    let (pointers, window) = match spec {
+        ModelSpec::CnnTransformer(c) if c.predict_pointers => {
+            let window = c
+                .window
+                .or(InnerWindow::default_for(data.seq_len))
+                .context("pointer heads need an inner window for this sequence length")?;
+            let exp = data.expansion.as_ref().context(
+                "the CNN-Transformer with pointer heads needs expansion_start/expansion_end",
+            )?;
+            let last = window.len() as i64 - 1;
+            let ptr = exp
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let (s, e) = e.with_context(|| {
+                        format!("window {} has no expansion indices", data.ids[i])
+                    })?;
+                    // The reference converts with clip(idx − 30, 0, 44).
+                    let rel = |v: i64| (v - window.start as i64).clamp(0, last) as usize;
+                    Ok((rel(s), rel(e)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (Some(ptr), Some(window))
+        }
+        _ => {
+            if data.expansion.is_some() {
+                tracing::debug!("expansion indices ignored: the model has no pointer heads");
+            }
+            (None, None)
+        }
+    };
+    Ok(Prepared {
+        y,
+        pointers,
+        labels,
+        window,
+    })
+}
+
+/// One labelled split held on the host.
+#[derive(Debug, Clone)]
+struct Split {
+    x: Vec<f32>,
+    y: Vec<usize>,
+    pointers: Option<Vec<(usize, usize)>>,
+}
+
+impl Split {
+    fn take(data: &WindowSet, prep: &Prepared, idx: &[usize]) -> Self {
+        let per = data.seq_len * data.n_features;
+        let mut x = Vec::with_capacity(idx.len() * per);
+        for &i in idx {
+            x.extend_from_slice(data.sample(i));
+        }
+        Self {
+            x,
+            y: idx.iter().map(|&i| prep.y[i]).collect(),
+            pointers: prep
+                .pointers
+                .as_ref()
+                .map(|p| idx.iter().map(|&i| p[i]).collect()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.y.len()
+    }
+}
+
+/// The kiln task of one classifier fit.
+pub struct ClassifierTask<B: AutodiffBackend> {
+    train: Split,
+    val: Option<Split>,
+    seq_len: usize,
+    n_features: usize,
+    config: TrainConfig,
+    focal_alpha: Option<Vec<f32>>,
+    device: B::Device,
+}
+
+fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * per);
+    for &i in idx {
+        out.extend_from_slice(&x[i * per..(i + 1) * per]);
+    }
+    out
+}
+
+fn int_tensor<B: Backend>(
+    v: impl IntoIterator<Item = usize>,
+    device: &B::Device,
+) -> Tensor<B, 1, Int> {
+    let data: Vec<i64> = v.into_iter().map(|i| i as i64).collect();
+    let n = data.len();
+    Tensor::from_data(TensorData::new(data, [n]), device)
+}
+
+/// Loss of one batch under the recipe (shared by training and validation).
+#[allow(clippy::too_many_arguments)]
+fn batch_loss<B: Backend>(
+    out: crate::model::ModelOutput<B>,
+    y_a: Tensor<B, 1, Int>,
+    y_b: Tensor<B, 1, Int>,
+    lambda: f64,
+    pointers: Option<(Tensor<B, 1, Int>, Tensor<B, 1, Int>)>,
+    config: &TrainConfig,
+    focal_alpha: Option<&Tensor<B, 1>>,
+    epoch: usize,
+) -> Result<Tensor<B, 1>> {
+    match (out.pointers, pointers) {
+        (Some((start, end)), Some((ts, te))) => {
+            let (alpha, beta) = loss::progressive_weights(
+                epoch,
+                config.pointer_beta_max,
+                config.pointer_beta_warmup_epochs,
+            );
+            Ok(loss::multitask_loss(
+                out.logits, y_a, start, end, ts, te, alpha, beta,
+            ))
+        }
+        (None, None) => {
+            let logits = out.logits;
+            let gamma = config.focal_gamma;
+            Ok(loss::mixed(
+                |t| loss::focal_loss(logits.clone(), t, gamma, focal_alpha),
+                y_a,
+                y_b,
+                lambda,
+            ))
+        }
+        _ => bail!("pointer targets and pointer heads do not match"),
+    }
+}
+
+impl<B: AutodiffBackend> ClassifierTask<B> {
+    fn alpha<Bk: Backend>(&self, device: &Bk::Device) -> Option<Tensor<Bk, 1>> {
+        self.focal_alpha
+            .as_ref()
+            .map(|a| Tensor::from_data(TensorData::new(a.clone(), [a.len()]), device))
+    }
+}
+
+impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
+    type Model = Net<B>;
+    type Batch = Vec<usize>;
+
+    fn train_loader(&mut self, _info: &EpochInfo, seed: u64) -> Result<Loader<Vec<usize>>> {
+        let mut rng = kiln::seed::rng(seed, "shuffle", 0);
+        Ok(Loader::from_vec(kiln::data::batches(
+            self.train.len(),
+            self.config.batch_size,
+            true,
+            false,
+            &mut rng,
+        )))
+    }
+
+    fn training_step(
+        &mut self,
+        model: &Net<B>,
+        idx: Vec<usize>,
+        info: &EpochInfo,
+    ) -> Result<StepOutput<B>> {
+        let (t, f) = (self.seq_len, self.n_features);
+        let b = idx.len();
+        let mut rng = kiln::seed::rng(info.seed, "augment", info.global_step as u64);
+        let mut x = gather(&self.train.x, t * f, &idx);
+        self.config.temporal_aug.apply(&mut x, b, t, f, &mut rng);
+        let mixed = mixup_cutmix(
+            &x,
+            b,
+            t,
+            f,
+            self.config.mixup_alpha,
+            self.config.cutmix_alpha,
+            self.config.cutmix_prob,
+            &mut rng,
+        );
+        let y: Vec<usize> = idx.iter().map(|&i| self.train.y[i]).collect();
+        let pointer_mode = self.train.pointers.is_some();
+        // Single task: mixed inputs and the mixup criterion. Multi-task (quirk §8.5): the
+        // reference mixes the inputs but keeps the original targets.
+        let (input, lambda, y_b) = if pointer_mode {
+            let input = if self.config.multitask_mix_inputs {
+                mixed.x
+            } else {
+                x
+            };
+            (input, 1.0, y.clone())
+        } else {
+            let y_b = mixed.perm.iter().map(|&p| y[p]).collect();
+            (mixed.x, mixed.lambda, y_b)
+        };
+        let device = &self.device;
+        let input = Tensor::<B, 3>::from_data(TensorData::new(input, [b, t, f]), device);
+        let pointers = self.train.pointers.as_ref().map(|p| {
+            (
+                int_tensor::<B>(idx.iter().map(|&i| p[i].0), device),
+                int_tensor::<B>(idx.iter().map(|&i| p[i].1), device),
+            )
+        });
+        let out = model.forward(input);
+        let logits = out.logits.clone();
+        let alpha = self.alpha::<B>(device);
+        let loss = batch_loss(
+            out,
+            int_tensor::<B>(y.iter().copied(), device),
+            int_tensor::<B>(y_b, device),
+            lambda,
+            pointers,
+            &self.config,
+            alpha.as_ref(),
+            info.epoch,
+        )?;
+        // Training accuracy against the original labels, like the reference.
+        let pred = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap_or_default();
+        let hits = pred
+            .iter()
+            .zip(&y)
+            .filter(|(p, y)| **p as usize == **y)
+            .count();
+        Ok(StepOutput {
+            loss,
+            batch_size: b,
+            logs: vec![("acc".into(), hits as f64 / b as f64)],
+        })
+    }
+
+    fn validate(&mut self, model: &Net<B::InnerBackend>, info: &EpochInfo) -> Result<Row> {
+        let Some(val) = &self.val else {
+            return Ok(Row::new());
+        };
+        let (t, f) = (self.seq_len, self.n_features);
+        let device = &self.device;
+        let alpha = self.alpha::<B::InnerBackend>(device);
+        let mut loss_sum = 0.0;
+        let mut batches = 0usize;
+        let mut hits = 0usize;
+        for chunk in (0..val.len())
+            .collect::<Vec<_>>()
+            .chunks(self.config.batch_size)
+        {
+            let b = chunk.len();
+            let x = gather(&val.x, t * f, chunk);
+            let input =
+                Tensor::<B::InnerBackend, 3>::from_data(TensorData::new(x, [b, t, f]), device);
+            let out = model.forward(input);
+            let pred: Vec<i64> = out
+                .logits
+                .clone()
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .to_vec()
+                .unwrap_or_default();
+            hits += chunk
+                .iter()
+                .zip(&pred)
+                .filter(|(i, p)| val.y[**i] == **p as usize)
+                .count();
+            let y = int_tensor::<B::InnerBackend>(chunk.iter().map(|&i| val.y[i]), device);
+            let pointers = val.pointers.as_ref().map(|p| {
+                (
+                    int_tensor::<B::InnerBackend>(chunk.iter().map(|&i| p[i].0), device),
+                    int_tensor::<B::InnerBackend>(chunk.iter().map(|&i| p[i].1), device),
+                )
+            });
+            let l = batch_loss(
+                out,
+                y.clone(),
+                y,
+                1.0,
+                pointers,
+                &self.config,
+                alpha.as_ref(),
+                info.epoch,
+            )?;
+            loss_sum += f64::from(l.into_scalar().elem::<f32>());
+            batches += 1;
+        }
+        Ok([
+            ("val_loss".to_string(), loss_sum / batches.max(1) as f64),
+            ("val_acc".to_string(), hits as f64 / val.len().max(1) as f64),
+        ]
+        .into())
+    }
+}
+
+/// What a fit produced.
+pub struct Fitted<B: AutodiffBackend> {
+    /// The trained network (best validation weights when validation ran).
+    pub net: Net<B>,
+    /// Label map and pointer window.
+    pub prepared: Prepared,
+    /// Per-epoch metrics.
+    pub history: Vec<(usize, Row)>,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+/// Everything one training run needs: the task, a fresh network and its optimiser.
+pub struct Session<B: AutodiffBackend> {
+    /// The kiln task (data, recipe).
+    pub task: ClassifierTask<B>,
+    /// The freshly initialised network.
+    pub net: Net<B>,
+    /// AdamW with the recipe's constant learning rate.
+    pub optim:
+        Standard<burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Net<B>, B>, ConstantLr>,
+    /// Labels and pointer targets.
+    pub prepared: Prepared,
+}
+
+impl<B: AutodiffBackend> Session<B> {
+    /// Validates the inputs, splits off the validation set and builds the network.
+    pub fn new(
+        spec: &ModelSpec,
+        config: &TrainConfig,
+        data: &WindowSet,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        if data.is_empty() {
+            bail!("cannot train on an empty data set");
+        }
+        let prep = prepare(spec, data, None)?;
+        let n_classes = prep.labels.len();
+        if n_classes < 2 {
+            bail!(
+                "training needs at least 2 classes, found {:?}",
+                prep.labels.classes()
+            );
+        }
+        let focal_alpha = match &config.focal_alpha {
+            Some(a) if a.len() != n_classes => bail!(
+                "focal_alpha has {} weights for {n_classes} classes {:?}",
+                a.len(),
+                prep.labels.classes()
+            ),
+            Some(a) => Some(a.iter().map(|&v| v as f32).collect()),
+            None => None,
+        };
+        let all: Vec<usize> = (0..data.len()).collect();
+        let (train_idx, val_idx) = if config.val_split > 0.0 {
+            let mut rng = kiln::seed::rng(config.seed, "val_split", 0);
+            kiln::data::stratified_split(&prep.y, config.val_split, &mut rng).context(
+                "cannot make the stratified validation split (set val_split 0 to skip it)",
+            )?
+        } else {
+            (all, Vec::new())
+        };
+        tracing::info!(
+            "fitting {} on {} windows ({} train / {} validation), {} classes {:?}, shape {}×{}",
+            spec.name(),
+            data.len(),
+            train_idx.len(),
+            val_idx.len(),
+            n_classes,
+            prep.labels.classes(),
+            data.seq_len,
+            data.n_features
+        );
+        kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
+        let net: Net<B> = spec.init(data.n_features, n_classes, data.seq_len, device)?;
+        tracing::info!("{} parameters", net.num_params());
+        let task = ClassifierTask::<B> {
+            train: Split::take(data, &prep, &train_idx),
+            val: (!val_idx.is_empty()).then(|| Split::take(data, &prep, &val_idx)),
+            seq_len: data.seq_len,
+            n_features: data.n_features,
+            config: config.clone(),
+            focal_alpha,
+            device: device.clone(),
+        };
+        let optim = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(config.weight_decay as f32)
+            .init::<B, Net<B>>();
+        let optim = Standard::new(optim, ConstantLr::new(config.learning_rate), Interval::Step);
+        Ok(Self {
+            task,
+            net,
+            optim,
+            prepared: prep,
+        })
+    }
+}
+
+/// Builds a fresh network from `spec` and trains it on `data` with the recipe.
+pub fn fit<B: AutodiffBackend>(
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    data: &WindowSet,
+    device: &B::Device,
+    run: &RunOptions,
+) -> Result<Fitted<B>> {
+    let Session {
+        mut task,
+        net,
+        mut optim,
+        prepared,
+    } = Session::new(spec, config, data, device)?;
+    let mut tc = TrainerConfig::new(config.n_epochs);
+    tc.seed = config.seed;
+    tc.run_dir = run.run_dir.clone();
+    tc.resume_from = run.resume_from.clone();
+    tc.progress = run.progress;
+    let mut trainer = Trainer::new(tc);
+    if task.val.is_some() {
+        trainer = trainer.with_callback(EarlyStopping::new(
+            "val_loss",
+            Mode::Min,
+            config.early_stopping_patience,
+        ));
+        if run.run_dir.is_some() {
+            trainer = trainer.with_callback(ModelCheckpoint::best("val_loss", Mode::Min, 1));
+        }
+    } else if run.run_dir.is_some() {
+        trainer = trainer.with_callback(ModelCheckpoint::last_only());
+    }
+    let outcome = trainer.fit(&mut task, net, &mut optim, device)?;
+    Ok(Fitted {
+        net: outcome.model,
+        prepared,
+        history: outcome.history,
+        epochs: outcome.epochs_completed,
+        stopped_early: outcome.stopped_early,
+    })
+}
+
+/// Host copies of a network's outputs: class logits and optional (start, end) pointer logits.
+pub type HostOutputs = (Vec<Vec<f32>>, Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>);
+
+/// Runs the network in eval mode over a set in batches; returns logits and pointer logits on the host.
+pub fn infer<B: Backend>(
+    net: &Net<B>,
+    data: &WindowSet,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<HostOutputs> {
+    data.check_finite()?;
+    let (t, f) = (data.seq_len, data.n_features);
+    let mut logits = Vec::with_capacity(data.len());
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    let mut has_pointers = false;
+    let idx: Vec<usize> = (0..data.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let x = gather(&data.x, t * f, chunk);
+        let input = Tensor::<B, 3>::from_data(TensorData::new(x, [chunk.len(), t, f]), device);
+        let out = net.forward(input);
+        logits.extend(rows(out.logits)?);
+        if let Some((s, e)) = out.pointers {
+            has_pointers = true;
+            starts.extend(rows(s)?);
+            ends.extend(rows(e)?);
+        }
+    }
+    Ok((logits, has_pointers.then_some((starts, ends))))
+}
+
+fn rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
+    let [_, c] = t.dims();
+    let v: Vec<f32> = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("cannot read model output: {e:?}"))?;
+    Ok(v.chunks(c).map(<[f32]>::to_vec).collect())
+}
+
+/// Softmax of one row of logits, in f64.
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = row.iter().map(|&v| f64::from(v - max).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / z).collect()
+}
+
+/// The inner (eval) network of a trained autodiff network.
+pub fn eval_net<B: AutodiffBackend>(net: &Net<B>) -> Net<B::InnerBackend> {
+    net.valid()
+}
