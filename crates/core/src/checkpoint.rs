@@ -74,6 +74,17 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
     v.out
 }
 
+/// Number of learnable values, as PyTorch's `sum(p.numel() for p in model.parameters())` counts
+/// them: BatchNorm running statistics (`running_mean`, `running_var`) are buffers there, while
+/// Burn's `num_params` includes them.
+pub fn parameter_count<B: Backend, M: Module<B>>(module: &M) -> usize {
+    param_shapes::<B, M>(module)
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum()
+}
+
 /// Initialises every lazily-initialised parameter now.
 ///
 /// Burn initialises parameters on first use, and a clone of an uninitialised module initialises

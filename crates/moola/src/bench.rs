@@ -140,8 +140,7 @@ impl BackendJob for TimeSteps {
             let start = Instant::now();
             let out = task.training_step(&net, batch.clone(), &info)?;
             net = kiln::optim::Optimization::step(&mut optim, net, out.loss)?;
-            // Force the lazily evaluated update to finish before stopping the clock.
-            let _ = burn::module::Module::num_params(&net);
+            // Wait for queued device work (asynchronous backends) before stopping the clock.
             B::sync(&device).map_err(|e| anyhow::anyhow!("backend error: {e:?}"))?;
             if step >= self.warmup {
                 times.push(start.elapsed().as_secs_f64() * 1e3);

@@ -144,7 +144,7 @@ impl<B: AutodiffBackend> Classifier<B> {
             stopped_early: fitted.stopped_early,
             best_val_loss,
             final_train_acc,
-            num_params: burn::module::Module::num_params(&net),
+            num_params: kiln::checkpoint::parameter_count(&net),
         };
         let card = ModelCard {
             format: CARD_FORMAT.to_string(),

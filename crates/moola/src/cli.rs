@@ -15,7 +15,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln::backend::{BackendJob, DeviceKind, launch};
@@ -345,7 +344,7 @@ impl BackendJob for Describe {
         println!(
             "{}: {} parameters ({} classes, input dim {}, {} steps)",
             spec.name(),
-            net.num_params(),
+            kiln::checkpoint::parameter_count(&net),
             self.args.n_classes,
             self.args.input_dim,
             self.args.seq_len
@@ -726,7 +725,7 @@ impl BackendJob for ImportJob {
             card.n_classes,
             card.classes,
             card.input_dim,
-            net.num_params(),
+            kiln::checkpoint::parameter_count(&net),
             crate::model::model_paths(&self.args.output).0.display()
         );
         Ok(())

@@ -462,6 +462,7 @@ fn spec_from_hyperparams(name: &str, meta: &Metadata) -> Result<ModelSpec> {
                 dropout: hp_or(hp, "dropout_rate", d.dropout, as_f64)?,
                 instance_norm: hp_or(hp, "instance_norm", d.instance_norm, as_bool)?,
                 window: None,
+                readout: Default::default(),
             })
         }
         other => ModelSpec::from_name(other)?,

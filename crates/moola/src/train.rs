@@ -533,7 +533,7 @@ impl<B: AutodiffBackend> Session<B> {
         );
         kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
         let net: Net<B> = spec.init(data.n_features, n_classes, data.seq_len, device)?;
-        tracing::info!("{} parameters", net.num_params());
+        tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&net));
         let task = ClassifierTask::<B> {
             train: Split::take(data, &prep, &train_idx),
             val: (!val_idx.is_empty()).then(|| Split::take(data, &prep, &val_idx)),

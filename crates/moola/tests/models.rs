@@ -23,11 +23,7 @@ fn device() -> burn::tensor::Device<B> {
 /// Trainable parameters, as PyTorch's `sum(p.numel() for p in model.parameters())` counts them
 /// (BatchNorm running statistics are buffers there).
 fn n_params<M: Module<B>>(module: &M) -> usize {
-    kiln::checkpoint::param_shapes::<B, _>(module)
-        .into_iter()
-        .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
-        .map(|(_, shape)| shape.iter().product::<usize>())
-        .sum()
+    kiln::checkpoint::parameter_count::<B, _>(module)
 }
 
 fn build(spec: ModelSpec, input_dim: usize, n_classes: usize, seq_len: usize) -> Net<B> {

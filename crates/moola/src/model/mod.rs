@@ -13,7 +13,7 @@ pub mod rwkv_ts;
 pub mod simple_lstm;
 
 pub use cnn_transformer::{CnnTransformer, CnnTransformerConfig};
-pub use rwkv_ts::{RwkvTs, RwkvTsConfig};
+pub use rwkv_ts::{Readout, RwkvTs, RwkvTsConfig};
 pub use simple_lstm::{SimpleLstm, SimpleLstmConfig};
 
 /// The inner ("prediction") window of a sequence: steps `start..end`.

@@ -38,7 +38,8 @@
 //!   shifts per block; the state is the previous block's last step) covers only the last
 //!   `2·n_layers + 1` steps (9 for the defaults). With the reference window (30..75) the ×1.2
 //!   mask therefore never reaches the logits, in the reference as here; it matters only for
-//!   windows near the end of the sequence.
+//!   windows near the end of the sequence. `readout: mean` (an option of this port, off by
+//!   default) feeds the classifier the mean over all steps instead.
 
 use anyhow::bail;
 use burn::module::{Initializer, Param};
@@ -71,6 +72,20 @@ pub struct RwkvTsConfig {
     pub instance_norm: bool,
     /// Inner window for the ×1.2 mask; `None` = default for the sequence length.
     pub window: Option<InnerWindow>,
+    /// What the classifier reads: the last step (reference) or the mean over all steps.
+    pub readout: Readout,
+}
+
+/// Which time steps feed the RWKV-TS classifier head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readout {
+    /// The last step, like the reference (its receptive field is the last `2·n_layers + 1`
+    /// steps).
+    #[default]
+    Last,
+    /// The mean over all steps (an option of this port; sees the whole window).
+    Mean,
 }
 
 impl Default for RwkvTsConfig {
@@ -82,6 +97,7 @@ impl Default for RwkvTsConfig {
             dropout: 0.2,
             instance_norm: true,
             window: None,
+            readout: Readout::Last,
         }
     }
 }
@@ -144,6 +160,7 @@ impl RwkvTsConfig {
             classifier: LinearConfig::new(d, n_classes).init(device),
             instance_norm: self.instance_norm,
             window,
+            readout: self.readout,
         })
     }
 }
@@ -283,6 +300,9 @@ pub struct RwkvTs<B: Backend> {
     /// The inner window of the ×1.2 mask, if any.
     #[module(skip)]
     pub window: Option<InnerWindow>,
+    /// Which steps feed the classifier.
+    #[module(skip)]
+    pub readout: Readout,
 }
 
 /// The reference's `window_mask` values for `steps` steps and a window: 1.0, and
@@ -337,9 +357,12 @@ impl<B: Backend> RwkvTs<B> {
             h = next;
             state = next_state;
         }
-        let last = h
-            .slice([0..batch, steps - 1..steps, 0..d])
-            .reshape([batch, d]);
+        let last = match self.readout {
+            Readout::Last => h
+                .slice([0..batch, steps - 1..steps, 0..d])
+                .reshape([batch, d]),
+            Readout::Mean => h.mean_dim(1).reshape([batch, d]),
+        };
         self.classifier
             .forward(self.dropout.forward(self.output_norm.forward(last)))
     }

@@ -1,0 +1,361 @@
+//! The `moola` binary end to end: ingest → train → predict → evaluate → resume, and its errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use moola::data::{FeatureLayout, WindowSet, write_parquet};
+
+fn moola(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moola"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("moola runs")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "moola failed:\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn failed(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1: {out:?}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// 40 labelled 105×4 windows (two trend classes) with expansion indices.
+fn windows() -> WindowSet {
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    let mut expansion = Vec::new();
+    for i in 0..40usize {
+        let drift = if i % 2 == 0 { 0.4f32 } else { -0.4 };
+        let mut close = 0.0f32;
+        for t in 0..105 {
+            let open = close;
+            close += drift + 0.1 * ((i * 7 + t * 3) % 5) as f32 - 0.2;
+            x.extend([open, open.max(close) + 0.1, open.min(close) - 0.1, close]);
+        }
+        labels.push(
+            if i % 2 == 0 {
+                "consolidation"
+            } else {
+                "retracement"
+            }
+            .to_string(),
+        );
+        let s = 30 + (i % 20) as i64;
+        expansion.push(Some((s, s + 10)));
+    }
+    WindowSet {
+        ids: (0..40).map(|i| format!("win{i:02}")).collect(),
+        x,
+        seq_len: 105,
+        n_features: 4,
+        labels: Some(labels),
+        expansion: Some(expansion),
+    }
+}
+
+const TINY: &[&str] = &[
+    "simple_lstm.model.hidden_size",
+    "8",
+    "simple_lstm.model.num_heads",
+    "2",
+    "simple_lstm.train.n_epochs",
+    "3",
+    "simple_lstm.train.batch_size",
+    "16",
+    "cv_folds",
+    "2",
+];
+
+#[test]
+fn ingest_train_predict_evaluate_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_parquet(&windows(), &root.join("raw.parquet"), FeatureLayout::Flat).unwrap();
+
+    let out = ok(&moola(
+        &[
+            "ingest",
+            "--input",
+            "raw.parquet",
+            "--output",
+            "data/train.parquet",
+        ],
+        root,
+    ));
+    assert!(out.contains("40"), "{out}");
+    assert!(root.join("data/train.parquet").exists());
+
+    let mut args = vec![
+        "--quiet",
+        "train",
+        "--model",
+        "simple_lstm",
+        "--data",
+        "data/train.parquet",
+        "--out",
+        "run",
+    ];
+    args.extend_from_slice(TINY);
+    let out = ok(&moola(&args, root));
+    assert!(out.contains("test  (8 windows)"), "{out}");
+    for f in [
+        "model.mpk",
+        "model.json",
+        "report.json",
+        "metrics.csv",
+        "config.yaml",
+        "checkpoints/last.ckpt",
+    ] {
+        assert!(root.join("run").join(f).exists(), "missing run/{f}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("run/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["test_metrics"]["n"], 8);
+    assert_eq!(report["fit"]["epochs"], 3);
+    let config = std::fs::read_to_string(root.join("run/config.yaml")).unwrap();
+    assert!(config.contains("hidden_size: 8"), "{config}");
+
+    let out = ok(&moola(
+        &[
+            "predict",
+            "--model-path",
+            "run/model",
+            "--input",
+            "data/train.parquet",
+            "--output",
+            "pred.csv",
+        ],
+        root,
+    ));
+    assert!(out.contains("wrote 40 predictions"), "{out}");
+    let csv = std::fs::read_to_string(root.join("pred.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("window_id,prediction,prob_class_0,prob_class_1")
+    );
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[0], "win00");
+    let p0: f64 = first[2].parse().unwrap();
+    let p1: f64 = first[3].parse().unwrap();
+    assert!((p0 + p1 - 1.0).abs() < 1e-5);
+    assert_eq!(
+        first[1],
+        if p0 >= p1 {
+            "consolidation"
+        } else {
+            "retracement"
+        }
+    );
+    assert_eq!(csv.lines().count(), 41);
+
+    let mut args = vec![
+        "--quiet",
+        "evaluate",
+        "--model",
+        "simple_lstm",
+        "--data",
+        "data/train.parquet",
+        "--out",
+        "cv",
+    ];
+    args.extend_from_slice(TINY);
+    let out = ok(&moola(&args, root));
+    assert!(out.contains("2-fold CV"), "{out}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("cv/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["fold_details"].as_array().unwrap().len(), 2);
+    assert_eq!(metrics["oof"]["n"], 40);
+    let cm = std::fs::read_to_string(root.join("cv/confusion_matrix.csv")).unwrap();
+    assert!(
+        cm.starts_with("true\\pred,consolidation,retracement\n"),
+        "{cm}"
+    );
+    let counts: usize = cm
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(',').skip(1))
+        .map(|v| v.parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(counts, 40);
+
+    // Resume the first run to 5 epochs: metrics.csv continues at epoch 3.
+    let mut args = vec![
+        "--quiet",
+        "train",
+        "--model",
+        "simple_lstm",
+        "--data",
+        "data/train.parquet",
+        "--out",
+        "run",
+        "--resume",
+        "run/checkpoints/last.ckpt",
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["simple_lstm.train.n_epochs", "5"]);
+    ok(&moola(&args, root));
+    let rows = kiln::metric_log::read_csv(&root.join("run/metrics.csv")).unwrap();
+    assert_eq!(
+        rows.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+}
+
+#[test]
+fn pointer_model_writes_pointer_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_parquet(&windows(), &root.join("w.parquet"), FeatureLayout::Nested).unwrap();
+    let args = [
+        "--quiet",
+        "train",
+        "--model",
+        "cnn_transformer",
+        "--data",
+        "w.parquet",
+        "--out",
+        "run",
+        "cnn_transformer.model.cnn_channels",
+        "[8, 8, 8]",
+        "cnn_transformer.model.transformer_heads",
+        "2",
+        "cnn_transformer.model.transformer_layers",
+        "1",
+        "cnn_transformer.train.n_epochs",
+        "1",
+    ];
+    ok(&moola(&args, root));
+    let card = std::fs::read_to_string(root.join("run/model.json")).unwrap();
+    assert!(card.contains("\"predict_pointers\": true"), "{card}");
+    ok(&moola(
+        &[
+            "predict",
+            "--model-path",
+            "run/model",
+            "--input",
+            "w.parquet",
+            "--output",
+            "p.csv",
+        ],
+        root,
+    ));
+    let csv = std::fs::read_to_string(root.join("p.csv")).unwrap();
+    assert!(csv.starts_with(
+        "window_id,prediction,prob_class_0,prob_class_1,expansion_start_pred,expansion_end_pred\n"
+    ));
+    for line in csv.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let s: usize = cells[4].parse().unwrap();
+        let e: usize = cells[5].parse().unwrap();
+        assert!((30..75).contains(&s) && (30..75).contains(&e), "{line}");
+    }
+}
+
+#[test]
+fn describe_prints_reference_parameter_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, count) in [
+        ("simple_lstm", "36834"),
+        ("cnn_transformer", "875938"),
+        ("rwkv_ts", "857730"),
+    ] {
+        let out = ok(&moola(
+            &[
+                "describe",
+                "--model",
+                model,
+                "--n-classes",
+                "2",
+                "--input-dim",
+                "4",
+            ],
+            dir.path(),
+        ));
+        assert!(
+            out.contains(&format!("{model}: {count} parameters")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn errors_exit_non_zero_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let err = failed(&moola(
+        &[
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            "missing.parquet",
+            "--out",
+            "run",
+        ],
+        root,
+    ));
+    assert!(err.contains("missing.parquet"), "{err}");
+    assert!(!root.join("run").exists());
+
+    let err = failed(&moola(
+        &[
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            "x.parquet",
+            "simple_lstm.train.n_epoch",
+            "3",
+        ],
+        root,
+    ));
+    assert!(err.contains("simple_lstm.train.n_epoch"), "{err}");
+
+    let err = failed(&moola(
+        &["train", "--model", "lstm9000", "--data", "x.parquet"],
+        root,
+    ));
+    assert!(err.contains("lstm9000"), "{err}");
+
+    std::fs::write(root.join("garbage.parquet"), b"not parquet").unwrap();
+    let err = failed(&moola(
+        &[
+            "predict",
+            "--model-path",
+            "nope/model",
+            "--input",
+            "garbage.parquet",
+            "--output",
+            "out.csv",
+        ],
+        root,
+    ));
+    assert!(err.contains("nope/model"), "{err}");
+    assert!(!root.join("out.csv").exists());
+
+    let err = failed(&moola(
+        &["--device", "cuda", "describe", "--model", "simple_lstm"],
+        root,
+    ));
+    assert!(err.to_lowercase().contains("cuda"), "{err}");
+
+    let err = failed(&moola(
+        &["import", "--checkpoint", "none.pt", "--output", "m"],
+        root,
+    ));
+    assert!(err.contains("none.pt"), "{err}");
+    assert!(!root.join("m.mpk").exists());
+}

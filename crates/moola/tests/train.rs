@@ -1,0 +1,252 @@
+//! The training recipe and the Classifier API end to end, on small models and data.
+
+use burn::backend::{Autodiff, Flex};
+use moola::Classifier;
+use moola::data::WindowSet;
+use moola::model::{CnnTransformerConfig, InnerWindow, ModelSpec, RwkvTsConfig, SimpleLstmConfig};
+use moola::train::TrainConfig;
+use rand::Rng;
+
+type B = Autodiff<Flex>;
+
+/// Windows whose close drifts up (label "up") or down ("down") from 0, with noise.
+/// `expansion` marks the steepest 5-bar stretch inside 30..75.
+fn trend_windows(n: usize, t: usize, seed: u64) -> WindowSet {
+    let mut rng = kiln::seed::rng(seed, "trend", 0);
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    let mut expansion = Vec::new();
+    for i in 0..n {
+        let up = i % 2 == 0;
+        let drift = if up { 0.5 } else { -0.5 };
+        let burst = rng.random_range(30..(t.min(75) - 6).max(31)) as i64;
+        let mut close = 0.0f32;
+        for step in 0..t {
+            let open = close;
+            let kick = if (burst..burst + 5).contains(&(step as i64)) {
+                3.0 * drift
+            } else {
+                0.0
+            };
+            close += drift + kick + rng.random_range(-0.3..0.3);
+            x.extend([open, open.max(close) + 0.2, open.min(close) - 0.2, close]);
+        }
+        labels.push(if up { "up" } else { "down" }.to_string());
+        expansion.push(Some((burst, burst + 4)));
+    }
+    WindowSet {
+        ids: (0..n).map(|i| format!("w{i}")).collect(),
+        x,
+        seq_len: t,
+        n_features: 4,
+        labels: Some(labels),
+        expansion: Some(expansion),
+    }
+}
+
+fn quick(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        n_epochs: epochs,
+        batch_size: 16,
+        learning_rate: 5e-3,
+        early_stopping_patience: 100,
+        ..TrainConfig::default()
+    }
+}
+
+fn tiny_lstm() -> ModelSpec {
+    ModelSpec::SimpleLstm(SimpleLstmConfig {
+        hidden_size: 8,
+        num_layers: 1,
+        num_heads: 2,
+        dropout: 0.1,
+    })
+}
+
+fn tiny_cnnt(pointers: bool) -> ModelSpec {
+    ModelSpec::CnnTransformer(CnnTransformerConfig {
+        cnn_channels: vec![8, 8, 8],
+        cnn_kernels: vec![3, 5],
+        transformer_layers: 1,
+        transformer_heads: 2,
+        dropout: 0.1,
+        predict_pointers: pointers,
+        window: None,
+    })
+}
+
+fn tiny_rwkv() -> ModelSpec {
+    ModelSpec::RwkvTs(RwkvTsConfig {
+        d_model: 8,
+        n_layers: 2,
+        readout: moola::model::Readout::Mean,
+        ..RwkvTsConfig::default()
+    })
+}
+
+fn accuracy(clf: &Classifier<B>, data: &WindowSet) -> f64 {
+    let pred = clf.predict(data).unwrap();
+    let truth = data.labels.as_ref().unwrap();
+    pred.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64
+}
+
+#[test]
+fn every_model_learns_a_separable_task() {
+    let _guard = kiln::seed::global_lock();
+    let train = trend_windows(48, 40, 1);
+    let test = trend_windows(32, 40, 2);
+    for (spec, epochs) in [(tiny_lstm(), 25), (tiny_cnnt(false), 15), (tiny_rwkv(), 25)] {
+        let mut clf = Classifier::<B>::new(spec.clone(), quick(epochs), Default::default());
+        let report = clf.fit(&train).unwrap();
+        assert!(report.num_params > 0);
+        let acc = accuracy(&clf, &test);
+        eprintln!("{}: test accuracy {acc}", spec.name());
+        assert!(
+            acc >= 0.9,
+            "{} reached only {acc} on a separable task",
+            spec.name()
+        );
+        let proba = clf.predict_proba(&test).unwrap();
+        for row in &proba {
+            assert_eq!(row.len(), 2);
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        }
+    }
+}
+
+#[test]
+fn fits_are_reproducible_for_a_seed_and_differ_across_seeds() {
+    let _guard = kiln::seed::global_lock();
+    let data = trend_windows(24, 30, 3);
+    let run = |seed: u64| {
+        let mut cfg = quick(3);
+        cfg.seed = seed;
+        let mut clf = Classifier::<B>::new(tiny_lstm(), cfg, Default::default());
+        clf.fit(&data).unwrap();
+        clf.predict_proba(&data).unwrap()
+    };
+    let a = run(7);
+    assert_eq!(a, run(7), "same seed, different probabilities");
+    assert_ne!(a, run(8));
+}
+
+#[test]
+fn save_and_load_give_the_same_predictions() {
+    let _guard = kiln::seed::global_lock();
+    let data = trend_windows(24, 30, 4);
+    let mut clf = Classifier::<B>::new(tiny_cnnt(false), quick(2), Default::default());
+    clf.fit(&data).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model");
+    clf.save(&path).unwrap();
+    assert!(dir.path().join("model.mpk").exists() && dir.path().join("model.json").exists());
+    let loaded = Classifier::<B>::load(&path, TrainConfig::default(), Default::default()).unwrap();
+    assert_eq!(
+        clf.predict_proba(&data).unwrap(),
+        loaded.predict_proba(&data).unwrap()
+    );
+    assert_eq!(loaded.card().unwrap().classes, vec!["down", "up"]);
+    assert_eq!(loaded.card().unwrap().seq_len, 30);
+
+    // A sidecar that points at another architecture is refused with the parameter's name.
+    let card_path = dir.path().join("model.json");
+    let text = std::fs::read_to_string(&card_path)
+        .unwrap()
+        .replace("\"transformer_heads\": 2", "\"transformer_heads\": 1");
+    let text = text.replace(
+        "[\n      8,\n      8,\n      8\n    ]",
+        "[\n      8,\n      8,\n      16\n    ]",
+    );
+    std::fs::write(&card_path, text).unwrap();
+    let err = Classifier::<B>::load(&path, TrainConfig::default(), Default::default())
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("another architecture"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn pointer_model_trains_and_predicts_pointers() {
+    let _guard = kiln::seed::global_lock();
+    let data = trend_windows(32, InnerWindow::REFERENCE_LEN, 5);
+    let mut clf = Classifier::<B>::new(tiny_cnnt(true), quick(4), Default::default());
+    clf.fit(&data).unwrap();
+    let p = clf.predict_with_pointers(&data).unwrap();
+    assert_eq!(p.window, InnerWindow::REFERENCE);
+    assert_eq!(p.start_probabilities.len(), 32);
+    assert_eq!(p.start_probabilities[0].len(), 45);
+    assert!(
+        p.start_predictions
+            .iter()
+            .chain(&p.end_predictions)
+            .all(|&i| i < 45)
+    );
+    assert!(
+        p.start_probabilities
+            .iter()
+            .flatten()
+            .all(|&v| (0.0..=1.0).contains(&v))
+    );
+    // Pointer heads need expansions.
+    let mut bare = data.clone();
+    bare.expansion = None;
+    let err = Classifier::<B>::new(tiny_cnnt(true), quick(1), Default::default())
+        .fit(&bare)
+        .unwrap_err();
+    assert!(err.to_string().contains("expansion"), "{err}");
+    // A model without pointer heads refuses predict_with_pointers.
+    let mut plain = Classifier::<B>::new(tiny_lstm(), quick(1), Default::default());
+    plain.fit(&data).unwrap();
+    assert!(plain.predict_with_pointers(&data).is_err());
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let data = trend_windows(24, 30, 6);
+    let clf = Classifier::<B>::new(tiny_lstm(), quick(1), Default::default());
+    let err = clf.predict(&data).unwrap_err().to_string();
+    assert!(err.contains("not fitted"), "{err}");
+
+    let mut poisoned = data.clone();
+    poisoned.x[4 * 30 * 3 + 5] = f32::NAN;
+    let err = Classifier::<B>::new(tiny_lstm(), quick(1), Default::default())
+        .fit(&poisoned)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("w3"), "{err:#}");
+
+    let mut one_class = data.clone();
+    one_class.labels = Some(vec!["up".to_string(); 24]);
+    let err = Classifier::<B>::new(tiny_lstm(), quick(1), Default::default())
+        .fit(&one_class)
+        .unwrap_err();
+    assert!(err.to_string().contains("2 classes"), "{err}");
+
+    let mut cfg = quick(1);
+    cfg.focal_alpha = Some(vec![1.0, 2.0, 3.0]);
+    let err = Classifier::<B>::new(tiny_lstm(), cfg, Default::default())
+        .fit(&data)
+        .unwrap_err();
+    assert!(err.to_string().contains("focal_alpha"), "{err}");
+
+    let _guard = kiln::seed::global_lock();
+    let mut clf = Classifier::<B>::new(tiny_lstm(), quick(1), Default::default());
+    clf.fit(&data).unwrap();
+    let longer = trend_windows(4, 31, 7);
+    let err = clf.predict(&longer).unwrap_err().to_string();
+    assert!(err.contains("30 steps"), "{err}");
+}
+
+#[test]
+fn early_stopping_stops_and_restores() {
+    let _guard = kiln::seed::global_lock();
+    let data = trend_windows(40, 30, 8);
+    let mut cfg = quick(200);
+    cfg.early_stopping_patience = 3;
+    cfg.learning_rate = 5e-2;
+    let mut clf = Classifier::<B>::new(tiny_lstm(), cfg, Default::default());
+    let report = clf.fit(&data).unwrap();
+    assert!(report.stopped_early && report.epochs < 200, "{report:?}");
+    assert!(report.best_val_loss.is_some());
+}
