@@ -24,12 +24,12 @@ pub fn bar(len: Option<usize>, prefix: &str, enabled: bool) -> ProgressBar {
     bar
 }
 
-/// Installs a `tracing` subscriber printing to stderr; `RUST_LOG` overrides the level.
-/// Calling it twice is harmless.
-pub fn init_logging(verbose: bool) {
+/// Installs a `tracing` subscriber printing to stderr at `default_level` (`info`, `warn`, ...);
+/// `RUST_LOG` overrides it. Calling it twice is harmless.
+pub fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let default = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = moola::cli::Cli::parse();
-    kiln::progress::init_logging(false);
+    kiln::progress::init_logging("info");
     if let Err(e) = moola::cli::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
