@@ -3,8 +3,12 @@
 //! A Rust re-implementation of mikwieczorek/centroids-reid ("On the Unreasonable Effectiveness
 //! of Centroids in Image Retrieval").
 
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod infer;
 pub mod loss;
 pub mod model;
+pub mod tools;
+pub mod train;

@@ -1,0 +1,133 @@
+//! The `reid` command line. It mirrors the reference's scripts: every command takes
+//! `--config-file <yml>` (also spelled `--config_file`) and trailing yacs `KEY VALUE` pairs.
+//!
+//! ```text
+//! reid [--device cpu|cuda] [--quiet] <command> --config-file configs/256_resnet50.yml [KEY VALUE ...]
+//!   train              train_ctl_model.py (default) or train_base_model.py (--model base)
+//!   test               the TEST.ONLY_TEST flow on MODEL.PRETRAIN_PATH (own or reference .ckpt)
+//!   create-embeddings  inference/create_embeddings.py: embeddings.npy + paths.npy
+//!   get-similar        inference/get_similar.py: top-k gallery matches per query image
+//!   visrank            ranked-result pictures with green/red borders
+//!   evaluate           mAP/CMC of precomputed query/gallery embeddings (.npy), three protocols
+//!   convert-fashion-mnist   build the bundled Market1501-layout Fashion-MNIST set
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use kiln::DeviceKind;
+
+use crate::config::ReidConfig;
+use crate::tools;
+
+/// reid: person re-identification and fashion retrieval with centroids, on Burn.
+#[derive(Debug, Parser)]
+#[command(name = "reid", version, about)]
+pub struct Cli {
+    /// Device: cpu (default backend of this build), ndarray, flex, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The configuration arguments every command takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Common {
+    /// YAML configuration (e.g. configs/256_resnet50.yml), merged over the defaults.
+    #[arg(long, alias = "config_file")]
+    pub config_file: Option<PathBuf>,
+    /// yacs-style `KEY VALUE` overrides, e.g. `SOLVER.BASE_LR 0.00035 DATASETS.NAMES market1501`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "KEY VALUE"
+    )]
+    pub opts: Vec<String>,
+}
+
+impl Common {
+    /// Loads and validates the configuration.
+    pub fn config(&self) -> Result<ReidConfig> {
+        let cfg = ReidConfig::load(self.config_file.as_deref(), &self.opts)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Which training step.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// Centroid triplet loss + the base losses (train_ctl_model.py).
+    Ctl,
+    /// Cross-entropy + triplet + center (train_base_model.py).
+    Base,
+}
+
+/// `reid train` arguments.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// ctl (default) or base.
+    #[arg(long, value_enum, default_value = "ctl")]
+    pub model: StepKind,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the CTL model (or the base model) and test it with and without centroids.
+    Train(TrainArgs),
+    /// Evaluate MODEL.PRETRAIN_PATH (TEST.ONLY_TEST flow): configured USE_CENTROIDS, then flipped.
+    Test(Common),
+    /// Embed a directory of images (embeddings.npy, paths.npy).
+    CreateEmbeddings(tools::CreateEmbeddingsArgs),
+    /// Find the top-k most similar gallery images of each query image.
+    GetSimilar(tools::GetSimilarArgs),
+    /// Draw ranked results (query + top-k, green/red borders).
+    Visrank(tools::VisrankArgs),
+    /// mAP/CMC of precomputed query/gallery embeddings and ids (.npy).
+    Evaluate(tools::EvaluateArgs),
+    /// Convert the Debian dataset-fashion-mnist files into the bundled retrieval set.
+    ConvertFashionMnist(ConvertArgs),
+}
+
+/// `reid convert-fashion-mnist` arguments.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Directory holding the Fashion-MNIST idx files (from the Debian package).
+    #[arg(long)]
+    pub src: PathBuf,
+    /// Output root (gets `market1501/...`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let progress = !cli.quiet;
+    match cli.command {
+        Command::Train(a) => {
+            crate::train::run_train(a.common.config()?, a.model, cli.device, progress)
+        }
+        Command::Test(c) => crate::train::run_test(c.config()?, cli.device, progress),
+        Command::CreateEmbeddings(a) => tools::create_embeddings(a, cli.device, progress),
+        Command::GetSimilar(a) => tools::get_similar(a, cli.device, progress),
+        Command::Visrank(a) => tools::visrank(a, cli.device, progress),
+        Command::Evaluate(a) => tools::evaluate(a),
+        Command::ConvertFashionMnist(a) => {
+            let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
+            println!("{summary:?}");
+            Ok(())
+        }
+    }
+}

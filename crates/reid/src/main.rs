@@ -1,0 +1,12 @@
+//! The `reid` command-line tool; see `reid --help` and [`reid::cli`].
+
+use clap::Parser;
+
+fn main() {
+    let cli = reid::cli::Cli::parse();
+    kiln::progress::init_logging("info");
+    if let Err(e) = reid::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
