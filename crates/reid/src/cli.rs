@@ -78,6 +78,22 @@ pub struct TrainArgs {
     /// ctl (default) or base.
     #[arg(long, value_enum, default_value = "ctl")]
     pub model: StepKind,
+    /// Centroid mode B with the reference's camera-id bug (§7.4) instead of the corrected one.
+    #[arg(long)]
+    pub camid_bug_compat: bool,
+    /// Also evaluate the untrained model before training (mAP/R1 before vs after).
+    #[arg(long)]
+    pub eval_before: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `reid test` arguments.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Centroid mode B with the reference's camera-id bug (§7.4) instead of the corrected one.
+    #[arg(long)]
+    pub camid_bug_compat: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -88,7 +104,7 @@ pub enum Command {
     /// Train the CTL model (or the base model) and test it with and without centroids.
     Train(TrainArgs),
     /// Evaluate MODEL.PRETRAIN_PATH (TEST.ONLY_TEST flow): configured USE_CENTROIDS, then flipped.
-    Test(Common),
+    Test(TestArgs),
     /// Embed a directory of images (embeddings.npy, paths.npy).
     CreateEmbeddings(tools::CreateEmbeddingsArgs),
     /// Find the top-k most similar gallery images of each query image.
@@ -117,9 +133,18 @@ pub fn run(cli: Cli) -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         Command::Train(a) => {
-            crate::train::run_train(a.common.config()?, a.model, cli.device, progress)
+            let options = crate::train::FitOptions {
+                bug_compat: a.camid_bug_compat,
+                progress,
+                evaluate_before: a.eval_before,
+                run_dir: None,
+            };
+            crate::train::run_train(a.common.config()?, a.model, cli.device, options).map(|_| ())
         }
-        Command::Test(c) => crate::train::run_test(c.config()?, cli.device, progress),
+        Command::Test(a) => {
+            crate::train::run_test(a.common.config()?, cli.device, a.camid_bug_compat, progress)
+                .map(|_| ())
+        }
         Command::CreateEmbeddings(a) => tools::create_embeddings(a, cli.device, progress),
         Command::GetSimilar(a) => tools::get_similar(a, cli.device, progress),
         Command::Visrank(a) => tools::visrank(a, cli.device, progress),

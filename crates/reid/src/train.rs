@@ -1,21 +1,755 @@
-//! Training and testing (§6). STUB: being written.
-use anyhow::Result;
-use kiln::DeviceKind;
+//! Training and testing (§6) on kiln's Trainer.
+//!
+//! * [`ReidTask`] is the LightningModule: P×K batches from the identity sampler (§3.6), the
+//!   base-model or CTL-model objective (§5.5, §5.6) on the pre-BN features, validation every
+//!   `SOLVER.EVAL_PERIOD` epochs on query + gallery (mAP, Top-1/5/10/20/50).
+//! * [`ReidOptimization`] is the manual optimisation of §6.1–§6.2: Adam (β 0.9/0.999, ε 1e-8,
+//!   coupled L2 weight decay `SOLVER.WEIGHT_DECAY`) on every parameter except the centres and
+//!   the frozen BNNeck bias, SGD(`SOLVER.CENTER_LR`) on the centres with their gradient rescaled by
+//!   `1 / SOLVER.CENTER_LOSS_WEIGHT`, and the per-epoch warm-up + multi-step schedule of §6.3 on
+//!   the Adam rate only.
+//! * [`fit`] wires them into a run directory (`<LOG_DIR>/<train_ctl_model|train_base_model>/
+//!   version_N/` with `config.yaml`, `metrics.csv`, `checkpoints/{last,best-…}.ckpt` chosen by
+//!   `SOLVER.MONITOR_METRIC_NAME`), resumes with `MODEL.RESUME_TRAINING` from
+//!   `MODEL.PRETRAIN_PATH`, and ends with the test of §6.8 (the last-epoch model, all three
+//!   protocols side by side).
+//!
+//! Metric names in `metrics.csv` map to the reference's logged scalars: `train_loss`
+//! (`epoch_train_loss`), `train_dist_ap` / `train_dist_an` (`epoch_dist_ap` / `epoch_dist_an`),
+//! `lr`, `train_l2_mean_centroid`, `train_query_xent`, `train_query_triplet`,
+//! `train_query_center`, `train_centroid_triplet` (CTL only), and on validation epochs `mAP`,
+//! `Top-1`, `Top-5`, `Top-10`, `Top-20`, `Top-50`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use kiln::backend::{BackendJob, DeviceKind, launch};
+use kiln::callbacks::{Mode, ModelCheckpoint};
+use kiln::checkpoint::{record_from_bytes, record_to_bytes};
+use kiln::metric_log::Row;
+use kiln::optim::{LrControl, Optimization, WarmupMultiStepLr};
+use kiln::trainer::{EpochInfo, Loader, StepOutput, Task, Trainer, TrainerConfig};
+use serde::Serialize;
 
 use crate::cli::StepKind;
 use crate::config::ReidConfig;
+use crate::data::{
+    EvalLoader, LoaderOptions, PkSampler, ReidDataset, Sample, TestTransform, TrainBatch,
+    TrainLoader, TrainTransform, load_dataset,
+};
+use crate::eval::{
+    CentroidMode, EmbeddingSet, EvalLabels, EvalMetrics, EvalReport, FeatureMatrix,
+    GalleryCamids, RetrievalOptions, evaluate, evaluate_centroids,
+};
+use crate::infer::{CheckpointTask, Embedded, embed_batches};
+use crate::loss::{DistanceFunc, LossConfig, LossInputs, base_model_loss, ctl_model_loss};
+use crate::model::{ModelConfig, ReidModel, load_imagenet_weights};
 
-/// `reid train`.
-pub fn run_train(
-    _cfg: ReidConfig,
-    _step: StepKind,
-    _device: DeviceKind,
-    _progress: bool,
-) -> Result<()> {
-    anyhow::bail!("not implemented yet")
+/// The loss settings of a configuration (§5).
+pub fn loss_config(cfg: &ReidConfig) -> Result<LossConfig> {
+    Ok(LossConfig {
+        margin: cfg.solver.margin as f32,
+        distance: distance(cfg)?,
+        center_loss_weight: cfg.solver.center_loss_weight as f32,
+        query_xent_weight: cfg.solver.query_xent_weight as f32,
+        query_contrastive_weight: cfg.solver.query_contrastive_weight as f32,
+        centroid_contrastive_weight: cfg.solver.centroid_contrastive_weight as f32,
+        num_instances: cfg.dataloader.num_instance,
+        ..LossConfig::default()
+    })
 }
 
-/// `reid test`.
-pub fn run_test(_cfg: ReidConfig, _device: DeviceKind, _progress: bool) -> Result<()> {
-    anyhow::bail!("not implemented yet")
+fn distance(cfg: &ReidConfig) -> Result<DistanceFunc> {
+    cfg.solver
+        .distance_func
+        .parse()
+        .map_err(|e| anyhow::anyhow!("SOLVER.DISTANCE_FUNC: {e}"))
+}
+
+/// Ranking options of a configuration (§7.2).
+pub fn retrieval_options(cfg: &ReidConfig) -> Result<RetrievalOptions> {
+    Ok(RetrievalOptions {
+        feat_norm: cfg.test.feat_norm,
+        distance: distance(cfg)?,
+        ..RetrievalOptions::default()
+    })
+}
+
+/// The model configuration of a reid configuration and dataset.
+pub fn model_config(cfg: &ReidConfig, num_classes: usize) -> ModelConfig {
+    ModelConfig::new(
+        cfg.model.name.clone(),
+        cfg.model.last_stride,
+        cfg.model.backbone_emb_size,
+        num_classes,
+    )
+}
+
+/// The §6.3 schedule of a configuration.
+pub fn schedule(cfg: &ReidConfig) -> WarmupMultiStepLr {
+    let warmup = if cfg.solver.use_warmup_lr {
+        cfg.solver.warmup_epochs
+    } else {
+        0
+    };
+    WarmupMultiStepLr::new(
+        cfg.solver.base_lr,
+        warmup,
+        cfg.solver.lr_steps.clone(),
+        cfg.solver.gamma,
+    )
+}
+
+/// Manual optimisation of §6.1–§6.2: Adam on the network, SGD on the centres.
+pub struct ReidOptimization<A, S> {
+    adam: A,
+    sgd: S,
+    schedule: WarmupMultiStepLr,
+    center_lr: f64,
+    center_loss_weight: f64,
+    lr: f64,
+    started: bool,
+    factor: f64,
+}
+
+/// Builds the optimisation of a configuration for `ReidModel<B>`.
+pub fn optimization<B: AutodiffBackend>(
+    cfg: &ReidConfig,
+) -> ReidOptimization<impl Optimizer<ReidModel<B>, B>, impl Optimizer<ReidModel<B>, B>> {
+    let adam = AdamConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(Some(WeightDecayConfig::new(cfg.solver.weight_decay as f32)))
+        .init::<B, ReidModel<B>>();
+    let sgd = SgdConfig::new().init::<B, ReidModel<B>>();
+    ReidOptimization {
+        adam,
+        sgd,
+        schedule: schedule(cfg),
+        center_lr: cfg.solver.center_lr,
+        center_loss_weight: cfg.solver.center_loss_weight,
+        lr: 0.0,
+        started: false,
+        factor: 1.0,
+    }
+}
+
+impl<A, S> LrControl for ReidOptimization<A, S> {
+    fn lr(&self) -> f64 {
+        let lr = if self.started {
+            self.lr
+        } else {
+            self.schedule.clone().step()
+        };
+        lr * self.factor
+    }
+    fn scale_lr(&mut self, factor: f64) {
+        self.factor *= factor;
+    }
+}
+
+impl<B, A, S> Optimization<B, ReidModel<B>> for ReidOptimization<A, S>
+where
+    B: AutodiffBackend,
+    A: Optimizer<ReidModel<B>, B>,
+    S: Optimizer<ReidModel<B>, B>,
+{
+    fn step(&mut self, model: ReidModel<B>, loss: Tensor<B, 1>) -> Result<ReidModel<B>> {
+        let mut grads = loss.backward();
+        // The centres leave the main gradient set: they get their own SGD step.
+        let mut center_grads = GradientsParams::from_module(&mut grads, &model.center_loss);
+        let main_grads = GradientsParams::from_grads(grads, &model);
+        let model = self.adam.step(self.lr(), model, main_grads);
+        let id = model.center_loss.centers.id;
+        if let Some(g) = center_grads.remove::<B::InnerBackend, 2>(id) {
+            center_grads.register(id, g.mul_scalar(1.0 / self.center_loss_weight));
+        }
+        Ok(self.sgd.step(self.center_lr, model, center_grads))
+    }
+
+    fn on_epoch_start(&mut self, _epoch: usize) {
+        self.lr = self.schedule.step();
+        self.started = true;
+    }
+
+    fn state(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut lr = Vec::new();
+        for v in [self.lr, self.factor] {
+            lr.extend(v.to_le_bytes());
+        }
+        lr.push(u8::from(self.started));
+        Ok(vec![
+            ("adam".into(), record_to_bytes::<B, _>(self.adam.to_record())?),
+            ("sgd".into(), record_to_bytes::<B, _>(self.sgd.to_record())?),
+            (
+                "schedule".into(),
+                record_to_bytes::<B, _>(self.schedule.to_record::<B>())?,
+            ),
+            ("lr".into(), lr),
+        ])
+    }
+
+    fn load_state(&mut self, sections: &BTreeMap<String, Vec<u8>>, device: &B::Device) -> Result<()> {
+        let get = |name: &str| {
+            sections
+                .get(name)
+                .cloned()
+                .with_context(|| format!("checkpoint has no optimiser section `{name}`"))
+        };
+        let rec = record_from_bytes::<B, A::Record>(get("adam")?, device)?;
+        self.adam = self.adam.clone().load_record(rec);
+        let rec = record_from_bytes::<B, S::Record>(get("sgd")?, device)?;
+        self.sgd = self.sgd.clone().load_record(rec);
+        let rec = record_from_bytes::<B, usize>(get("schedule")?, device)?;
+        self.schedule = self.schedule.clone().load_record::<B>(rec);
+        let lr = get("lr")?;
+        anyhow::ensure!(lr.len() == 17, "malformed learning-rate section");
+        self.lr = f64::from_le_bytes(lr[0..8].try_into().expect("8 bytes"));
+        self.factor = f64::from_le_bytes(lr[8..16].try_into().expect("8 bytes"));
+        self.started = lr[16] != 0;
+        Ok(())
+    }
+}
+
+/// Everything needed to embed and evaluate query + gallery of a dataset.
+#[derive(Clone)]
+pub struct Evaluator {
+    val: Arc<[Sample]>,
+    num_query: usize,
+    transform: TestTransform,
+    batch_size: usize,
+    loader: LoaderOptions,
+    options: RetrievalOptions,
+    progress: bool,
+}
+
+impl Evaluator {
+    /// The evaluator of a configuration's dataset.
+    pub fn new(cfg: &ReidConfig, dataset: &ReidDataset, progress: bool) -> Result<Self> {
+        Ok(Self {
+            val: dataset.val().into(),
+            num_query: dataset.num_query(),
+            transform: TestTransform::from_config(&cfg.input)?,
+            batch_size: cfg.test.ims_per_batch,
+            loader: LoaderOptions::from_config(cfg),
+            options: retrieval_options(cfg)?,
+            progress,
+        })
+    }
+
+    /// Eval-mode embeddings of query then gallery.
+    pub fn embed<B: Backend>(&self, model: &ReidModel<B>, device: &B::Device) -> Result<(Embedded, Embedded)> {
+        let loader = EvalLoader::new(self.val.clone(), self.transform.clone(), self.batch_size, &self.loader)?;
+        let total = Some(loader.num_batches());
+        let all = embed_batches(model, loader, total, self.progress, device)?;
+        Ok(split(all, self.num_query)?)
+    }
+
+    /// The retrieval options.
+    pub fn options(&self) -> &RetrievalOptions {
+        &self.options
+    }
+}
+
+fn split(all: Embedded, num_query: usize) -> Result<(Embedded, Embedded)> {
+    let dim = all.features.dim();
+    let data = all.features.into_vec();
+    let (q, g) = data.split_at(num_query * dim);
+    Ok((
+        Embedded {
+            features: FeatureMatrix::new(q.to_vec(), dim)?,
+            pids: all.pids[..num_query].to_vec(),
+            camids: all.camids[..num_query].to_vec(),
+        },
+        Embedded {
+            features: FeatureMatrix::new(g.to_vec(), dim)?,
+            pids: all.pids[num_query..].to_vec(),
+            camids: all.camids[num_query..].to_vec(),
+        },
+    ))
+}
+
+fn set(e: &Embedded) -> EmbeddingSet<'_> {
+    EmbeddingSet {
+        features: &e.features,
+        pids: &e.pids,
+        camids: &e.camids,
+    }
+}
+
+/// One protocol: without centroids, or with them (mode B when `MODEL.KEEP_CAMID_CENTROIDS`,
+/// else mode A), as the reference's validation does.
+pub fn evaluate_protocol(
+    query: &Embedded,
+    gallery: &Embedded,
+    use_centroids: bool,
+    keep_camid_centroids: bool,
+    bug_compat: bool,
+    options: &RetrievalOptions,
+) -> Result<EvalMetrics> {
+    if !use_centroids {
+        let labels = EvalLabels {
+            q_pids: &query.pids,
+            q_camids: &query.camids,
+            g_pids: &gallery.pids,
+            g_camids: GalleryCamids::Single(&gallery.camids),
+        };
+        return evaluate(&query.features, &gallery.features, &labels, options);
+    }
+    let mode = if keep_camid_centroids {
+        CentroidMode::PerCamera { bug_compat }
+    } else {
+        CentroidMode::PerIdentity
+    };
+    evaluate_centroids(set(query), set(gallery), mode, options)
+}
+
+/// The reference's logged validation scalars.
+pub fn metrics_row(m: &EvalMetrics) -> Row {
+    [
+        ("mAP", m.map),
+        ("Top-1", m.top1),
+        ("Top-5", m.top5),
+        ("Top-10", m.top10),
+        ("Top-20", m.top20),
+        ("Top-50", m.top50),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The kiln task of a reid training run.
+pub struct ReidTask<B: AutodiffBackend> {
+    step: StepKind,
+    train: Arc<[Sample]>,
+    sampler: PkSampler,
+    transform: TrainTransform,
+    loader: LoaderOptions,
+    loss: LossConfig,
+    evaluator: Evaluator,
+    use_centroids: bool,
+    keep_camid_centroids: bool,
+    bug_compat: bool,
+    state: CheckpointTask,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> ReidTask<B> {
+    /// The task of a configuration and its loaded dataset.
+    pub fn new(
+        cfg: &ReidConfig,
+        dataset: &ReidDataset,
+        step: StepKind,
+        bug_compat: bool,
+        progress: bool,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let sampler = PkSampler::new(
+            dataset.train_by_pid(),
+            cfg.solver.ims_per_batch,
+            cfg.dataloader.num_instance,
+            cfg.dataloader.use_resampling,
+            1,
+            0,
+        )?;
+        Ok(Self {
+            step,
+            train: dataset.train.clone().into(),
+            sampler,
+            transform: TrainTransform::from_config(&cfg.input)?,
+            loader: LoaderOptions::from_config(cfg),
+            loss: loss_config(cfg)?,
+            evaluator: Evaluator::new(cfg, dataset, progress)?,
+            use_centroids: cfg.model.use_centroids,
+            keep_camid_centroids: cfg.model.keep_camid_centroids,
+            bug_compat,
+            state: CheckpointTask {
+                model: model_config(cfg, dataset.num_classes),
+                size_train: cfg.input.size_train,
+                step: format!("{step:?}").to_lowercase(),
+            },
+            device: device.clone(),
+        })
+    }
+
+    /// Number of P×K batches per epoch.
+    pub fn batches_per_epoch(&self, seed: u64) -> usize {
+        self.sampler.epoch(seed, 0).len()
+    }
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_scalar().elem::<f64>()
+}
+
+impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
+    type Model = ReidModel<B>;
+    type Batch = TrainBatch;
+
+    fn train_loader(&mut self, info: &EpochInfo, seed: u64) -> Result<Loader<TrainBatch>> {
+        // The sampler is seeded per (run seed, epoch) like the reference's set_epoch; the image
+        // augmentations per (data seed, epoch, position).
+        let batches = self.sampler.epoch(info.seed, info.epoch);
+        if batches.is_empty() {
+            bail!(
+                "the P×K sampler produced no batch: fewer identities with ≥ 2 images than \
+                 SOLVER.IMS_PER_BATCH"
+            );
+        }
+        Ok(TrainLoader::new(self.train.clone(), batches, self.transform.clone(), seed, info.epoch, &self.loader)?
+            .into_kiln())
+    }
+
+    fn training_step(&mut self, model: &ReidModel<B>, batch: TrainBatch, _info: &EpochInfo) -> Result<StepOutput<B>> {
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(batch.images, [batch.n, 3, batch.height, batch.width]),
+            &self.device,
+        );
+        let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
+        let features = model.forward_features(x);
+        let inputs = LossInputs {
+            features,
+            labels: &labels,
+            is_real: &batch.is_real,
+            centers: model.center_loss.centers.val(),
+        };
+        let classify = |f: Tensor<B, 2>| model.classify(model.bnneck(f));
+        let terms = match self.step {
+            StepKind::Ctl => ctl_model_loss(&self.loss, inputs, classify)?,
+            StepKind::Base => base_model_loss(&self.loss, inputs, classify)?,
+        };
+        let mut logs = vec![
+            ("query_xent".to_string(), scalar(terms.id.clone())),
+            ("query_triplet".to_string(), scalar(terms.triplet.clone())),
+            ("query_center".to_string(), scalar(terms.center.clone())),
+            ("dist_ap".to_string(), scalar(terms.dist_ap.clone())),
+            ("dist_an".to_string(), scalar(terms.dist_an.clone())),
+        ];
+        if let Some(ctl) = &terms.centroid_triplet {
+            logs.push(("centroid_triplet".to_string(), scalar(ctl.clone())));
+        }
+        if let Some(diag) = &terms.ctl {
+            let l2 = scalar(diag.l2_mean_centroid.clone());
+            if l2.is_finite() {
+                logs.push(("l2_mean_centroid".to_string(), l2));
+            }
+        }
+        Ok(StepOutput {
+            loss: terms.total,
+            batch_size: batch.n,
+            logs,
+        })
+    }
+
+    fn validate(&mut self, model: &ReidModel<B::InnerBackend>, _info: &EpochInfo) -> Result<Row> {
+        let (query, gallery) = self.evaluator.embed(model, &self.device)?;
+        let m = evaluate_protocol(
+            &query,
+            &gallery,
+            self.use_centroids,
+            self.keep_camid_centroids,
+            self.bug_compat,
+            self.evaluator.options(),
+        )?;
+        Ok(metrics_row(&m))
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).unwrap_or_default()
+    }
+}
+
+/// Where a run writes: `<LOG_DIR>/<script>/version_N` (Lightning's layout), or the directory of
+/// the checkpoint being resumed.
+pub fn run_dir(cfg: &ReidConfig, step: StepKind, resume: Option<&Path>) -> Result<PathBuf> {
+    if let Some(ckpt) = resume {
+        // `<run>/checkpoints/last.ckpt` → `<run>`.
+        let parent = ckpt.parent().unwrap_or(Path::new("."));
+        let run = if parent.file_name().is_some_and(|n| n == "checkpoints") {
+            parent.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            parent.to_path_buf()
+        };
+        return Ok(run);
+    }
+    let script = match step {
+        StepKind::Ctl => "train_ctl_model",
+        StepKind::Base => "train_base_model",
+    };
+    let root = PathBuf::from(cfg.derived_log_dir()).join(script);
+    let mut n = 0;
+    while root.join(format!("version_{n}")).exists() {
+        n += 1;
+    }
+    Ok(root.join(format!("version_{n}")))
+}
+
+/// The result of one training run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The run's seed.
+    pub seed: u64,
+    /// Epochs completed.
+    pub epochs: usize,
+    /// The untrained model's metrics (before the first epoch), when measured.
+    pub before: Option<EvalReport>,
+    /// The final test of §6.8 with the last-epoch model: all three protocols.
+    pub test: EvalReport,
+    /// The best checkpoint by the monitored metric, if any.
+    pub best_checkpoint: Option<PathBuf>,
+}
+
+/// Options of [`fit`] beyond the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct FitOptions {
+    /// Reproduce the reference's centroid-B camera-id bug.
+    pub bug_compat: bool,
+    /// Progress bars.
+    pub progress: bool,
+    /// Also evaluate the untrained model (all three protocols) before training.
+    pub evaluate_before: bool,
+    /// Run directory (default: [`run_dir`]).
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Trains one run of `cfg` with `seed` and tests the last-epoch model (§6.8).
+pub fn fit<B: AutodiffBackend>(
+    cfg: &ReidConfig,
+    dataset: &ReidDataset,
+    step: StepKind,
+    seed: u64,
+    options: &FitOptions,
+    device: &B::Device,
+) -> Result<RunSummary> {
+    let resume = cfg
+        .model
+        .resume_training
+        .then(|| PathBuf::from(&cfg.model.pretrain_path));
+    if let Some(p) = &resume {
+        if cfg.model.pretrain_path.is_empty() {
+            bail!("MODEL.RESUME_TRAINING is True but MODEL.PRETRAIN_PATH is empty");
+        }
+        if !crate::infer::is_kiln_checkpoint(p)? {
+            bail!(
+                "MODEL.PRETRAIN_PATH {} is not a checkpoint of this project; only runs of \
+                 `reid train` can be resumed (a reference .ckpt can be evaluated with `reid test`)",
+                p.display()
+            );
+        }
+    }
+    let dir = match &options.run_dir {
+        Some(d) => d.clone(),
+        None => run_dir(cfg, step, resume.as_deref())?,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    cfg.save(dir.join("config.yaml"))?;
+
+    let mconf = model_config(cfg, dataset.num_classes);
+    kiln::seed::seed_backend::<B>(device, seed, "init", 0);
+    let mut model = mconf.init::<B>(device)?;
+    if cfg.model.pretrained && resume.is_none() && !cfg.test.only_test {
+        let path = PathBuf::from(&cfg.model.pretrain_path);
+        if cfg.model.pretrain_path.is_empty() || !path.exists() {
+            bail!(
+                "MODEL.PRETRAINED is True but MODEL.PRETRAIN_PATH `{}` does not exist: download the \
+                 ImageNet weights there, or train from scratch with `MODEL.PRETRAINED False`",
+                cfg.model.pretrain_path
+            );
+        }
+        let (loaded, summary) = load_imagenet_weights(model, &path)?;
+        tracing::info!("ImageNet weights from {}: {:?}", path.display(), summary);
+        model = loaded.with_frozen_bnneck_bias();
+    }
+    let mut task = ReidTask::<B>::new(cfg, dataset, step, options.bug_compat, options.progress, device)?;
+    let evaluator = task.evaluator.clone();
+    let before = if options.evaluate_before && resume.is_none() {
+        let (q, g) = evaluator.embed(&model.valid(), device)?;
+        Some(EvalReport::compute(set(&q), set(&g), evaluator.options(), options.bug_compat)?)
+    } else {
+        None
+    };
+    tracing::info!(
+        "training {} ({:?} step) on {}: {} identities, {} batches of {}×{} per epoch, seed {seed}",
+        mconf.name,
+        step,
+        cfg.datasets.names,
+        dataset.num_classes,
+        task.batches_per_epoch(seed),
+        cfg.solver.ims_per_batch,
+        cfg.dataloader.num_instance
+    );
+
+    let mut tc = TrainerConfig::new(cfg.solver.max_epochs);
+    tc.seed = seed;
+    tc.val_every_n_epochs = cfg.solver.eval_period.max(1);
+    tc.log_every_n_epochs = 1;
+    tc.run_dir = Some(dir.clone());
+    tc.resume_from = resume;
+    tc.progress = options.progress;
+    let mode = match cfg.solver.monitor_metric_mode.as_str() {
+        "min" => Mode::Min,
+        _ => Mode::Max,
+    };
+    let mut trainer = Trainer::new(tc).with_callback(ModelCheckpoint::best(
+        cfg.solver.monitor_metric_name.clone(),
+        mode,
+        1,
+    ));
+    let mut optim = optimization::<B>(cfg);
+    let outcome = trainer.fit(&mut task, model, &mut optim, device)?;
+    let best_checkpoint = std::fs::read_dir(dir.join("checkpoints"))
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("best-")))
+        });
+
+    // §6.8: test the last-epoch model with centroids flipped; report all protocols.
+    let (q, g) = evaluator.embed(&outcome.model.valid(), device)?;
+    let test = EvalReport::compute(set(&q), set(&g), evaluator.options(), options.bug_compat)?;
+    let summary = RunSummary {
+        run_dir: dir.clone(),
+        seed,
+        epochs: outcome.epochs_completed,
+        before,
+        test,
+        best_checkpoint,
+    };
+    kiln::io::write_json(dir.join("test_report.json"), &summary)?;
+    Ok(summary)
+}
+
+struct TrainJob {
+    cfg: ReidConfig,
+    step: StepKind,
+    options: FitOptions,
+}
+
+impl BackendJob for TrainJob {
+    type Output = Vec<RunSummary>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<RunSummary>> {
+        let dataset = load_dataset(&self.cfg)?;
+        println!("{}", dataset.summary());
+        let runs = self.cfg.reproducible_num_runs.max(1);
+        let mut out = Vec::new();
+        for run in 0..runs {
+            let seed = if self.cfg.reproducible {
+                self.cfg.reproducible_seed + run as u64
+            } else {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(run as u64, |d| d.as_nanos() as u64)
+            };
+            println!("run {}/{runs} (seed {seed})", run + 1);
+            let summary = fit::<B>(&self.cfg, &dataset, self.step, seed, &self.options, &device)?;
+            if let Some(before) = &summary.before {
+                println!("untrained model:\n{}", before.table());
+            }
+            println!(
+                "after {} epochs (last-epoch model):\n{}",
+                summary.epochs,
+                summary.test.table()
+            );
+            println!("run directory: {}", summary.run_dir.display());
+            out.push(summary);
+        }
+        Ok(out)
+    }
+}
+
+/// `reid train`: `REPRODUCIBLE_NUM_RUNS` runs, each trained and tested.
+pub fn run_train(cfg: ReidConfig, step: StepKind, device: DeviceKind, options: FitOptions) -> Result<Vec<RunSummary>> {
+    if cfg.use_mixed_precision && !matches!(device, DeviceKind::Cuda(_)) {
+        tracing::info!("USE_MIXED_PRECISION ignored on CPU (f32)");
+    }
+    launch(device, TrainJob { cfg, step, options })
+}
+
+struct TestJob {
+    cfg: ReidConfig,
+    bug_compat: bool,
+    progress: bool,
+}
+
+impl BackendJob for TestJob {
+    type Output = EvalReport;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
+        let cfg = &self.cfg;
+        if cfg.model.pretrain_path.is_empty() {
+            bail!("set MODEL.PRETRAIN_PATH to the checkpoint to test (a `reid train` .ckpt or a reference .ckpt)");
+        }
+        let dataset = load_dataset(cfg)?;
+        let loaded = crate::infer::load_model::<B::InnerBackend>(
+            Path::new(&cfg.model.pretrain_path),
+            None,
+            &device,
+        )?;
+        println!("model: {} ({})", loaded.source, loaded.config.name);
+        let evaluator = Evaluator::new(cfg, &dataset, self.progress)?;
+        let (q, g) = evaluator.embed(&loaded.model, &device)?;
+        let report = EvalReport::compute(set(&q), set(&g), evaluator.options(), self.bug_compat)?;
+        let out = if cfg.output_dir.is_empty() {
+            PathBuf::from(cfg.derived_log_dir())
+        } else {
+            PathBuf::from(&cfg.output_dir)
+        };
+        report.write_json(out.join("test_report.json"))?;
+        println!("{}", report.table());
+        println!("wrote {}", out.join("test_report.json").display());
+        Ok(report)
+    }
+}
+
+/// `reid test` (TEST.ONLY_TEST): evaluate `MODEL.PRETRAIN_PATH` with all three protocols (the
+/// configured `USE_CENTROIDS` and its flip are both among them).
+pub fn run_test(cfg: ReidConfig, device: DeviceKind, bug_compat: bool, progress: bool) -> Result<EvalReport> {
+    launch(
+        device,
+        TestJob {
+            cfg,
+            bug_compat,
+            progress,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_follows_the_config() {
+        let mut cfg = ReidConfig::default();
+        cfg.solver.base_lr = 3.5e-4;
+        let s = schedule(&cfg);
+        assert!((s.lr_at(0) - 3.5e-5).abs() < 1e-15);
+        assert!((s.lr_at(45) - 3.5e-5).abs() < 1e-15);
+        cfg.solver.use_warmup_lr = false;
+        assert!((schedule(&cfg).lr_at(0) - 3.5e-4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn run_dirs_follow_lightning_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ReidConfig::default();
+        cfg.output_dir = dir.path().display().to_string();
+        let first = run_dir(&cfg, StepKind::Ctl, None).unwrap();
+        assert!(first.ends_with("train_ctl_model/version_0"));
+        std::fs::create_dir_all(&first).unwrap();
+        assert!(run_dir(&cfg, StepKind::Ctl, None).unwrap().ends_with("version_1"));
+        let ckpt = first.join("checkpoints/last.ckpt");
+        assert_eq!(run_dir(&cfg, StepKind::Ctl, Some(&ckpt)).unwrap(), first);
+    }
 }

@@ -1,0 +1,307 @@
+//! Training on kiln: the optimiser semantics of §6.1–§6.3, a full tiny run with its files, the
+//! test flow on the run's checkpoint, and error paths.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::tensor::{Tensor, TensorData};
+use kiln::optim::{LrControl, Optimization};
+use reid::cli::StepKind;
+use reid::config::ReidConfig;
+use reid::data::{SyntheticSpec, load_dataset, write_synthetic_market1501};
+use reid::model::ModelConfig;
+use reid::train::{FitOptions, fit, optimization};
+
+type B = Autodiff<Flex>;
+
+fn values<const D: usize, Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+/// A small configuration on a synthetic Market1501 tree under `root`.
+fn tiny_config(root: &Path) -> ReidConfig {
+    write_synthetic_market1501(
+        root,
+        &SyntheticSpec {
+            train_ids: 4,
+            test_ids: 3,
+            cameras: 2,
+            train_per_camera: 3,
+            query_per_camera: 1,
+            gallery_per_camera: 2,
+            distractors: 1,
+            height: 32,
+            width: 16,
+        },
+        1,
+    )
+    .unwrap();
+    let opts: Vec<String> = [
+        ("MODEL.NAME", "resnet18"),
+        ("MODEL.BACKBONE_EMB_SIZE", "512"),
+        ("MODEL.PRETRAINED", "False"),
+        ("DATASETS.ROOT_DIR", &root.display().to_string()),
+        ("INPUT.SIZE_TRAIN", "[32, 16]"),
+        ("INPUT.SIZE_TEST", "[32, 16]"),
+        ("SOLVER.IMS_PER_BATCH", "3"),
+        ("SOLVER.MAX_EPOCHS", "2"),
+        ("SOLVER.EVAL_PERIOD", "1"),
+        ("SOLVER.BASE_LR", "3.5e-4"),
+        ("TEST.IMS_PER_BATCH", "8"),
+        ("DATALOADER.USE_RESAMPLING", "False"),
+        ("OUTPUT_DIR", &root.join("logs").display().to_string()),
+        ("REPRODUCIBLE", "True"),
+        ("REPRODUCIBLE_NUM_RUNS", "1"),
+    ]
+    .iter()
+    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+    .collect();
+    let cfg = ReidConfig::load(None, &opts).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+#[test]
+fn one_step_follows_the_reference_optimisers() {
+    let _guard = kiln::seed::global_lock();
+    let device = Default::default();
+    let mut cfg = ReidConfig::default();
+    cfg.solver.base_lr = 1e-2;
+    let model = ModelConfig::new("resnet18", 1, 512, 3)
+        .init::<B>(&device)
+        .unwrap();
+    let x = Tensor::<B, 4>::random([2, 3, 32, 16], burn::tensor::Distribution::Default, &device);
+    // A loss that touches the backbone, the BNNeck, the classifier and the centres.
+    let loss_of = |m: &reid::model::ReidModel<B>| {
+        let f = m.forward_features(x.clone());
+        let logits = m.classify(m.bnneck(f.clone()));
+        let centers = m.center_loss.centers.val();
+        let center_term = (f - centers.slice([0..2, 0..512]))
+            .square()
+            .sum()
+            .mul_scalar(5e-4);
+        logits.square().mean() + center_term
+    };
+    // Expected gradients, from an independent forward/backward pass of the same loss.
+    let grads = loss_of(&model).backward();
+    let g_centers = values(model.center_loss.centers.val().grad(&grads).unwrap());
+    let g_fc = values(model.fc_query.weight.val().grad(&grads).unwrap());
+    assert!(
+        model.bn.bias.val().grad(&grads).is_none(),
+        "the BNNeck bias must get no gradient"
+    );
+    let loss = loss_of(&model);
+
+    let before_centers = values(model.center_loss.centers.val());
+    let before_fc = values(model.fc_query.weight.val());
+    let before_bias = values(model.bn.bias.val());
+    let mut optim = optimization::<B>(&cfg);
+    optim.on_epoch_start(0);
+    // Epoch 0 of the warm-up: BASE_LR · 1/10.
+    assert!((LrControl::lr(&optim) - 1e-3).abs() < 1e-12);
+    let model = optim.step(model, loss).unwrap();
+
+    // Centres: plain SGD with lr 0.5 on the gradient rescaled by 1 / 5e-4.
+    let after_centers = values(model.center_loss.centers.val());
+    for i in [0usize, 1, 700, 1200] {
+        let want = before_centers[i] - 0.5 * g_centers[i] / 5e-4;
+        assert!(
+            (after_centers[i] - want).abs() < 1e-4 * want.abs().max(1.0),
+            "centre {i}: {} vs {want}",
+            after_centers[i]
+        );
+    }
+    // Classifier: Adam's first step on g + wd·p (coupled L2), i.e. lr·g'/(|g'| + ε).
+    let after_fc = values(model.fc_query.weight.val());
+    for i in [0usize, 5, 1000] {
+        let g = f64::from(g_fc[i]) + 5e-4 * f64::from(before_fc[i]);
+        let want = f64::from(before_fc[i]) - 1e-3 * g / (g.abs() + 1e-8);
+        assert!(
+            (f64::from(after_fc[i]) - want).abs() < 1e-6,
+            "fc {i}: {} vs {want}",
+            after_fc[i]
+        );
+    }
+    // The frozen BNNeck bias did not move (no decay either).
+    assert_eq!(values(model.bn.bias.val()), before_bias);
+}
+
+#[test]
+fn optimiser_state_round_trips() {
+    let _guard = kiln::seed::global_lock();
+    let device = Default::default();
+    let cfg = ReidConfig::default();
+    let model = ModelConfig::new("resnet18", 1, 512, 2)
+        .init::<B>(&device)
+        .unwrap();
+    let x = Tensor::<B, 4>::random([2, 3, 32, 16], burn::tensor::Distribution::Default, &device);
+    let loss = |m: &reid::model::ReidModel<B>| {
+        m.classify(m.bnneck(m.forward_features(x.clone())))
+            .square()
+            .mean()
+    };
+    let mut a = optimization::<B>(&cfg);
+    a.on_epoch_start(0);
+    a.on_epoch_start(1);
+    let model = a.step(model.clone(), loss(&model)).unwrap();
+    let sections: BTreeMap<String, Vec<u8>> = a.state().unwrap().into_iter().collect();
+    let mut b = optimization::<B>(&cfg);
+    b.load_state(&sections, &device).unwrap();
+    assert_eq!(LrControl::lr(&a), LrControl::lr(&b));
+    let ma = a.step(model.clone(), loss(&model)).unwrap();
+    let mb = b.step(model.clone(), loss(&model)).unwrap();
+    assert_eq!(
+        values(ma.fc_query.weight.val()),
+        values(mb.fc_query.weight.val())
+    );
+    a.on_epoch_start(2);
+    b.on_epoch_start(2);
+    assert_eq!(LrControl::lr(&a), LrControl::lr(&b));
+}
+
+#[test]
+fn a_tiny_ctl_run_writes_its_files_and_tests_like_reid_test() {
+    let _guard = kiln::seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let dataset = load_dataset(&cfg).unwrap();
+    let device = Default::default();
+    let options = FitOptions {
+        evaluate_before: true,
+        ..FitOptions::default()
+    };
+    let summary = fit::<B>(&cfg, &dataset, StepKind::Ctl, 0, &options, &device).unwrap();
+    assert_eq!(summary.epochs, 2);
+    let run = &summary.run_dir;
+    assert!(
+        run.ends_with("train_ctl_model/version_0"),
+        "{}",
+        run.display()
+    );
+    for f in [
+        "config.yaml",
+        "metrics.csv",
+        "test_report.json",
+        "checkpoints/last.ckpt",
+    ] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let best = summary
+        .best_checkpoint
+        .clone()
+        .expect("a best-by-mAP checkpoint");
+    assert!(best.to_string_lossy().contains("mAP"));
+    let rows = kiln::metric_log::read_csv(&run.join("metrics.csv")).unwrap();
+    assert_eq!(rows.len(), 2);
+    for key in [
+        "train_loss",
+        "train_dist_ap",
+        "train_dist_an",
+        "lr",
+        "train_l2_mean_centroid",
+        "train_query_xent",
+        "train_query_triplet",
+        "train_query_center",
+        "train_centroid_triplet",
+        "mAP",
+        "Top-1",
+        "Top-5",
+        "Top-10",
+        "Top-20",
+        "Top-50",
+    ] {
+        assert!(rows[1].1.contains_key(key), "metrics.csv lacks {key}");
+    }
+    // Warm-up: epoch 0 runs at BASE_LR/10, epoch 1 at 2·BASE_LR/10.
+    assert!((rows[0].1["lr"] - 3.5e-5).abs() < 1e-12 && (rows[1].1["lr"] - 7e-5).abs() < 1e-12);
+    assert!(summary.before.is_some());
+    let test = summary.test.no_centroids.clone().unwrap();
+    assert!((0.0..=1.0).contains(&test.map) && test.num_query > 0);
+    let b = summary.test.centroids_b.clone().unwrap();
+    let a = summary.test.centroids_a.clone().unwrap();
+    // Mode A: one centroid per gallery pid (3 identities + the pid-0 distractor). Mode B: per
+    // identity one centroid per query camera (2 cameras → 2 each), the distractor dropped.
+    assert_eq!((a.num_gallery, b.num_gallery), (4, 6));
+
+    // `reid test` on the last checkpoint reproduces the final test of the run.
+    let mut test_cfg = cfg.clone();
+    test_cfg.model.pretrain_path = run.join("checkpoints/last.ckpt").display().to_string();
+    test_cfg.output_dir = dir.path().join("test").display().to_string();
+    let report =
+        reid::train::run_test(test_cfg.clone(), kiln::DeviceKind::Cpu, false, false).unwrap();
+    assert_eq!(report, summary.test);
+    assert!(dir.path().join("test/test_report.json").exists());
+
+    // A checkpoint of the wrong architecture is a clear error.
+    let err = reid::infer::load_model::<Flex>(
+        &run.join("checkpoints/last.ckpt"),
+        Some(&ModelConfig::new("resnet50", 1, 2048, 4)),
+        &Default::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("resnet18") && err.to_string().contains("resnet50"),
+        "{err}"
+    );
+
+    // Resuming continues the same run directory to more epochs.
+    let mut resume_cfg = cfg.clone();
+    resume_cfg.solver.max_epochs = 3;
+    resume_cfg.model.resume_training = true;
+    resume_cfg.model.pretrain_path = run.join("checkpoints/last.ckpt").display().to_string();
+    let resumed = fit::<B>(
+        &resume_cfg,
+        &dataset,
+        StepKind::Ctl,
+        0,
+        &FitOptions::default(),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(&resumed.run_dir, run);
+    assert_eq!(resumed.epochs, 3);
+    let rows = kiln::metric_log::read_csv(&run.join("metrics.csv")).unwrap();
+    assert_eq!(
+        rows.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    let _ = AutodiffModule::valid(
+        &ModelConfig::new("resnet18", 1, 512, 2)
+            .init::<B>(&device)
+            .unwrap(),
+    );
+}
+
+#[test]
+fn configuration_errors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path());
+    let dataset = load_dataset(&cfg).unwrap();
+    cfg.model.pretrained = true;
+    cfg.model.pretrain_path = "./models/resnet50-19c8e357.pth".into();
+    let err = fit::<B>(
+        &cfg,
+        &dataset,
+        StepKind::Base,
+        0,
+        &FitOptions::default(),
+        &Default::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("MODEL.PRETRAIN_PATH"), "{err}");
+
+    let mut cfg = tiny_config(dir.path());
+    cfg.datasets.root_dir = dir.path().join("nowhere").display().to_string();
+    let err = load_dataset(&cfg).err().unwrap();
+    assert!(format!("{err:#}").contains("nowhere"), "{err:#}");
+
+    let err =
+        ReidConfig::load(None, &["SOLVER.BASE_LRR".to_string(), "1".to_string()]).unwrap_err();
+    assert!(err.to_string().contains("SOLVER.BASE_LRR"), "{err}");
+
+    let _ = TensorData::new(vec![0.0f32], [1]);
+}
