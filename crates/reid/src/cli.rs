@@ -10,6 +10,7 @@
 //!   visrank            ranked-result pictures with green/red borders
 //!   evaluate           mAP/CMC of precomputed query/gallery embeddings (.npy), three protocols
 //!   convert-fashion-mnist   build the bundled Market1501-layout Fashion-MNIST set
+//!   bench              one CTL training step and embedding throughput, next to PyTorch
 //! ```
 
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ pub enum Command {
     Evaluate(tools::EvaluateArgs),
     /// Convert the Debian dataset-fashion-mnist files into the bundled retrieval set.
     ConvertFashionMnist(ConvertArgs),
+    /// Time one CTL training step and embedding throughput, next to PyTorch.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `reid convert-fashion-mnist` arguments.
@@ -149,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::GetSimilar(a) => tools::get_similar(a, cli.device, progress),
         Command::Visrank(a) => tools::visrank(a, cli.device, progress),
         Command::Evaluate(a) => tools::evaluate(a),
+        Command::Bench(a) => crate::bench::run(&a, cli.device),
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
             println!("{summary:?}");

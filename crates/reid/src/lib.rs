@@ -3,6 +3,7 @@
 //! A Rust re-implementation of mikwieczorek/centroids-reid ("On the Unreasonable Effectiveness
 //! of Centroids in Image Retrieval").
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

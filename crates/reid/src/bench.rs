@@ -1,0 +1,248 @@
+//! `reid bench`: one CTL training step (P×K batch, ResNet50 at 256×128 by default) and eval-mode
+//! embedding throughput, next to the same work in PyTorch (`tools/bench/reid_step.py`, run when
+//! `torch` imports). The ratio is Burn / PyTorch for the step time (lower is better) and
+//! PyTorch / Burn for throughput, so 1.0 is parity and above 1 means Burn is slower in both.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use kiln::backend::{BackendJob, DeviceKind, launch};
+use kiln::optim::Optimization;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ReidConfig;
+use crate::loss::{LossInputs, ctl_model_loss};
+use crate::model::ModelConfig;
+use crate::train::{loss_config, optimization};
+
+/// `reid bench` arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Backbone.
+    #[arg(long, default_value = "resnet50")]
+    pub model: String,
+    /// Identities per batch.
+    #[arg(long, default_value_t = 16)]
+    pub p: usize,
+    /// Images per identity.
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// Input height.
+    #[arg(long, default_value_t = 256)]
+    pub height: usize,
+    /// Input width.
+    #[arg(long, default_value_t = 128)]
+    pub width: usize,
+    /// Classifier size (Market1501 has 751 training identities).
+    #[arg(long, default_value_t = 751)]
+    pub num_classes: usize,
+    /// Timed training steps (median reported).
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Images per embedding batch.
+    #[arg(long, default_value_t = 64)]
+    pub embed_batch: usize,
+    /// Timed embedding batches.
+    #[arg(long, default_value_t = 2)]
+    pub embed_batches: usize,
+    /// Python interpreter with torch (default `python3`; skipped when torch is missing).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One side's numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// Backend / framework.
+    pub backend: String,
+    /// Median training-step time (ms).
+    pub step_ms: f64,
+    /// All timed steps (ms).
+    pub steps_ms: Vec<f64>,
+    /// Eval-mode embedding throughput (images/s).
+    pub embed_images_per_s: f64,
+}
+
+struct Job<'a> {
+    args: &'a BenchArgs,
+}
+
+fn emb_size(name: &str) -> usize {
+    if matches!(name, "resnet18" | "resnet34") {
+        512
+    } else {
+        2048
+    }
+}
+
+impl BackendJob for Job<'_> {
+    type Output = (Vec<f64>, f64);
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(Vec<f64>, f64)> {
+        let a = self.args;
+        let cfg = ReidConfig::default();
+        kiln::seed::seed_backend::<B>(&device, 0, "bench", 0);
+        let mut model = ModelConfig::new(a.model.clone(), 1, emb_size(&a.model), a.num_classes)
+            .init::<B>(&device)?;
+        let n = a.p * a.k;
+        let x = Tensor::<B, 4>::random(
+            [n, 3, a.height, a.width],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let labels: Vec<usize> = (0..n).map(|i| i / a.k).collect();
+        let is_real = vec![true; n];
+        let loss_cfg = loss_config(&cfg)?;
+        let mut optim = optimization::<B>(&cfg);
+        optim.on_epoch_start(20);
+        let mut times = Vec::new();
+        for step in 0..a.warmup + a.steps {
+            let started = Instant::now();
+            let f = model.forward_features(x.clone());
+            let inputs = LossInputs {
+                features: f,
+                labels: &labels,
+                is_real: &is_real,
+                centers: model.center_loss.centers.val(),
+            };
+            let terms = ctl_model_loss(&loss_cfg, inputs, |f| model.classify(model.bnneck(f)))?;
+            model = optim.step(model, terms.total)?;
+            B::sync(&device).map_err(|e| anyhow::anyhow!("backend error: {e:?}"))?;
+            if step >= a.warmup {
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            eprintln!(
+                "  step {}: {:.0} ms",
+                step,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        let eval = model.valid();
+        let xe = Tensor::<B::InnerBackend, 4>::random(
+            [a.embed_batch, 3, a.height, a.width],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let _ = eval.embed(xe.clone()).into_data(); // warm-up
+        let started = Instant::now();
+        for _ in 0..a.embed_batches {
+            let _ = eval.embed(xe.clone()).into_data();
+        }
+        let rate = (a.embed_batch * a.embed_batches) as f64 / started.elapsed().as_secs_f64();
+        Ok((times, rate))
+    }
+}
+
+fn torch_side(args: &BenchArgs) -> Result<BenchResult> {
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/reid_step.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--model", &args.model])
+        .args(["--p", &args.p.to_string(), "--k", &args.k.to_string()])
+        .args([
+            "--height",
+            &args.height.to_string(),
+            "--width",
+            &args.width.to_string(),
+        ])
+        .args(["--num-classes", &args.num_classes.to_string()])
+        .args([
+            "--steps",
+            &args.steps.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+        ])
+        .args(["--embed-batch", &args.embed_batch.to_string()])
+        .args(["--embed-batches", &args.embed_batches.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("the PyTorch bench printed malformed JSON")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs the benchmark and prints the comparison.
+pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
+    eprintln!(
+        "timing a CTL step of {} on {device}: P={} × K={} images of {}×{} ...",
+        args.model, args.p, args.k, args.height, args.width
+    );
+    let (steps, rate) = launch(device, Job { args })?;
+    let burn = BenchResult {
+        backend: format!(
+            "burn-{}",
+            if device == DeviceKind::Cpu {
+                kiln::backend::compiled_backends()[0].to_string()
+            } else {
+                device.to_string()
+            }
+        ),
+        step_ms: median(&steps),
+        steps_ms: steps,
+        embed_images_per_s: rate,
+    };
+    let torch = if args.no_torch {
+        None
+    } else {
+        eprintln!("timing PyTorch ...");
+        match torch_side(args) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("PyTorch side skipped: {e:#}");
+                None
+            }
+        }
+    };
+    println!(
+        "CTL training step: {} P={} K={} {}×{} ({} CPU threads)",
+        args.model,
+        args.p,
+        args.k,
+        args.height,
+        args.width,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("{:<22} {:>14} {:>20}", "", "step (ms)", "embedding (img/s)");
+    for r in std::iter::once(&burn).chain(torch.as_ref()) {
+        println!(
+            "{:<22} {:>14.0} {:>20.1}",
+            r.backend, r.step_ms, r.embed_images_per_s
+        );
+    }
+    if let Some(t) = &torch {
+        println!(
+            "{:<22} {:>13.2}x {:>19.2}x",
+            "ratio burn/torch",
+            burn.step_ms / t.step_ms,
+            t.embed_images_per_s / burn.embed_images_per_s
+        );
+    }
+    if let Some(path) = &args.json {
+        kiln::io::write_json(path, &serde_json::json!({ "burn": burn, "torch": torch }))?;
+    }
+    Ok(())
+}
