@@ -18,4 +18,4 @@ sha256sum "$deb"
 dpkg-deb -x "$deb" "$work/extracted"
 
 cd "$repo_root"
-cargo run -p reid --example convert_fashion_mnist -- "$work/extracted" datasets/fashion-mnist-reid
+cargo run --release -p reid -- convert-fashion-mnist --src "$work/extracted" --out datasets/fashion-mnist-reid

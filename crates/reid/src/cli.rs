@@ -155,7 +155,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::run(&a, cli.device),
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
-            println!("{summary:?}");
+            println!(
+                "wrote {} classes: {} train / {} query / {} gallery images, {} bytes of JPEG",
+                summary.classes, summary.train, summary.query, summary.gallery, summary.bytes
+            );
+            for source in &summary.sources {
+                println!("source: {}", source.display());
+            }
+            println!("{}", crate::data::market1501(&a.out)?.summary());
             Ok(())
         }
     }
