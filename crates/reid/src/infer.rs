@@ -2,14 +2,15 @@
 //! validation of training: loading a model for evaluation and turning image batches into
 //! post-BNNeck eval-mode embeddings (§7.1, §8.1).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::EvalBatch;
-use crate::eval::FeatureMatrix;
+use crate::config::ReidConfig;
+use crate::data::{EvalBatch, EvalLoader, LoaderOptions, Sample, TestTransform};
+use crate::eval::{FeatureMatrix, RetrievalOptions};
 use crate::model::{ModelConfig, ReidModel, load_reference_checkpoint};
 
 /// The task state this crate stores in its kiln checkpoints (`meta.task`).
@@ -180,4 +181,60 @@ pub fn embed_batches<B: Backend>(
         pids,
         camids,
     })
+}
+
+/// `MODEL.PRETRAIN_PATH`, checked to name an existing file.
+pub fn checkpoint_path(cfg: &ReidConfig) -> Result<PathBuf> {
+    let raw = cfg.model.pretrain_path.trim();
+    if raw.is_empty() {
+        bail!(
+            "MODEL.PRETRAIN_PATH is not set: give the model to use (a `reid train` checkpoint or \
+             the reference's Lightning .ckpt), e.g. `MODEL.PRETRAIN_PATH runs/x/best.ckpt`"
+        );
+    }
+    let path = PathBuf::from(raw);
+    if !path.is_file() {
+        bail!(
+            "MODEL.PRETRAIN_PATH {} does not exist (or is not a file)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `SOLVER.DISTANCE_FUNC` (training triplet distance and evaluation distance).
+pub fn distance_func(cfg: &ReidConfig) -> Result<crate::loss::DistanceFunc> {
+    cfg.solver
+        .distance_func
+        .parse()
+        .context("SOLVER.DISTANCE_FUNC")
+}
+
+/// Evaluation's ranking options: `TEST.FEAT_NORM` and `SOLVER.DISTANCE_FUNC`.
+pub fn retrieval_options(cfg: &ReidConfig) -> Result<RetrievalOptions> {
+    Ok(RetrievalOptions {
+        feat_norm: cfg.test.feat_norm,
+        distance: distance_func(cfg)?,
+        ..RetrievalOptions::default()
+    })
+}
+
+/// Embeddings of `samples` (in order) with the test transform and `TEST.IMS_PER_BATCH`, on the
+/// backend of `model`. Run it on an inner (non-autodiff) backend for eval-mode embeddings.
+pub fn embed_samples<B: Backend>(
+    model: &ReidModel<B>,
+    samples: impl Into<std::sync::Arc<[Sample]>>,
+    cfg: &ReidConfig,
+    progress: bool,
+    device: &B::Device,
+) -> Result<Embedded> {
+    let transform = TestTransform::from_config(&cfg.input)?;
+    let loader = EvalLoader::new(
+        samples.into(),
+        transform,
+        cfg.test.ims_per_batch,
+        &LoaderOptions::from_config(cfg),
+    )?;
+    let total = loader.num_batches();
+    embed_batches(model, loader, Some(total), progress, device)
 }

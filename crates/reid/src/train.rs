@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};
 use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use kiln::backend::{BackendJob, DeviceKind, launch};
@@ -41,44 +41,28 @@ use serde::Serialize;
 use crate::cli::StepKind;
 use crate::config::ReidConfig;
 use crate::data::{
-    EvalLoader, LoaderOptions, PkSampler, ReidDataset, Sample, TestTransform, TrainBatch,
-    TrainLoader, TrainTransform, load_dataset,
+    LoaderOptions, PkSampler, ReidDataset, Sample, TrainBatch, TrainLoader, TrainTransform,
+    load_dataset,
 };
 use crate::eval::{
-    CentroidMode, EmbeddingSet, EvalLabels, EvalMetrics, EvalReport, FeatureMatrix,
-    GalleryCamids, RetrievalOptions, evaluate, evaluate_centroids,
+    CentroidMode, EmbeddingSet, EvalLabels, EvalMetrics, EvalReport, FeatureMatrix, GalleryCamids,
+    RetrievalOptions, evaluate, evaluate_centroids,
 };
-use crate::infer::{CheckpointTask, Embedded, embed_batches};
-use crate::loss::{DistanceFunc, LossConfig, LossInputs, base_model_loss, ctl_model_loss};
+use crate::infer::{CheckpointTask, Embedded};
+use crate::loss::{LossConfig, LossInputs, base_model_loss, ctl_model_loss};
 use crate::model::{ModelConfig, ReidModel, load_imagenet_weights};
 
 /// The loss settings of a configuration (§5).
 pub fn loss_config(cfg: &ReidConfig) -> Result<LossConfig> {
     Ok(LossConfig {
         margin: cfg.solver.margin as f32,
-        distance: distance(cfg)?,
+        distance: crate::infer::distance_func(cfg)?,
         center_loss_weight: cfg.solver.center_loss_weight as f32,
         query_xent_weight: cfg.solver.query_xent_weight as f32,
         query_contrastive_weight: cfg.solver.query_contrastive_weight as f32,
         centroid_contrastive_weight: cfg.solver.centroid_contrastive_weight as f32,
         num_instances: cfg.dataloader.num_instance,
         ..LossConfig::default()
-    })
-}
-
-fn distance(cfg: &ReidConfig) -> Result<DistanceFunc> {
-    cfg.solver
-        .distance_func
-        .parse()
-        .map_err(|e| anyhow::anyhow!("SOLVER.DISTANCE_FUNC: {e}"))
-}
-
-/// Ranking options of a configuration (§7.2).
-pub fn retrieval_options(cfg: &ReidConfig) -> Result<RetrievalOptions> {
-    Ok(RetrievalOptions {
-        feat_norm: cfg.test.feat_norm,
-        distance: distance(cfg)?,
-        ..RetrievalOptions::default()
     })
 }
 
@@ -187,7 +171,10 @@ where
         }
         lr.push(u8::from(self.started));
         Ok(vec![
-            ("adam".into(), record_to_bytes::<B, _>(self.adam.to_record())?),
+            (
+                "adam".into(),
+                record_to_bytes::<B, _>(self.adam.to_record())?,
+            ),
             ("sgd".into(), record_to_bytes::<B, _>(self.sgd.to_record())?),
             (
                 "schedule".into(),
@@ -197,7 +184,11 @@ where
         ])
     }
 
-    fn load_state(&mut self, sections: &BTreeMap<String, Vec<u8>>, device: &B::Device) -> Result<()> {
+    fn load_state(
+        &mut self,
+        sections: &BTreeMap<String, Vec<u8>>,
+        device: &B::Device,
+    ) -> Result<()> {
         let get = |name: &str| {
             sections
                 .get(name)
@@ -222,11 +213,9 @@ where
 /// Everything needed to embed and evaluate query + gallery of a dataset.
 #[derive(Clone)]
 pub struct Evaluator {
+    cfg: ReidConfig,
     val: Arc<[Sample]>,
     num_query: usize,
-    transform: TestTransform,
-    batch_size: usize,
-    loader: LoaderOptions,
     options: RetrievalOptions,
     progress: bool,
 }
@@ -235,22 +224,23 @@ impl Evaluator {
     /// The evaluator of a configuration's dataset.
     pub fn new(cfg: &ReidConfig, dataset: &ReidDataset, progress: bool) -> Result<Self> {
         Ok(Self {
+            cfg: cfg.clone(),
             val: dataset.val().into(),
             num_query: dataset.num_query(),
-            transform: TestTransform::from_config(&cfg.input)?,
-            batch_size: cfg.test.ims_per_batch,
-            loader: LoaderOptions::from_config(cfg),
-            options: retrieval_options(cfg)?,
+            options: crate::infer::retrieval_options(cfg)?,
             progress,
         })
     }
 
     /// Eval-mode embeddings of query then gallery.
-    pub fn embed<B: Backend>(&self, model: &ReidModel<B>, device: &B::Device) -> Result<(Embedded, Embedded)> {
-        let loader = EvalLoader::new(self.val.clone(), self.transform.clone(), self.batch_size, &self.loader)?;
-        let total = Some(loader.num_batches());
-        let all = embed_batches(model, loader, total, self.progress, device)?;
-        Ok(split(all, self.num_query)?)
+    pub fn embed<B: Backend>(
+        &self,
+        model: &ReidModel<B>,
+        device: &B::Device,
+    ) -> Result<(Embedded, Embedded)> {
+        let all =
+            crate::infer::embed_samples(model, self.val.clone(), &self.cfg, self.progress, device)?;
+        split(all, self.num_query)
     }
 
     /// The retrieval options.
@@ -405,11 +395,23 @@ impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
                  SOLVER.IMS_PER_BATCH"
             );
         }
-        Ok(TrainLoader::new(self.train.clone(), batches, self.transform.clone(), seed, info.epoch, &self.loader)?
-            .into_kiln())
+        Ok(TrainLoader::new(
+            self.train.clone(),
+            batches,
+            self.transform.clone(),
+            seed,
+            info.epoch,
+            &self.loader,
+        )?
+        .into_kiln())
     }
 
-    fn training_step(&mut self, model: &ReidModel<B>, batch: TrainBatch, _info: &EpochInfo) -> Result<StepOutput<B>> {
+    fn training_step(
+        &mut self,
+        model: &ReidModel<B>,
+        batch: TrainBatch,
+        _info: &EpochInfo,
+    ) -> Result<StepOutput<B>> {
         let x = Tensor::<B, 4>::from_data(
             TensorData::new(batch.images, [batch.n, 3, batch.height, batch.width]),
             &self.device,
@@ -552,7 +554,8 @@ pub fn fit<B: AutodiffBackend>(
         Some(d) => d.clone(),
         None => run_dir(cfg, step, resume.as_deref())?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     cfg.save(dir.join("config.yaml"))?;
 
     let mconf = model_config(cfg, dataset.num_classes);
@@ -571,11 +574,23 @@ pub fn fit<B: AutodiffBackend>(
         tracing::info!("ImageNet weights from {}: {:?}", path.display(), summary);
         model = loaded.with_frozen_bnneck_bias();
     }
-    let mut task = ReidTask::<B>::new(cfg, dataset, step, options.bug_compat, options.progress, device)?;
+    let mut task = ReidTask::<B>::new(
+        cfg,
+        dataset,
+        step,
+        options.bug_compat,
+        options.progress,
+        device,
+    )?;
     let evaluator = task.evaluator.clone();
     let before = if options.evaluate_before && resume.is_none() {
         let (q, g) = evaluator.embed(&model.valid(), device)?;
-        Some(EvalReport::compute(set(&q), set(&g), evaluator.options(), options.bug_compat)?)
+        Some(EvalReport::compute(
+            set(&q),
+            set(&g),
+            evaluator.options(),
+            options.bug_compat,
+        )?)
     } else {
         None
     };
@@ -611,9 +626,10 @@ pub fn fit<B: AutodiffBackend>(
     let best_checkpoint = std::fs::read_dir(dir.join("checkpoints"))
         .ok()
         .and_then(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("best-")))
+            entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("best-"))
+            })
         });
 
     // §6.8: test the last-epoch model with centroids flipped; report all protocols.
@@ -670,7 +686,12 @@ impl BackendJob for TrainJob {
 }
 
 /// `reid train`: `REPRODUCIBLE_NUM_RUNS` runs, each trained and tested.
-pub fn run_train(cfg: ReidConfig, step: StepKind, device: DeviceKind, options: FitOptions) -> Result<Vec<RunSummary>> {
+pub fn run_train(
+    cfg: ReidConfig,
+    step: StepKind,
+    device: DeviceKind,
+    options: FitOptions,
+) -> Result<Vec<RunSummary>> {
     if cfg.use_mixed_precision && !matches!(device, DeviceKind::Cuda(_)) {
         tracing::info!("USE_MIXED_PRECISION ignored on CPU (f32)");
     }
@@ -688,7 +709,9 @@ impl BackendJob for TestJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
         let cfg = &self.cfg;
         if cfg.model.pretrain_path.is_empty() {
-            bail!("set MODEL.PRETRAIN_PATH to the checkpoint to test (a `reid train` .ckpt or a reference .ckpt)");
+            bail!(
+                "set MODEL.PRETRAIN_PATH to the checkpoint to test (a `reid train` .ckpt or a reference .ckpt)"
+            );
         }
         let dataset = load_dataset(cfg)?;
         let loaded = crate::infer::load_model::<B::InnerBackend>(
@@ -708,13 +731,35 @@ impl BackendJob for TestJob {
         report.write_json(out.join("test_report.json"))?;
         println!("{}", report.table());
         println!("wrote {}", out.join("test_report.json").display());
+        if cfg.test.visualize.eq_ignore_ascii_case("yes") {
+            let vis_root = crate::tools::output_dir(cfg);
+            let n = crate::tools::visualize(
+                &dataset.query,
+                &dataset.gallery,
+                &q.features,
+                &g.features,
+                cfg,
+                self.bug_compat,
+                &vis_root,
+                self.progress,
+            )?;
+            println!(
+                "wrote {n} ranked-result pictures to {}",
+                vis_root.join("visrank").display()
+            );
+        }
         Ok(report)
     }
 }
 
 /// `reid test` (TEST.ONLY_TEST): evaluate `MODEL.PRETRAIN_PATH` with all three protocols (the
 /// configured `USE_CENTROIDS` and its flip are both among them).
-pub fn run_test(cfg: ReidConfig, device: DeviceKind, bug_compat: bool, progress: bool) -> Result<EvalReport> {
+pub fn run_test(
+    cfg: ReidConfig,
+    device: DeviceKind,
+    bug_compat: bool,
+    progress: bool,
+) -> Result<EvalReport> {
     launch(
         device,
         TestJob {
@@ -743,12 +788,18 @@ mod tests {
     #[test]
     fn run_dirs_follow_lightning_and_resume() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = ReidConfig::default();
-        cfg.output_dir = dir.path().display().to_string();
+        let cfg = ReidConfig {
+            output_dir: dir.path().display().to_string(),
+            ..ReidConfig::default()
+        };
         let first = run_dir(&cfg, StepKind::Ctl, None).unwrap();
         assert!(first.ends_with("train_ctl_model/version_0"));
         std::fs::create_dir_all(&first).unwrap();
-        assert!(run_dir(&cfg, StepKind::Ctl, None).unwrap().ends_with("version_1"));
+        assert!(
+            run_dir(&cfg, StepKind::Ctl, None)
+                .unwrap()
+                .ends_with("version_1")
+        );
         let ckpt = first.join("checkpoints/last.ckpt");
         assert_eq!(run_dir(&cfg, StepKind::Ctl, Some(&ckpt)).unwrap(), first);
     }

@@ -1,0 +1,231 @@
+//! Inference tools of the `reid` CLI (reference §8): `create-embeddings`, `get-similar`,
+//! `visrank` and `evaluate` on precomputed embeddings.
+//!
+//! Every tool reads the configuration like the other commands (`--config-file` plus yacs
+//! `KEY VALUE` overrides); the model is `MODEL.PRETRAIN_PATH` (a `reid train` checkpoint or the
+//! reference's Lightning `.ckpt`, see [`crate::infer::load_model`]), its architecture taken from
+//! the checkpoint. Embeddings are the eval-mode post-BNNeck features (§7.1), computed on the
+//! inner (non-autodiff) backend of `--device`, with the test transform (`INPUT.SIZE_TEST`) in
+//! batches of `TEST.IMS_PER_BATCH`.
+//!
+//! | command | reads | writes (under `OUTPUT_DIR`, `.` when empty) |
+//! |---|---|---|
+//! | [`create_embeddings`] | images under `DATASETS.ROOT_DIR` | `embeddings.npy`, `paths.npy` |
+//! | [`get_similar`] | query images under `DATASETS.ROOT_DIR`, `--gallery-data` | `results.json`, `results_indices.npy`, `results_distances.npy`, `query_embeddings.npy`, `query_paths.npy` |
+//! | [`visrank`] | the dataset `DATASETS.NAMES` | `visrank/<query-stem>.png` |
+//! | [`evaluate`] | `.npy` embeddings, pids, camids | `evaluation.json` (in `--out`) |
+//!
+//! Output files are plain NumPy arrays (`np.load` without `allow_pickle`, see [`npy`]), each
+//! written atomically, and only after every computation succeeded: an empty directory, a
+//! corrupt image or a mismatched array is an error naming the path, and leaves no output.
+//!
+//! **Deviation from the reference (`get_similar.py`).** The reference saves its results as one
+//! pickled dict in `results.npy` (readable only with `allow_pickle=True`, and the script does
+//! not run as shipped, §8.2). Here the same content is `results.json` (query path →
+//! `{indices, paths, distances}`) plus the dense arrays `results_indices.npy` (int64 `[Q, k]`)
+//! and `results_distances.npy` (float32 `[Q, k]`), row `i` for query `i` of `query_paths.npy`.
+
+mod create;
+mod evaluate;
+pub mod npy;
+mod similar;
+mod visrank;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use kiln::DeviceKind;
+use kiln::backend::{BackendJob, launch};
+
+use crate::cli::Common;
+use crate::config::ReidConfig;
+use crate::data::Sample;
+use crate::infer::{Embedded, checkpoint_path, embed_samples, load_model};
+
+pub use create::{CENTROID_LABEL_RULE, mean_by_label, parent_dir_label};
+pub use evaluate::{DEFAULT_GALLERY_CAMID, DEFAULT_QUERY_CAMID, EvaluateInputs, evaluate_arrays};
+pub use similar::{Match, rank_gallery};
+pub use visrank::{
+    VISRANK_BORDER, VISRANK_QUERY_EXTRA_SPACING, VISRANK_SPACING, canvas_size, tile_x,
+    visrank_rankings, visualize, write_visrank, write_visrank_centroids,
+};
+
+/// `reid create-embeddings` (§8.1): embeds every image under `DATASETS.ROOT_DIR` into
+/// `<OUTPUT_DIR>/embeddings.npy` (float32 `[N, emb]`, post-BN, not normalised) and
+/// `<OUTPUT_DIR>/paths.npy` (unicode strings). With `MODEL.USE_CENTROIDS True`: one row per
+/// identity (the image's parent directory name), the plain mean of its images, in order of
+/// first appearance, and `paths.npy` holds the identities.
+#[derive(Debug, Args)]
+pub struct CreateEmbeddingsArgs {
+    /// Images are in class sub-folders of DATASETS.ROOT_DIR (torchvision ImageFolder layout)
+    /// instead of directly inside it.
+    #[arg(long, alias = "images_in_subfolders")]
+    pub images_in_subfolders: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `reid get-similar` (§8.2): the top-k gallery entries of each query image.
+#[derive(Debug, Args)]
+pub struct GetSimilarArgs {
+    /// Directory with the gallery's `embeddings.npy` and `paths.npy` (create-embeddings output).
+    #[arg(long, alias = "gallery_data", value_name = "DIR")]
+    pub gallery_data: PathBuf,
+    /// L2-normalise query and gallery embeddings before the distances.
+    #[arg(long, alias = "normalize_features")]
+    pub normalize_features: bool,
+    /// Gallery entries kept per query (0 = all).
+    #[arg(long, default_value_t = 100)]
+    pub topk: usize,
+    /// Query images are in class sub-folders of DATASETS.ROOT_DIR (ImageFolder layout).
+    #[arg(long, alias = "images_in_subfolders")]
+    pub images_in_subfolders: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `reid visrank` (§8.3): ranked-result pictures of the dataset `DATASETS.NAMES`.
+#[derive(Debug, Args)]
+pub struct VisrankArgs {
+    /// In centroid mode B (MODEL.USE_CENTROIDS with MODEL.KEEP_CAMID_CENTROIDS), reproduce the
+    /// reference's gallery camera-id offset (issues #21, #41).
+    #[arg(long)]
+    pub camid_bug_compat: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `reid evaluate`: mAP / CMC of precomputed embeddings under the three protocols.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Query embeddings, float32 (or float64) `[Q, dim]`.
+    #[arg(long, value_name = "NPY")]
+    pub query_embeddings: PathBuf,
+    /// Gallery embeddings, float32 (or float64) `[G, dim]`.
+    #[arg(long, value_name = "NPY")]
+    pub gallery_embeddings: PathBuf,
+    /// Query identities, integer `[Q]`.
+    #[arg(long, value_name = "NPY")]
+    pub query_pids: PathBuf,
+    /// Gallery identities, integer `[G]`.
+    #[arg(long, value_name = "NPY")]
+    pub gallery_pids: PathBuf,
+    /// Query cameras, integer `[Q]` (default: all 0, the fashion datasets' convention).
+    #[arg(long, value_name = "NPY")]
+    pub query_camids: Option<PathBuf>,
+    /// Gallery cameras, integer `[G]` (default: all 1, the fashion datasets' convention).
+    #[arg(long, value_name = "NPY")]
+    pub gallery_camids: Option<PathBuf>,
+    /// Centroid mode B with the reference's camera-id bug (the published numbers).
+    #[arg(long)]
+    pub camid_bug_compat: bool,
+    /// Directory of `evaluation.json` (default: OUTPUT_DIR, or `.` when that is empty).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Runs `create-embeddings`.
+pub fn create_embeddings(
+    args: CreateEmbeddingsArgs,
+    device: DeviceKind,
+    progress: bool,
+) -> Result<()> {
+    let cfg = args.common.config()?;
+    create::run(&cfg, args.images_in_subfolders, device, progress)
+}
+
+/// Runs `get-similar`.
+pub fn get_similar(args: GetSimilarArgs, device: DeviceKind, progress: bool) -> Result<()> {
+    let cfg = args.common.config()?;
+    similar::run(&cfg, &args, device, progress)
+}
+
+/// Runs `visrank`.
+pub fn visrank(args: VisrankArgs, device: DeviceKind, progress: bool) -> Result<()> {
+    let cfg = args.common.config()?;
+    visrank::run(&cfg, args.camid_bug_compat, device, progress)
+}
+
+/// Runs `evaluate`.
+pub fn evaluate(args: EvaluateArgs) -> Result<()> {
+    let cfg = args.common.config()?;
+    evaluate::run(&cfg, &args)
+}
+
+/// `OUTPUT_DIR`, or `.` when it is empty (the reference joins the empty string).
+pub fn output_dir(cfg: &ReidConfig) -> PathBuf {
+    if cfg.output_dir.trim().is_empty() {
+        PathBuf::from(".")
+    } else {
+        PathBuf::from(&cfg.output_dir)
+    }
+}
+
+/// Loads the checkpoint and embeds `samples` on the inner backend of `device`.
+struct EmbedJob<'a> {
+    checkpoint: &'a Path,
+    samples: Vec<Sample>,
+    cfg: &'a ReidConfig,
+    progress: bool,
+}
+
+impl BackendJob for EmbedJob<'_> {
+    type Output = Embedded;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Embedded> {
+        let loaded = load_model::<B::InnerBackend>(self.checkpoint, None, &device)?;
+        if loaded.config.name != self.cfg.model.name {
+            tracing::info!(
+                "using the checkpoint's architecture {} (MODEL.NAME is {})",
+                loaded.config.name,
+                self.cfg.model.name
+            );
+        }
+        tracing::info!("model: {}", loaded.source);
+        embed_samples(
+            &loaded.model,
+            self.samples,
+            self.cfg,
+            self.progress,
+            &device,
+        )
+    }
+}
+
+/// Embeds `samples` with the model of `MODEL.PRETRAIN_PATH` on `device` (eval mode).
+pub fn embed_with_checkpoint(
+    cfg: &ReidConfig,
+    samples: Vec<Sample>,
+    device: DeviceKind,
+    progress: bool,
+) -> Result<Embedded> {
+    let checkpoint = checkpoint_path(cfg)?;
+    launch(
+        device,
+        EmbedJob {
+            checkpoint: &checkpoint,
+            samples,
+            cfg,
+            progress,
+        },
+    )
+}
+
+/// Writes every `(path, bytes)` atomically, in order. Called once everything is computed, so a
+/// failure before this point leaves no output.
+fn write_outputs(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    for (path, bytes) in files {
+        kiln::io::write_atomic(path, bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A path as the string stored in `paths.npy` / `results.json`.
+fn path_string(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
