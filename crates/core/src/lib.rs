@@ -18,8 +18,10 @@
 //!   [`io`]: atomic writes; [`progress`]: progress bars and logging.
 
 pub mod backend;
+pub mod bench;
 pub mod callbacks;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod io;

@@ -53,15 +53,101 @@ pub enum Interval {
     Epoch,
 }
 
+/// A Burn learning-rate scheduler with the bookkeeping every [`Optimization`] needs: the rate
+/// in use, a multiplier set by [`LrControl::scale_lr`], and checkpointing of both.
+#[derive(Clone)]
+pub struct ScheduledLr<S> {
+    scheduler: S,
+    factor: f64,
+    current: f64,
+    started: bool,
+}
+
+impl<S: LrScheduler> ScheduledLr<S> {
+    /// Wraps a scheduler that has not been stepped yet.
+    pub fn new(scheduler: S) -> Self {
+        Self {
+            scheduler,
+            factor: 1.0,
+            current: 0.0,
+            started: false,
+        }
+    }
+
+    /// Steps the scheduler (once per optimiser step or per epoch, as the owner decides).
+    pub fn advance(&mut self) {
+        self.current = self.scheduler.step();
+        self.started = true;
+    }
+
+    /// Whether [`ScheduledLr::advance`] has run.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Named byte sections: the scheduler record and the rate bookkeeping.
+    pub fn state<B: Backend>(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let lr = [self.factor, self.current]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain([u8::from(self.started)])
+            .collect();
+        Ok(vec![
+            (
+                "scheduler".into(),
+                record_to_bytes::<B, _>(self.scheduler.to_record::<B>())?,
+            ),
+            ("lr".into(), lr),
+        ])
+    }
+
+    /// Restores [`ScheduledLr::state`].
+    pub fn load_state<B: Backend>(
+        &mut self,
+        sections: &BTreeMap<String, Vec<u8>>,
+        device: &B::Device,
+    ) -> Result<()> {
+        let record = record_from_bytes::<B, S::Record<B>>(section(sections, "scheduler")?, device)
+            .context("scheduler state does not match this scheduler")?;
+        self.scheduler = self.scheduler.clone().load_record::<B>(record);
+        let lr = section(sections, "lr")?;
+        anyhow::ensure!(lr.len() == 17, "malformed learning-rate section");
+        self.factor = f64::from_le_bytes(lr[0..8].try_into().expect("8 bytes"));
+        self.current = f64::from_le_bytes(lr[8..16].try_into().expect("8 bytes"));
+        self.started = lr[16] != 0;
+        Ok(())
+    }
+}
+
+impl<S: LrScheduler> LrControl for ScheduledLr<S> {
+    fn lr(&self) -> f64 {
+        let scheduled = if self.started {
+            self.current
+        } else {
+            // Before the first step: the rate the first step will use.
+            self.scheduler.clone().step()
+        };
+        scheduled * self.factor
+    }
+    fn scale_lr(&mut self, factor: f64) {
+        self.factor *= factor;
+    }
+}
+
+/// A named section of an optimiser's checkpoint state.
+pub fn section(sections: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<Vec<u8>> {
+    sections
+        .get(name)
+        .cloned()
+        .with_context(|| format!("checkpoint has no optimiser section `{name}`"))
+}
+
 /// Automatic optimisation: one optimiser and one scheduler.
 pub struct Standard<O, S> {
     optim: O,
-    scheduler: S,
+    lr: ScheduledLr<S>,
     interval: Interval,
     clip_norm: Option<f64>,
-    factor: f64,
-    scheduled_lr: f64,
-    started: bool,
 }
 
 impl<O, S: LrScheduler> Standard<O, S> {
@@ -69,12 +155,9 @@ impl<O, S: LrScheduler> Standard<O, S> {
     pub fn new(optim: O, scheduler: S, interval: Interval) -> Self {
         Self {
             optim,
-            scheduler,
+            lr: ScheduledLr::new(scheduler),
             interval,
             clip_norm: None,
-            factor: 1.0,
-            scheduled_lr: 0.0,
-            started: false,
         }
     }
 
@@ -88,16 +171,10 @@ impl<O, S: LrScheduler> Standard<O, S> {
 
 impl<O, S: LrScheduler> LrControl for Standard<O, S> {
     fn lr(&self) -> f64 {
-        let scheduled = if self.started {
-            self.scheduled_lr
-        } else {
-            // Before the first step: the rate the first step will use.
-            self.scheduler.clone().step()
-        };
-        scheduled * self.factor
+        self.lr.lr()
     }
     fn scale_lr(&mut self, factor: f64) {
-        self.factor *= factor;
+        self.lr.scale_lr(factor);
     }
 }
 
@@ -109,44 +186,30 @@ where
     S: LrScheduler,
 {
     fn step(&mut self, model: M, loss: Tensor<B, 1>) -> Result<M> {
-        if self.interval == Interval::Step || !self.started {
-            self.scheduled_lr = self.scheduler.step();
-            self.started = true;
+        if self.interval == Interval::Step || !self.lr.started() {
+            self.lr.advance();
         }
         let grads = loss.backward();
         let mut grads = GradientsParams::from_grads(grads, &model);
         if let Some(max_norm) = self.clip_norm {
             clip_grad_norm::<B, M>(&model, &mut grads, max_norm);
         }
-        Ok(self.optim.step(self.lr(), model, grads))
+        Ok(self.optim.step(self.lr.lr(), model, grads))
     }
 
     fn on_epoch_start(&mut self, _epoch: usize) {
         if self.interval == Interval::Epoch {
-            self.scheduled_lr = self.scheduler.step();
-            self.started = true;
+            self.lr.advance();
         }
     }
 
     fn state(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(vec![
-            (
-                "optimizer".into(),
-                record_to_bytes::<B, _>(self.optim.to_record())?,
-            ),
-            (
-                "scheduler".into(),
-                record_to_bytes::<B, _>(self.scheduler.to_record::<B>())?,
-            ),
-            (
-                "lr".into(),
-                [self.factor, self.scheduled_lr]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .chain([u8::from(self.started)])
-                    .collect(),
-            ),
-        ])
+        let mut sections = vec![(
+            "optimizer".into(),
+            record_to_bytes::<B, _>(self.optim.to_record())?,
+        )];
+        sections.extend(self.lr.state::<B>()?);
+        Ok(sections)
     }
 
     fn load_state(
@@ -154,24 +217,10 @@ where
         sections: &BTreeMap<String, Vec<u8>>,
         device: &B::Device,
     ) -> Result<()> {
-        let get = |name: &str| {
-            sections
-                .get(name)
-                .cloned()
-                .with_context(|| format!("checkpoint has no optimiser section `{name}`"))
-        };
-        let record = record_from_bytes::<B, O::Record>(get("optimizer")?, device)
+        let record = record_from_bytes::<B, O::Record>(section(sections, "optimizer")?, device)
             .context("optimiser state does not match this optimiser")?;
         self.optim = self.optim.clone().load_record(record);
-        let record = record_from_bytes::<B, S::Record<B>>(get("scheduler")?, device)
-            .context("scheduler state does not match this scheduler")?;
-        self.scheduler = self.scheduler.clone().load_record::<B>(record);
-        let lr = get("lr")?;
-        anyhow::ensure!(lr.len() == 17, "malformed learning-rate section");
-        self.factor = f64::from_le_bytes(lr[0..8].try_into().expect("8 bytes"));
-        self.scheduled_lr = f64::from_le_bytes(lr[8..16].try_into().expect("8 bytes"));
-        self.started = lr[16] != 0;
-        Ok(())
+        self.lr.load_state::<B>(sections, device)
     }
 }
 

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use kiln::backend::{BackendJob, DeviceKind, launch};
@@ -150,15 +150,6 @@ impl BackendJob for TimeSteps {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[s.len() / 2]
-}
-
 fn variants(
     cfg: &MoolaConfig,
     models: &[String],
@@ -179,27 +170,17 @@ fn variants(
 }
 
 fn torch_timings(args: &BenchArgs) -> Result<Vec<Timing>> {
-    let python = args
-        .python
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("python3"));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/moola_step.py");
-    let output = std::process::Command::new(&python)
-        .arg(&script)
-        .arg("--models")
-        .arg(args.models.join(","))
-        .arg("--batch-size")
-        .arg(args.batch_size.to_string())
-        .arg("--steps")
-        .arg(args.steps.to_string())
-        .arg("--warmup")
-        .arg(args.warmup.to_string())
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !output.status.success() {
-        anyhow::bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    serde_json::from_slice(&output.stdout).context("the PyTorch bench printed malformed JSON")
+    let argv: Vec<String> = [
+        ("--models", args.models.join(",")),
+        ("--batch-size", args.batch_size.to_string()),
+        ("--steps", args.steps.to_string()),
+        ("--warmup", args.warmup.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    kiln::bench::run_python_json(args.python.as_deref(), &script, &argv)
 }
 
 /// Runs the benchmark and prints the table.
@@ -236,7 +217,7 @@ pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()
             rows.push(Timing {
                 model: name.clone(),
                 backend,
-                median_ms: median(&steps),
+                median_ms: kiln::bench::median(&steps),
                 steps_ms: steps,
             });
         }

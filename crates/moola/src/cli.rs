@@ -34,12 +34,9 @@ pub struct Cli {
     /// YAML configuration merged over the defaults (then `KEY VALUE` overrides).
     #[arg(long, global = true)]
     pub config_file: Option<PathBuf>,
-    /// Device: cpu (default backend of this build), ndarray, flex, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "cpu")]
-    pub device: DeviceKind,
-    /// Hide progress bars.
-    #[arg(long, global = true)]
-    pub quiet: bool,
+    /// Device and progress options.
+    #[command(flatten)]
+    pub runtime: kiln::cli::RuntimeArgs,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -221,9 +218,10 @@ impl Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let cfg = MoolaConfig::load(cli.config_file.as_deref(), cli.command.overrides())?;
-    let progress = !cli.quiet;
+    let progress = cli.runtime.progress();
+    let device = cli.runtime.device;
     match cli.command {
-        Command::Doctor(_) => doctor(&cfg, cli.device),
+        Command::Doctor(_) => doctor(&cfg, device),
         Command::Ingest(a) => {
             let out = a
                 .output
@@ -233,9 +231,9 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Describe(a) => launch(cli.device, Describe { cfg, args: a }),
+        Command::Describe(a) => launch(device, Describe { cfg, args: a }),
         Command::Train(a) => launch(
-            cli.device,
+            device,
             TrainJob {
                 cfg,
                 args: a,
@@ -243,16 +241,16 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Evaluate(a) => launch(
-            cli.device,
+            device,
             EvaluateJob {
                 cfg,
                 args: a,
                 progress,
             },
         ),
-        Command::Predict(a) => launch(cli.device, PredictJob { cfg, args: a }),
-        Command::Import(a) => launch(cli.device, ImportJob { args: a }),
-        Command::Bench(a) => crate::bench::run(&cfg, &a, cli.device),
+        Command::Predict(a) => launch(device, PredictJob { cfg, args: a }),
+        Command::Import(a) => launch(device, ImportJob { args: a }),
+        Command::Bench(a) => crate::bench::run(&cfg, &a, device),
     }
 }
 
@@ -362,6 +360,20 @@ fn default_data(cfg: &MoolaConfig, data: Option<PathBuf>) -> PathBuf {
     data.unwrap_or_else(|| cfg.paths.data_dir.join("processed/train.parquet"))
 }
 
+/// The model's spec and recipe, and its labelled data with the pointer policy applied.
+fn model_and_data(
+    cfg: &MoolaConfig,
+    model: &str,
+    data: Option<PathBuf>,
+    pointers: Pointers,
+) -> Result<(ModelSpec, crate::train::TrainConfig, PathBuf, WindowSet)> {
+    let (spec, train_cfg) = cfg.model(model)?;
+    let data_path = default_data(cfg, data);
+    let data = data::read_any(&data_path)?;
+    let (spec, data) = apply_pointer_policy(spec, data, pointers)?;
+    Ok((spec, train_cfg, data_path, data))
+}
+
 /// Encodes a labelled set with a trained label map.
 fn encode(labels: &LabelMap, set: &WindowSet, what: &str) -> Result<Vec<usize>> {
     labels
@@ -393,10 +405,8 @@ impl BackendJob for TrainJob {
             args,
             progress,
         } = self;
-        let (spec, train_cfg) = cfg.model(&args.model)?;
-        let data_path = default_data(&cfg, args.data);
-        let data = data::read_any(&data_path)?;
-        let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+        let (spec, train_cfg, data_path, data) =
+            model_and_data(&cfg, &args.model, args.data, args.pointers)?;
         let (train_set, test_set, test_name) = match &args.test {
             Some(p) => {
                 let test = data::read_any(p)?;
@@ -521,10 +531,8 @@ impl BackendJob for EvaluateJob {
             args,
             progress,
         } = self;
-        let (spec, train_cfg) = cfg.model(&args.model)?;
-        let data_path = default_data(&cfg, args.data);
-        let data = data::read_any(&data_path)?;
-        let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+        let (spec, train_cfg, data_path, data) =
+            model_and_data(&cfg, &args.model, args.data, args.pointers)?;
         let labels = LabelMap::fit(data.require_labels()?);
         let y = labels.encode(data.require_labels()?)?;
         let mut rng = kiln::seed::rng(cfg.seed, "cv_folds", 0);

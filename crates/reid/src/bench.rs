@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -147,42 +147,23 @@ impl BackendJob for Job<'_> {
 }
 
 fn torch_side(args: &BenchArgs) -> Result<BenchResult> {
-    let python = args
-        .python
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("python3"));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/reid_step.py");
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .args(["--model", &args.model])
-        .args(["--p", &args.p.to_string(), "--k", &args.k.to_string()])
-        .args([
-            "--height",
-            &args.height.to_string(),
-            "--width",
-            &args.width.to_string(),
-        ])
-        .args(["--num-classes", &args.num_classes.to_string()])
-        .args([
-            "--steps",
-            &args.steps.to_string(),
-            "--warmup",
-            &args.warmup.to_string(),
-        ])
-        .args(["--embed-batch", &args.embed_batch.to_string()])
-        .args(["--embed-batches", &args.embed_batches.to_string()])
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    serde_json::from_slice(&out.stdout).context("the PyTorch bench printed malformed JSON")
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+    let argv: Vec<String> = [
+        ("--model", args.model.clone()),
+        ("--p", args.p.to_string()),
+        ("--k", args.k.to_string()),
+        ("--height", args.height.to_string()),
+        ("--width", args.width.to_string()),
+        ("--num-classes", args.num_classes.to_string()),
+        ("--steps", args.steps.to_string()),
+        ("--warmup", args.warmup.to_string()),
+        ("--embed-batch", args.embed_batch.to_string()),
+        ("--embed-batches", args.embed_batches.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    kiln::bench::run_python_json(args.python.as_deref(), &script, &argv)
 }
 
 /// Runs the benchmark and prints the comparison.
@@ -201,7 +182,7 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
                 device.to_string()
             }
         ),
-        step_ms: median(&steps),
+        step_ms: kiln::bench::median(&steps),
         steps_ms: steps,
         embed_images_per_s: rate,
     };

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use kiln::DeviceKind;
 
 use crate::config::ReidConfig;
 use crate::tools;
@@ -26,12 +25,9 @@ use crate::tools;
 #[derive(Debug, Parser)]
 #[command(name = "reid", version, about)]
 pub struct Cli {
-    /// Device: cpu (default backend of this build), ndarray, flex, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "cpu")]
-    pub device: DeviceKind,
-    /// Hide progress bars.
-    #[arg(long, global = true)]
-    pub quiet: bool,
+    /// Device and progress options.
+    #[command(flatten)]
+    pub runtime: kiln::cli::RuntimeArgs,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -133,7 +129,8 @@ pub struct ConvertArgs {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let progress = !cli.quiet;
+    let progress = cli.runtime.progress();
+    let device = cli.runtime.device;
     match cli.command {
         Command::Train(a) => {
             let options = crate::train::FitOptions {
@@ -142,17 +139,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 evaluate_before: a.eval_before,
                 run_dir: None,
             };
-            crate::train::run_train(a.common.config()?, a.model, cli.device, options).map(|_| ())
+            crate::train::run_train(a.common.config()?, a.model, device, options).map(|_| ())
         }
         Command::Test(a) => {
-            crate::train::run_test(a.common.config()?, cli.device, a.camid_bug_compat, progress)
+            crate::train::run_test(a.common.config()?, device, a.camid_bug_compat, progress)
                 .map(|_| ())
         }
-        Command::CreateEmbeddings(a) => tools::create_embeddings(a, cli.device, progress),
-        Command::GetSimilar(a) => tools::get_similar(a, cli.device, progress),
-        Command::Visrank(a) => tools::visrank(a, cli.device, progress),
+        Command::CreateEmbeddings(a) => tools::create_embeddings(a, device, progress),
+        Command::GetSimilar(a) => tools::get_similar(a, device, progress),
+        Command::Visrank(a) => tools::visrank(a, device, progress),
         Command::Evaluate(a) => tools::evaluate(a),
-        Command::Bench(a) => crate::bench::run(&a, cli.device),
+        Command::Bench(a) => crate::bench::run(&a, device),
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
             println!(

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -34,7 +33,7 @@ use kiln::backend::{BackendJob, DeviceKind, launch};
 use kiln::callbacks::{Mode, ModelCheckpoint};
 use kiln::checkpoint::{record_from_bytes, record_to_bytes};
 use kiln::metric_log::Row;
-use kiln::optim::{LrControl, Optimization, WarmupMultiStepLr};
+use kiln::optim::{LrControl, Optimization, ScheduledLr, WarmupMultiStepLr, section};
 use kiln::trainer::{EpochInfo, Loader, StepOutput, Task, Trainer, TrainerConfig};
 use serde::Serialize;
 
@@ -95,12 +94,9 @@ pub fn schedule(cfg: &ReidConfig) -> WarmupMultiStepLr {
 pub struct ReidOptimization<A, S> {
     adam: A,
     sgd: S,
-    schedule: WarmupMultiStepLr,
+    lr: ScheduledLr<WarmupMultiStepLr>,
     center_lr: f64,
     center_loss_weight: f64,
-    lr: f64,
-    started: bool,
-    factor: f64,
 }
 
 /// Builds the optimisation of a configuration for `ReidModel<B>`.
@@ -117,26 +113,18 @@ pub fn optimization<B: AutodiffBackend>(
     ReidOptimization {
         adam,
         sgd,
-        schedule: schedule(cfg),
+        lr: ScheduledLr::new(schedule(cfg)),
         center_lr: cfg.solver.center_lr,
         center_loss_weight: cfg.solver.center_loss_weight,
-        lr: 0.0,
-        started: false,
-        factor: 1.0,
     }
 }
 
 impl<A, S> LrControl for ReidOptimization<A, S> {
     fn lr(&self) -> f64 {
-        let lr = if self.started {
-            self.lr
-        } else {
-            self.schedule.clone().step()
-        };
-        lr * self.factor
+        self.lr.lr()
     }
     fn scale_lr(&mut self, factor: f64) {
-        self.factor *= factor;
+        self.lr.scale_lr(factor);
     }
 }
 
@@ -151,7 +139,7 @@ where
         // The centres leave the main gradient set: they get their own SGD step.
         let mut center_grads = GradientsParams::from_module(&mut grads, &model.center_loss);
         let main_grads = GradientsParams::from_grads(grads, &model);
-        let model = self.adam.step(self.lr(), model, main_grads);
+        let model = self.adam.step(self.lr.lr(), model, main_grads);
         let id = model.center_loss.centers.id;
         if let Some(g) = center_grads.remove::<B::InnerBackend, 2>(id) {
             center_grads.register(id, g.mul_scalar(1.0 / self.center_loss_weight));
@@ -160,28 +148,19 @@ where
     }
 
     fn on_epoch_start(&mut self, _epoch: usize) {
-        self.lr = self.schedule.step();
-        self.started = true;
+        self.lr.advance();
     }
 
     fn state(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut lr = Vec::new();
-        for v in [self.lr, self.factor] {
-            lr.extend(v.to_le_bytes());
-        }
-        lr.push(u8::from(self.started));
-        Ok(vec![
+        let mut sections = vec![
             (
                 "adam".into(),
                 record_to_bytes::<B, _>(self.adam.to_record())?,
             ),
             ("sgd".into(), record_to_bytes::<B, _>(self.sgd.to_record())?),
-            (
-                "schedule".into(),
-                record_to_bytes::<B, _>(self.schedule.to_record::<B>())?,
-            ),
-            ("lr".into(), lr),
-        ])
+        ];
+        sections.extend(self.lr.state::<B>()?);
+        Ok(sections)
     }
 
     fn load_state(
@@ -189,24 +168,11 @@ where
         sections: &BTreeMap<String, Vec<u8>>,
         device: &B::Device,
     ) -> Result<()> {
-        let get = |name: &str| {
-            sections
-                .get(name)
-                .cloned()
-                .with_context(|| format!("checkpoint has no optimiser section `{name}`"))
-        };
-        let rec = record_from_bytes::<B, A::Record>(get("adam")?, device)?;
+        let rec = record_from_bytes::<B, A::Record>(section(sections, "adam")?, device)?;
         self.adam = self.adam.clone().load_record(rec);
-        let rec = record_from_bytes::<B, S::Record>(get("sgd")?, device)?;
+        let rec = record_from_bytes::<B, S::Record>(section(sections, "sgd")?, device)?;
         self.sgd = self.sgd.clone().load_record(rec);
-        let rec = record_from_bytes::<B, usize>(get("schedule")?, device)?;
-        self.schedule = self.schedule.clone().load_record::<B>(rec);
-        let lr = get("lr")?;
-        anyhow::ensure!(lr.len() == 17, "malformed learning-rate section");
-        self.lr = f64::from_le_bytes(lr[0..8].try_into().expect("8 bytes"));
-        self.factor = f64::from_le_bytes(lr[8..16].try_into().expect("8 bytes"));
-        self.started = lr[16] != 0;
-        Ok(())
+        self.lr.load_state::<B>(sections, device)
     }
 }
 

@@ -1,0 +1,62 @@
+//! Helpers of the benchmark commands (`moola bench`, `reid bench`): timing statistics and running
+//! the PyTorch side of a comparison.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+
+/// The median of some timings (the upper one for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs `python script args...` and parses its standard output as JSON. `python` defaults to
+/// `python3`; the error carries the script's standard error (e.g. a missing `torch`).
+pub fn run_python_json<T: DeserializeOwned>(
+    python: Option<&Path>,
+    script: &Path,
+    args: &[String],
+) -> Result<T> {
+    let python = python.map_or_else(|| PathBuf::from("python3"), Path::to_path_buf);
+    let output = std::process::Command::new(&python)
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {} failed: {}",
+            python.display(),
+            script.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("{} printed malformed JSON", script.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn missing_interpreter_is_an_error() {
+        let err = run_python_json::<serde_json::Value>(
+            Some(Path::new("/nonexistent/python")),
+            Path::new("x.py"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/python"), "{err}");
+    }
+}
