@@ -21,3 +21,14 @@ impl RuntimeArgs {
         !self.quiet
     }
 }
+
+/// Restores the default `SIGPIPE` behaviour so that `tool | head` ends the tool quietly instead
+/// of panicking on a closed standard output (Rust ignores `SIGPIPE` by default). Call it first
+/// thing in `main`.
+pub fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    kiln::cli::reset_sigpipe();
     let cli = reid::cli::Cli::parse();
     kiln::progress::init_logging("info");
     if let Err(e) = reid::cli::run(cli) {
