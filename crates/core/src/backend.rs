@@ -30,6 +30,18 @@ pub enum DeviceKind {
     Cuda(usize),
 }
 
+impl DeviceKind {
+    /// `Cpu` replaced by the concrete CPU backend of this build (`Flex` when compiled in, else
+    /// `NdArray`); other kinds unchanged.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Cpu if cfg!(feature = "flex") => Self::Flex,
+            Self::Cpu if cfg!(feature = "ndarray") => Self::NdArray,
+            other => other,
+        }
+    }
+}
+
 impl FromStr for DeviceKind {
     type Err = String;
 

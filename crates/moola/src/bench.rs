@@ -186,7 +186,7 @@ fn torch_timings(args: &BenchArgs) -> Result<Vec<Timing>> {
 /// Runs the benchmark and prints the table.
 pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()> {
     let data = synthetic_windows(args.batch_size, cfg.seed);
-    let mut devices = vec![device];
+    let mut devices = vec![device.resolve()];
     if args.all_cpu_backends {
         for d in [DeviceKind::Flex, DeviceKind::NdArray] {
             let name = d.to_string();
@@ -199,10 +199,7 @@ pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()
     let mut rows: Vec<Timing> = Vec::new();
     for (name, spec, train) in variants(cfg, &args.models)? {
         for &d in &devices {
-            let backend = match d {
-                DeviceKind::Cpu => format!("burn-{}", kiln::backend::compiled_backends()[0]),
-                other => format!("burn-{other}"),
-            };
+            let backend = format!("burn-{d}");
             eprintln!("timing {name} on {backend} ...");
             let steps = launch(
                 d,

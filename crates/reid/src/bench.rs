@@ -174,14 +174,7 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
     );
     let (steps, rate) = launch(device, Job { args })?;
     let burn = BenchResult {
-        backend: format!(
-            "burn-{}",
-            if device == DeviceKind::Cpu {
-                kiln::backend::compiled_backends()[0].to_string()
-            } else {
-                device.to_string()
-            }
-        ),
+        backend: format!("burn-{}", device.resolve()),
         step_ms: kiln::bench::median(&steps),
         steps_ms: steps,
         embed_images_per_s: rate,

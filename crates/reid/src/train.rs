@@ -436,6 +436,11 @@ impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
     }
 }
 
+/// True when a run directory holds no checkpoint yet (a new run, not a resumed one).
+fn is_new_run(dir: &Path) -> bool {
+    !dir.join("checkpoints").exists()
+}
+
 /// Where a run writes: `<LOG_DIR>/<script>/version_N` (Lightning's layout), or the directory of
 /// the checkpoint being resumed.
 pub fn run_dir(cfg: &ReidConfig, step: StepKind, resume: Option<&Path>) -> Result<PathBuf> {
@@ -588,7 +593,17 @@ pub fn fit<B: AutodiffBackend>(
         1,
     ));
     let mut optim = optimization::<B>(cfg);
-    let outcome = trainer.fit(&mut task, model, &mut optim, device)?;
+    let fresh_dir = is_new_run(&dir);
+    let outcome = match trainer.fit(&mut task, model, &mut optim, device) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // A run that failed before its first checkpoint leaves nothing behind.
+            if fresh_dir && !dir.join("checkpoints").exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e);
+        }
+    };
     let best_checkpoint = std::fs::read_dir(dir.join("checkpoints"))
         .ok()
         .and_then(|entries| {
@@ -658,6 +673,11 @@ pub fn run_train(
     device: DeviceKind,
     options: FitOptions,
 ) -> Result<Vec<RunSummary>> {
+    if cfg.test.only_test {
+        // The reference's training scripts only test when TEST.ONLY_TEST is set.
+        run_test(cfg, device, options.bug_compat, options.progress)?;
+        return Ok(Vec::new());
+    }
     if cfg.use_mixed_precision && !matches!(device, DeviceKind::Cuda(_)) {
         tracing::info!("USE_MIXED_PRECISION ignored on CPU (f32)");
     }

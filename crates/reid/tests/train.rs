@@ -299,6 +299,31 @@ fn configuration_errors_are_named() {
     let err = load_dataset(&cfg).err().unwrap();
     assert!(format!("{err:#}").contains("nowhere"), "{err:#}");
 
+    // A corrupt JPEG met during training: the error names it and the run leaves no directory.
+    let cfg = tiny_config(dir.path());
+    let train_dir = dir.path().join("market1501/bounding_box_train");
+    let victim = std::fs::read_dir(&train_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&victim, b"\xff\xd8 not really a jpeg").unwrap();
+    let dataset = load_dataset(&cfg).unwrap();
+    let err = fit::<B>(
+        &cfg,
+        &dataset,
+        StepKind::Ctl,
+        0,
+        &FitOptions::default(),
+        &Default::default(),
+    )
+    .err()
+    .unwrap();
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(format!("{err:#}").contains(&name), "{err:#}");
+    assert!(!dir.path().join("logs/train_ctl_model/version_0").exists());
+
     let err =
         ReidConfig::load(None, &["SOLVER.BASE_LRR".to_string(), "1".to_string()]).unwrap_err();
     assert!(err.to_string().contains("SOLVER.BASE_LRR"), "{err}");
