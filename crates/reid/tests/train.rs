@@ -330,3 +330,29 @@ fn configuration_errors_are_named() {
 
     let _ = TensorData::new(vec![0.0f32], [1]);
 }
+
+#[test]
+fn reproducible_runs_use_consecutive_seeds_and_their_own_directories() {
+    let _guard = kiln::seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path());
+    cfg.solver.max_epochs = 1;
+    cfg.reproducible_num_runs = 2;
+    cfg.reproducible_seed = 5;
+    let runs = reid::train::run_train(
+        cfg,
+        StepKind::Base,
+        kiln::DeviceKind::Cpu,
+        FitOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(runs.iter().map(|r| r.seed).collect::<Vec<_>>(), vec![5, 6]);
+    assert!(runs[0].run_dir.ends_with("train_base_model/version_0"));
+    assert!(runs[1].run_dir.ends_with("train_base_model/version_1"));
+    // The base model logs no centroid-triplet term.
+    let rows = kiln::metric_log::read_csv(&runs[0].run_dir.join("metrics.csv")).unwrap();
+    assert!(
+        !rows[0].1.contains_key("train_centroid_triplet")
+            && rows[0].1.contains_key("train_query_xent")
+    );
+}
