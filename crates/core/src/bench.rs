@@ -38,6 +38,39 @@ pub fn run_python_json<T: DeserializeOwned>(
         .with_context(|| format!("{} printed malformed JSON", script.display()))
 }
 
+/// The PyTorch side of a benchmark command, flattened into its arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TorchSide {
+    /// Python interpreter with torch (default `python3`; the side is skipped when torch is missing).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl TorchSide {
+    /// Runs `script` with `--flag value` pairs (see [`run_python_json`]). `None` when
+    /// `--no-torch` is set or the script fails; the reason for a failure goes to standard error,
+    /// since the Burn side's numbers stand on their own.
+    pub fn run<T: DeserializeOwned>(&self, script: &Path, flags: &[(&str, String)]) -> Option<T> {
+        if self.no_torch {
+            return None;
+        }
+        eprintln!("timing PyTorch ...");
+        let argv: Vec<String> = flags
+            .iter()
+            .flat_map(|(k, v)| [k.to_string(), v.clone()])
+            .collect();
+        run_python_json(self.python.as_deref(), script, &argv)
+            .inspect_err(|e| eprintln!("PyTorch side skipped: {e:#}"))
+            .ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +91,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/python"), "{err}");
+    }
+
+    #[test]
+    fn torch_side_is_skipped_on_request_and_on_failure() {
+        let skipped = TorchSide {
+            no_torch: true,
+            ..TorchSide::default()
+        };
+        assert!(skipped.run::<f64>(Path::new("x.py"), &[]).is_none());
+        let failing = TorchSide {
+            python: Some("/nonexistent/python".into()),
+            ..TorchSide::default()
+        };
+        assert!(failing.run::<f64>(Path::new("x.py"), &[]).is_none());
     }
 }

@@ -45,15 +45,8 @@ pub struct BenchArgs {
     /// Also time every other compiled CPU backend (flex and ndarray).
     #[arg(long)]
     pub all_cpu_backends: bool,
-    /// Python interpreter for the PyTorch side (default `python3`; skipped when torch is missing).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
-    /// Skip the PyTorch side.
-    #[arg(long)]
-    pub no_torch: bool,
-    /// Also write the results as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub torch: kiln::bench::TorchSide,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -169,18 +162,17 @@ fn variants(
     Ok(out)
 }
 
-fn torch_timings(args: &BenchArgs) -> Result<Vec<Timing>> {
+fn torch_timings(args: &BenchArgs) -> Option<Vec<Timing>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/moola_step.py");
-    let argv: Vec<String> = [
-        ("--models", args.models.join(",")),
-        ("--batch-size", args.batch_size.to_string()),
-        ("--steps", args.steps.to_string()),
-        ("--warmup", args.warmup.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    kiln::bench::run_python_json(args.python.as_deref(), &script, &argv)
+    args.torch.run(
+        &script,
+        &[
+            ("--models", args.models.join(",")),
+            ("--batch-size", args.batch_size.to_string()),
+            ("--steps", args.steps.to_string()),
+            ("--warmup", args.warmup.to_string()),
+        ],
+    )
 }
 
 /// Runs the benchmark and prints the table.
@@ -219,18 +211,7 @@ pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()
             });
         }
     }
-    let torch = if args.no_torch {
-        Vec::new()
-    } else {
-        eprintln!("timing PyTorch ...");
-        match torch_timings(args) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("PyTorch side skipped: {e:#}");
-                Vec::new()
-            }
-        }
-    };
+    let torch = torch_timings(args).unwrap_or_default();
     println!(
         "one training step, batch {} × 105 × 4, median of {} steps ({} CPU threads)",
         args.batch_size,
@@ -255,7 +236,7 @@ pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()
             t.map_or("-".into(), |v| format!("{:.2}x", r.median_ms / v)),
         );
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.torch.json {
         let all: Vec<&Timing> = rows.iter().chain(&torch).collect();
         kiln::io::write_json(path, &all)?;
     }

@@ -292,6 +292,37 @@ fn describe_prints_reference_parameter_counts() {
 }
 
 #[test]
+fn bench_times_the_requested_steps_and_skips_pytorch_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&moola(
+        &[
+            "bench",
+            "--models",
+            "simple_lstm",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--no-torch",
+            "--json",
+            "bench.json",
+        ],
+        dir.path(),
+    ));
+    assert!(out.contains("batch 8 × 105 × 4"), "{out}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 1, "one Burn row and no PyTorch row: {rows:?}");
+    assert_eq!(rows[0]["model"], "simple_lstm");
+    assert!(rows[0]["backend"].as_str().unwrap().starts_with("burn-"));
+    let steps = rows[0]["steps_ms"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().all(|s| s.as_f64().unwrap() > 0.0));
+}
+
+#[test]
 fn errors_exit_non_zero_and_leave_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

@@ -53,15 +53,8 @@ pub struct BenchArgs {
     /// Timed embedding batches.
     #[arg(long, default_value_t = 2)]
     pub embed_batches: usize,
-    /// Python interpreter with torch (default `python3`; skipped when torch is missing).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
-    /// Skip the PyTorch side.
-    #[arg(long)]
-    pub no_torch: bool,
-    /// Also write the results as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub torch: kiln::bench::TorchSide,
 }
 
 /// One side's numbers.
@@ -93,7 +86,8 @@ impl BackendJob for Job<'_> {
     type Output = (Vec<f64>, f64);
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(Vec<f64>, f64)> {
         let a = self.args;
-        let cfg = ReidConfig::default();
+        let mut cfg = ReidConfig::default();
+        cfg.dataloader.num_instance = a.k;
         kiln::seed::seed_backend::<B>(&device, 0, "bench", 0);
         let mut model = ModelConfig::new(a.model.clone(), 1, emb_size(&a.model), a.num_classes)
             .init::<B>(&device)?;
@@ -146,24 +140,23 @@ impl BackendJob for Job<'_> {
     }
 }
 
-fn torch_side(args: &BenchArgs) -> Result<BenchResult> {
+fn torch_side(args: &BenchArgs) -> Option<BenchResult> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/reid_step.py");
-    let argv: Vec<String> = [
-        ("--model", args.model.clone()),
-        ("--p", args.p.to_string()),
-        ("--k", args.k.to_string()),
-        ("--height", args.height.to_string()),
-        ("--width", args.width.to_string()),
-        ("--num-classes", args.num_classes.to_string()),
-        ("--steps", args.steps.to_string()),
-        ("--warmup", args.warmup.to_string()),
-        ("--embed-batch", args.embed_batch.to_string()),
-        ("--embed-batches", args.embed_batches.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    kiln::bench::run_python_json(args.python.as_deref(), &script, &argv)
+    args.torch.run(
+        &script,
+        &[
+            ("--model", args.model.clone()),
+            ("--p", args.p.to_string()),
+            ("--k", args.k.to_string()),
+            ("--height", args.height.to_string()),
+            ("--width", args.width.to_string()),
+            ("--num-classes", args.num_classes.to_string()),
+            ("--steps", args.steps.to_string()),
+            ("--warmup", args.warmup.to_string()),
+            ("--embed-batch", args.embed_batch.to_string()),
+            ("--embed-batches", args.embed_batches.to_string()),
+        ],
+    )
 }
 
 /// Runs the benchmark and prints the comparison.
@@ -179,18 +172,7 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
         steps_ms: steps,
         embed_images_per_s: rate,
     };
-    let torch = if args.no_torch {
-        None
-    } else {
-        eprintln!("timing PyTorch ...");
-        match torch_side(args) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("PyTorch side skipped: {e:#}");
-                None
-            }
-        }
-    };
+    let torch = torch_side(args);
     println!(
         "CTL training step: {} P={} K={} {}×{} ({} CPU threads)",
         args.model,
@@ -215,7 +197,7 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
             t.embed_images_per_s / burn.embed_images_per_s
         );
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.torch.json {
         kiln::io::write_json(path, &serde_json::json!({ "burn": burn, "torch": torch }))?;
     }
     Ok(())

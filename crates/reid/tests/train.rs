@@ -356,3 +356,34 @@ fn reproducible_runs_use_consecutive_seeds_and_their_own_directories() {
             && rows[0].1.contains_key("train_query_xent")
     );
 }
+
+#[test]
+fn bench_times_a_ctl_step_for_any_k_and_writes_json() {
+    // K = 2 (not the config default of 4) catches a loss built for the wrong block size.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let args = reid::bench::BenchArgs {
+        model: "resnet18".into(),
+        p: 2,
+        k: 2,
+        height: 32,
+        width: 32,
+        num_classes: 5,
+        steps: 2,
+        warmup: 0,
+        embed_batch: 3,
+        embed_batches: 1,
+        torch: kiln::bench::TorchSide {
+            no_torch: true,
+            json: Some(json.clone()),
+            ..Default::default()
+        },
+    };
+    reid::bench::run(&args, kiln::DeviceKind::Cpu).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["torch"].is_null(), "{report}");
+    let steps = report["burn"]["steps_ms"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().all(|s| s.as_f64().unwrap() > 0.0));
+    assert!(report["burn"]["embed_images_per_s"].as_f64().unwrap() > 0.0);
+}

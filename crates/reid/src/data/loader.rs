@@ -133,6 +133,12 @@ impl<T: Send + 'static> Prefetcher<T> {
         })
     }
 
+    /// At most the batches not yet received (a failure ends the stream early).
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.finished { 0 } else { self.remaining };
+        (0, Some(left))
+    }
+
     fn next_batch(&mut self) -> Option<Result<T>> {
         if self.finished {
             return None;
@@ -275,12 +281,7 @@ impl Iterator for TrainLoader {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = if self.inner.finished {
-            0
-        } else {
-            self.inner.remaining
-        };
-        (0, Some(left))
+        self.inner.size_hint()
     }
 }
 
@@ -386,12 +387,7 @@ impl Iterator for EvalLoader {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = if self.inner.finished {
-            0
-        } else {
-            self.inner.remaining
-        };
-        (0, Some(left))
+        self.inner.size_hint()
     }
 }
 

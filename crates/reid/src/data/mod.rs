@@ -54,6 +54,17 @@ pub struct Sample {
     pub camid: i64,
 }
 
+impl Sample {
+    /// An image with no identity or camera (pid 0, camid 0), for embedding tools.
+    pub fn unlabelled(path: PathBuf) -> Self {
+        Self {
+            path,
+            pid: 0,
+            camid: 0,
+        }
+    }
+}
+
 /// The three splits of a retrieval dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReidDataset {

@@ -90,11 +90,7 @@ pub(super) fn run(
     tracing::info!("embedding {} images from {}", paths.len(), root.display());
     let samples = paths
         .iter()
-        .map(|path| Sample {
-            path: path.clone(),
-            pid: 0,
-            camid: 0,
-        })
+        .map(|path| Sample::unlabelled(path.clone()))
         .collect();
     let embedded = embed_with_checkpoint(cfg, samples, device, progress)?;
     let (features, names) = match labels {

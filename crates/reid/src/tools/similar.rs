@@ -183,11 +183,7 @@ pub(super) fn run(
     );
     let samples = query_paths
         .iter()
-        .map(|path| Sample {
-            path: path.clone(),
-            pid: 0,
-            camid: 0,
-        })
+        .map(|path| Sample::unlabelled(path.clone()))
         .collect();
     let query = embed_with_checkpoint(cfg, samples, device, progress)?.features;
     ensure!(
