@@ -138,6 +138,35 @@ fn picture_files(query: &[Sample], dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The rows of the first `min(rankings.len(), TEST.VISUALIZE_MAX_NUMBER)` queries, each with the
+/// first `TEST.VISUALIZE_TOPK` of the `(image, same identity)` entries that `entries` yields for
+/// the query and its ranking, drawn into `<out_dir>/visrank/`.
+fn draw_rankings<'a, I>(
+    query: &'a [Sample],
+    rankings: &'a [Vec<usize>],
+    cfg: &ReidConfig,
+    out_dir: &Path,
+    progress: bool,
+    entries: impl Fn(&'a Sample, &'a [usize]) -> I,
+) -> Result<usize>
+where
+    I: Iterator<Item = (&'a Path, bool)>,
+{
+    let n = rankings.len().min(cfg.test.visualize_max_number);
+    let files = picture_files(&query[..n], &out_dir.join("visrank"));
+    let rows = rankings[..n]
+        .iter()
+        .zip(query)
+        .zip(files)
+        .map(|((ranking, q), file)| Row {
+            query: &q.path,
+            entries: entries(q, ranking).take(cfg.test.visualize_topk).collect(),
+            file,
+        })
+        .collect();
+    draw_all(rows, cfg, progress)
+}
+
 /// Draws the rows (in parallel) and writes each PNG atomically; returns the number written.
 fn draw_all(rows: Vec<Row<'_>>, cfg: &ReidConfig, progress: bool) -> Result<usize> {
     let size = cfg.input.size_test;
@@ -194,26 +223,13 @@ pub fn write_visrank(
     progress: bool,
 ) -> Result<usize> {
     check_rankings(query, rankings, gallery.len())?;
-    let n = rankings.len().min(cfg.test.visualize_max_number);
-    let dir = out_dir.join("visrank");
-    let files = picture_files(&query[..n], &dir);
-    let rows = rankings[..n]
-        .iter()
-        .zip(query)
-        .zip(files)
-        .map(|((ranking, q), file)| Row {
-            query: &q.path,
-            entries: ranking
-                .iter()
-                .map(|&g| &gallery[g])
-                .filter(|g| !(g.pid == q.pid && g.camid == q.camid))
-                .take(cfg.test.visualize_topk)
-                .map(|g| (g.path.as_path(), g.pid == q.pid))
-                .collect(),
-            file,
-        })
-        .collect();
-    draw_all(rows, cfg, progress)
+    draw_rankings(query, rankings, cfg, out_dir, progress, |q, ranking| {
+        ranking
+            .iter()
+            .map(|&g| &gallery[g])
+            .filter(move |g| !(g.pid == q.pid && g.camid == q.camid))
+            .map(move |g| (g.path.as_path(), g.pid == q.pid))
+    })
 }
 
 /// The member image that pictures each centroid: one drawn per centroid from a generator seeded
@@ -260,30 +276,17 @@ pub fn write_visrank_centroids(
         centroids.members.iter().all(|m| !m.is_empty()),
         "a centroid has no member image"
     );
-    let pictures = centroid_pictures(gallery, centroids);
-    let n = rankings.len().min(cfg.test.visualize_max_number);
-    let dir = out_dir.join("visrank");
-    let files = picture_files(&query[..n], &dir);
-    let rows = rankings[..n]
-        .iter()
-        .zip(query)
-        .zip(files)
-        .map(|((ranking, q), file)| Row {
-            query: &q.path,
-            entries: ranking
-                .iter()
-                .filter(|&&c| {
-                    !(centroids.respect_camids
-                        && centroids.pids[c] == q.pid
-                        && centroids.camid_sets[c].contains(&q.camid))
-                })
-                .take(cfg.test.visualize_topk)
-                .map(|&c| (pictures[c], centroids.pids[c] == q.pid))
-                .collect(),
-            file,
-        })
-        .collect();
-    draw_all(rows, cfg, progress)
+    let pictures = &centroid_pictures(gallery, centroids);
+    draw_rankings(query, rankings, cfg, out_dir, progress, |q, ranking| {
+        ranking
+            .iter()
+            .filter(move |&&c| {
+                !(centroids.respect_camids
+                    && centroids.pids[c] == q.pid
+                    && centroids.camid_sets[c].contains(&q.camid))
+            })
+            .map(move |&c| (pictures[c], centroids.pids[c] == q.pid))
+    })
 }
 
 /// The first `topk` gallery entries that evaluation keeps for each query (see
