@@ -164,6 +164,102 @@ pub fn launch<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
     }
 }
 
+/// A job that can run as one worker of a data-parallel run: it gets the worker handle (or
+/// `None` on a single device) next to its device. Each worker runs its own copy of the job.
+pub trait DistJob: Clone + Send + 'static {
+    /// What the job returns.
+    type Output: Send + 'static;
+    /// Runs one worker on `device` of backend `B`.
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        dist: Option<crate::dist::Dist>,
+    ) -> Result<Self::Output>;
+}
+
+struct Worker<J> {
+    job: J,
+    dist: Option<(crate::dist::DistConfig, usize)>,
+}
+
+impl<J: DistJob> BackendJob for Worker<J> {
+    type Output = J::Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<J::Output> {
+        let dist = match &self.dist {
+            Some((cfg, local_rank)) => Some(crate::dist::Dist::init::<B::InnerBackend>(
+                cfg,
+                *local_rank,
+                &device,
+            )?),
+            None => None,
+        };
+        self.job.run::<B>(device, dist)
+    }
+}
+
+/// Runs `job` on one device, or, with a data-parallel configuration, as one worker thread per
+/// local device of this node (`devices`: CUDA indices, or on CPU just a count of workers).
+/// Returns the output of this node's first worker; any worker's error is the run's error.
+pub fn launch_workers<J: DistJob>(
+    kind: DeviceKind,
+    devices: &[usize],
+    dist: Option<crate::dist::DistConfig>,
+    job: J,
+) -> Result<J::Output> {
+    let Some(cfg) = dist else {
+        return launch(kind, Worker { job, dist: None });
+    };
+    cfg.validate()?;
+    let locals: Vec<DeviceKind> = match kind {
+        DeviceKind::Cuda(_) if !devices.is_empty() => {
+            devices.iter().map(|&i| DeviceKind::Cuda(i)).collect()
+        }
+        other => vec![other; cfg.devices_per_node.max(1)],
+    };
+    if locals.len() != cfg.devices_per_node {
+        bail!(
+            "{} devices listed for {} workers per node",
+            locals.len(),
+            cfg.devices_per_node
+        );
+    }
+    let handles: Vec<_> = locals
+        .into_iter()
+        .enumerate()
+        .map(|(local_rank, device)| {
+            let worker = Worker {
+                job: job.clone(),
+                dist: Some((cfg.clone(), local_rank)),
+            };
+            std::thread::Builder::new()
+                .name(format!("worker-{local_rank}"))
+                .spawn(move || launch(device, worker))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut first = None;
+    let mut error = None;
+    for (local_rank, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(out)) => {
+                if first.is_none() {
+                    first = Some(out);
+                }
+            }
+            Ok(Err(e)) => {
+                error.get_or_insert(e.context(format!("worker {local_rank} failed")));
+            }
+            Err(_) => {
+                error.get_or_insert(anyhow::anyhow!("worker {local_rank} panicked"));
+            }
+        }
+    }
+    match (error, first) {
+        (Some(e), _) => Err(e),
+        (None, Some(out)) => Ok(out),
+        (None, None) => bail!("no worker ran"),
+    }
+}
+
 /// Checks that the CUDA driver library can be loaded, so that a missing driver is a clear error
 /// instead of a panic on one of Burn's device threads.
 pub fn cuda_available() -> Result<()> {

@@ -152,6 +152,51 @@ pub fn batches(
         .collect()
 }
 
+/// One rank's mini-batches of an epoch in a data-parallel run (`DistributedSampler` semantics,
+/// stratified within each global batch).
+///
+/// All ranks draw the same shuffled order of `0..n` (same `rng` state), cut it into global batches
+/// of `batch_size · world_size`, and rank `r` takes every `world_size`-th sample of each global
+/// batch starting at `r`; with `labels`, a global batch is first sorted by class (stably), so
+/// every rank gets the same class mix. The union of the ranks' `k`-th batches is exactly the
+/// `k`-th batch of a single process with batch size `batch_size · world_size`, and each rank
+/// has the same number of batches: a short last global batch is padded with samples from the
+/// start of the order (as `DistributedSampler` pads) so it splits evenly.
+/// With `world_size == 1` this is [`batches`] with `shuffle = true`, `drop_last = false`.
+pub fn distributed_batches(
+    n: usize,
+    batch_size: usize,
+    labels: Option<&[usize]>,
+    rank: usize,
+    world_size: usize,
+    rng: &mut impl Rng,
+) -> Vec<Vec<usize>> {
+    let world = world_size.max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    if world == 1 {
+        return order
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
+    }
+    let global = batch_size.max(1) * world;
+    let mut out = Vec::new();
+    for chunk in order.chunks(global) {
+        let mut chunk = chunk.to_vec();
+        let mut k = 0;
+        while !chunk.len().is_multiple_of(world) {
+            chunk.push(order[k % n]);
+            k += 1;
+        }
+        if let Some(labels) = labels {
+            chunk.sort_by_key(|&i| labels[i]);
+        }
+        out.push(chunk.into_iter().skip(rank).step_by(world).collect());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +254,37 @@ mod tests {
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         let b = batches(10, 4, false, true, &mut seed::rng(0, "b", 0));
         assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+    }
+
+    #[test]
+    fn distributed_batches_partition_the_single_process_batches() {
+        let labels: Vec<usize> = (0..23).map(|i| i % 3).collect();
+        let single = distributed_batches(23, 8, None, 0, 1, &mut seed::rng(5, "d", 0));
+        assert_eq!(
+            single,
+            batches(23, 8, true, false, &mut seed::rng(5, "d", 0))
+        );
+        let ranks: Vec<Vec<Vec<usize>>> = (0..2)
+            .map(|r| distributed_batches(23, 4, Some(&labels), r, 2, &mut seed::rng(5, "d", 0)))
+            .collect();
+        assert_eq!(ranks[0].len(), single.len());
+        assert_eq!(ranks[1].len(), single.len());
+        for (k, batch) in single.iter().enumerate() {
+            let mut union: Vec<usize> = ranks[0][k].iter().chain(&ranks[1][k]).copied().collect();
+            union.sort_unstable();
+            let mut want = batch.clone();
+            if want.len() % 2 == 1 {
+                // The short last batch is padded with the first sample of the order.
+                want.push(single[0][0]);
+            }
+            want.sort_unstable();
+            assert_eq!(union, want, "batch {k}");
+            assert_eq!(ranks[0][k].len(), ranks[1][k].len());
+            // Stratified: each rank's class counts differ by at most one.
+            for c in 0..3 {
+                let count = |r: usize| ranks[r][k].iter().filter(|&&i| labels[i] == c).count();
+                assert!(count(0).abs_diff(count(1)) <= 1, "batch {k} class {c}");
+            }
+        }
     }
 }

@@ -6,6 +6,10 @@
 //!   [`callbacks`] (early stopping with restore-best, checkpointing best-k / last / every N),
 //!   resume from a checkpoint, a CSV metrics log, progress bars, and the `precision` and
 //!   `strategy` settings;
+//! * [`amp`]: mixed precision (`16-mixed`, `bf16-mixed`): the autocast op policy and the
+//!   dynamic loss scaler;
+//! * [`dist`] and [`sync`]: data-parallel training over devices and nodes on burn-collective
+//!   (gradient all-reduce, rank-0 weight and buffer broadcast);
 //! * [`optim`]: automatic ([`Standard`](optim::Standard)) and manual optimisation policies on
 //!   Burn's optimisers and learning-rate schedulers;
 //! * [`checkpoint`]: atomic model files (Burn records) and checkpoint files, with shape checks;
@@ -17,6 +21,7 @@
 //! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
 //!   [`io`]: atomic writes; [`progress`]: progress bars and logging.
 
+pub mod amp;
 pub mod backend;
 pub mod bench;
 pub mod callbacks;
@@ -24,6 +29,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod io;
 pub mod metric_log;
 pub mod metrics;
@@ -31,8 +37,11 @@ pub mod nn;
 pub mod optim;
 pub mod progress;
 pub mod seed;
+pub mod step;
+pub mod sync;
 pub mod trainer;
 
+pub use amp::{GradScaler, autocast};
 pub use backend::{BackendJob, DeviceKind, launch};
 pub use callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint};
 pub use optim::{Interval, LrControl, Optimization, Standard};

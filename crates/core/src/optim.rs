@@ -28,8 +28,14 @@ pub trait LrControl {
 
 /// One optimisation policy: backward pass, gradient handling and parameter update.
 pub trait Optimization<B: AutodiffBackend, M: AutodiffModule<B>>: LrControl {
-    /// Back-propagates `loss` and returns the updated model.
-    fn step(&mut self, model: M, loss: Tensor<B, 1>) -> Result<M>;
+    /// Applies one update from the gradients of the model's parameters (the trainer has already
+    /// run the backward pass, all-reduced the gradients across replicas and unscaled them).
+    fn apply(&mut self, model: M, grads: GradientsParams) -> Result<M>;
+    /// Back-propagates `loss` and applies the update (single device, f32).
+    fn step(&mut self, model: M, loss: Tensor<B, 1>) -> Result<M> {
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.apply(model, grads)
+    }
     /// Called before the first batch of every epoch (0-based).
     fn on_epoch_start(&mut self, _epoch: usize) {}
     /// Called after the last batch of every epoch (0-based).
@@ -185,12 +191,10 @@ where
     O: Optimizer<M, B>,
     S: LrScheduler,
 {
-    fn step(&mut self, model: M, loss: Tensor<B, 1>) -> Result<M> {
+    fn apply(&mut self, model: M, mut grads: GradientsParams) -> Result<M> {
         if self.interval == Interval::Step || !self.lr.started() {
             self.lr.advance();
         }
-        let grads = loss.backward();
-        let mut grads = GradientsParams::from_grads(grads, &model);
         if let Some(max_norm) = self.clip_norm {
             clip_grad_norm::<B, M>(&model, &mut grads, max_norm);
         }

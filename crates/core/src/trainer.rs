@@ -27,54 +27,43 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::amp::GradScaler;
 use crate::callbacks::{Actions, Callback, EpochEnd};
 use crate::checkpoint::{
     CheckpointMeta, load_checked, read_checkpoint, record_from_bytes, record_to_bytes,
     write_checkpoint,
 };
+use crate::dist::Dist;
 use crate::metric_log::{MetricLog, Row};
 use crate::optim::Optimization;
-use crate::{progress, seed};
+use crate::step::{StepStatus, Stepper};
+use crate::{progress, seed, sync};
 
-/// Numeric precision of training.
+pub use crate::amp::Precision;
+
+/// How training is spread over devices (Lightning's `strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    /// Full f32 (the only mode on CPU).
-    #[default]
-    F32,
-    /// f32 master weights with f16 compute and dynamic loss scaling (PyTorch AMP, CUDA only).
-    F16Mixed,
-    /// f32 master weights with bf16 compute (CUDA only).
-    Bf16Mixed,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "32" | "f32" | "32-true" => Ok(Self::F32),
-            "16" | "16-mixed" | "f16-mixed" => Ok(Self::F16Mixed),
-            "bf16" | "bf16-mixed" => Ok(Self::Bf16Mixed),
-            _ => Err(format!(
-                "unknown precision `{s}`: expected 32, 16-mixed or bf16-mixed"
-            )),
-        }
-    }
-}
-
-/// How training is spread over devices.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// One device.
     #[default]
     SingleDevice,
-    /// Data-parallel over several devices of one machine (gradient all-reduce).
-    Ddp {
-        /// Number of devices.
-        devices: usize,
-    },
+    /// Data-parallel: one replica per device, gradients mean-all-reduced every step (give the
+    /// trainer its worker handle with [`Trainer::with_dist`]).
+    Ddp,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "single-device" | "single_device" | "single" | "auto" => Ok(Self::SingleDevice),
+            "ddp" | "ddp_spawn" | "ddp-spawn" => Ok(Self::Ddp),
+            _ => Err(format!(
+                "unknown strategy `{s}`: expected single-device or ddp"
+            )),
+        }
+    }
 }
 
 /// Trainer settings (Lightning's `Trainer(...)` arguments).
@@ -128,6 +117,10 @@ pub struct EpochInfo {
     pub global_step: usize,
     /// The run seed.
     pub seed: u64,
+    /// This replica's rank in a data-parallel run (0 otherwise): tasks shard their batches by it.
+    pub rank: usize,
+    /// Replicas of a data-parallel run (1 otherwise).
+    pub world_size: usize,
 }
 
 /// What a training step returns.
@@ -223,6 +216,26 @@ pub struct FitOutcome<M> {
 pub struct Trainer {
     config: TrainerConfig,
     callbacks: Vec<Box<dyn Callback>>,
+    stepper: Stepper,
+    fingerprint: String,
+}
+
+/// Consecutive skipped (non-finite) `16-mixed` steps after which training stops: by then the
+/// loss scale has been halved this many times and the problem is not the scale.
+const MAX_CONSECUTIVE_SKIPS: usize = 50;
+
+/// State carried from resume into the epoch loop.
+struct Progress<M> {
+    seed: u64,
+    start_epoch: usize,
+    global_step: usize,
+    best_model: Option<M>,
+}
+
+/// What one training epoch produced.
+struct EpochResult {
+    metrics: Row,
+    global_step: usize,
 }
 
 impl Trainer {
@@ -231,12 +244,42 @@ impl Trainer {
         Self {
             config,
             callbacks: Vec::new(),
+            stepper: Stepper::default(),
+            fingerprint: String::new(),
         }
     }
 
     /// Adds a callback.
     pub fn with_callback(mut self, callback: impl Callback + 'static) -> Self {
         self.callbacks.push(Box::new(callback));
+        self
+    }
+
+    /// Makes this trainer one worker of a data-parallel run (sets the `ddp` strategy). Every
+    /// worker must run the same task configuration on its own shard: see [`EpochInfo::rank`].
+    pub fn with_dist(mut self, dist: Dist) -> Self {
+        self.config.strategy = Strategy::Ddp;
+        self.stepper = self.stepper.with_dist(dist);
+        self
+    }
+
+    /// Checks after every step that all data-parallel replicas hold bit-identical weights (see
+    /// [`Stepper::with_replica_check`]).
+    pub fn with_replica_check(mut self, on: bool) -> Self {
+        self.stepper = self.stepper.with_replica_check(on);
+        self
+    }
+
+    /// Replaces the `16-mixed` loss scaler (e.g. another initial scale).
+    pub fn with_grad_scaler(mut self, scaler: GradScaler) -> Self {
+        self.stepper = self.stepper.with_scaler(scaler);
+        self
+    }
+
+    /// Text that every worker of a data-parallel run must share (e.g. the task's configuration);
+    /// a mismatch between peers is an error at the start of [`Trainer::fit`].
+    pub fn with_fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.fingerprint = fingerprint.into();
         self
     }
 
@@ -250,32 +293,37 @@ impl Trainer {
         &self.callbacks
     }
 
-    fn check_supported(&self) -> Result<()> {
-        if self.config.precision != Precision::F32 {
-            bail!(
-                "precision {:?} is not available yet: mixed precision (f32 masters, half compute, \
-                 loss scaling) is tracked in its own issue; use precision 32",
-                self.config.precision
-            );
-        }
-        if self.config.strategy != Strategy::SingleDevice {
-            bail!(
-                "strategy {:?} is not available yet: data-parallel training is tracked in its own \
-                 issue; use the single-device strategy",
-                self.config.strategy
-            );
-        }
+    /// The loss scaler (its scale and skipped-step count after a `16-mixed` fit).
+    pub fn grad_scaler(&self) -> &GradScaler {
+        self.stepper.scaler()
+    }
+
+    fn dist(&self) -> Option<&Dist> {
+        self.stepper.dist()
+    }
+
+    fn is_main(&self) -> bool {
+        self.dist().is_none_or(Dist::is_main)
+    }
+
+    fn check_supported<B: AutodiffBackend>(&self, device: &B::Device) -> Result<()> {
         if self.config.val_every_n_epochs == 0 {
             bail!("val_every_n_epochs must be at least 1");
         }
-        Ok(())
+        if self.config.strategy == Strategy::Ddp && self.dist().is_none() {
+            bail!(
+                "strategy ddp needs a worker handle (Trainer::with_dist): launch the run through \
+                 kiln::dist"
+            );
+        }
+        crate::amp::check_backend::<B>(self.config.precision, device)
     }
 
     /// Trains `model` on `task` with `optim`. Resumes when the config names a checkpoint.
     pub fn fit<B, T, O>(
         &mut self,
         task: &mut T,
-        mut model: T::Model,
+        model: T::Model,
         optim: &mut O,
         device: &B::Device,
     ) -> Result<FitOutcome<T::Model>>
@@ -284,57 +332,40 @@ impl Trainer {
         T: Task<B>,
         O: Optimization<B, T::Model>,
     {
-        self.check_supported()?;
+        self.check_supported::<B>(device)?;
         let cfg = self.config.clone();
-        let mut seed = cfg.seed;
-        let mut start_epoch = 0;
-        let mut global_step = 0;
-        let mut best_model: Option<T::Model> = None;
-
-        if let Some(path) = &cfg.resume_from {
-            let (meta, sections) = read_checkpoint(path)?;
-            let what = format!("checkpoint {}", path.display());
-            let bytes = sections
-                .get("model")
-                .cloned()
-                .with_context(|| format!("{what} has no model section"))?;
-            let record = record_from_bytes::<B, _>(bytes, device)
-                .with_context(|| format!("{what} does not hold weights of this model"))?;
-            model = load_checked(model, record, &what)?;
-            if let Some(bytes) = sections.get("best_model").cloned() {
-                let record = record_from_bytes::<B, _>(bytes, device)?;
-                best_model = Some(load_checked(model.clone(), record, &what)?);
-            }
-            optim
-                .load_state(&sections, device)
-                .with_context(|| format!("cannot restore the optimiser from {what}"))?;
-            for cb in &mut self.callbacks {
-                if let Some(state) = meta.callbacks.get(&cb.name()) {
-                    cb.load_state(state.clone()).with_context(|| {
-                        format!("cannot restore callback {} from {what}", cb.name())
-                    })?;
-                }
-            }
-            task.load_state(meta.task.clone())?;
-            if meta.seed != seed {
-                tracing::warn!(
-                    "resuming with the checkpoint's seed {} (the configuration says {seed})",
-                    meta.seed
-                );
-                seed = meta.seed;
-            }
-            start_epoch = meta.epochs_completed;
-            global_step = meta.global_step;
-            tracing::info!(
-                "resumed from {} after {} epochs ({} steps)",
-                path.display(),
+        self.stepper.set_precision(cfg.precision);
+        let (mut model, progress) = self.resume(task, model, optim, device)?;
+        let Progress {
+            seed,
+            start_epoch,
+            mut global_step,
+            mut best_model,
+        } = progress;
+        if let Some(dist) = self.dist() {
+            let fingerprint = format!(
+                "{}|{}|{}|{}|{}|{}|{:?}|{}",
+                dist.world_size(),
+                cfg.max_epochs,
+                seed,
                 start_epoch,
-                global_step
+                global_step,
+                cfg.precision,
+                crate::checkpoint::param_shapes(&model),
+                self.fingerprint
             );
+            dist.agree::<B::InnerBackend>(
+                "the training configuration (world size, epochs, seed, resume point, precision, \
+                 model shapes, task settings)",
+                fingerprint.as_bytes(),
+                device,
+            )?;
+            // DDP's construction-time broadcast: every replica starts from rank 0's weights.
+            model = sync::broadcast_module(dist, model, false)?;
         }
 
-        let mut log = match &cfg.run_dir {
-            Some(dir) => {
+        let mut log = match (&cfg.run_dir, self.is_main()) {
+            (Some(dir), true) => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create run directory {}", dir.display()))?;
                 let path = dir.join("metrics.csv");
@@ -344,7 +375,7 @@ impl Trainer {
                     MetricLog::create(path)
                 }
             }
-            None => MetricLog::in_memory(),
+            _ => MetricLog::in_memory(),
         };
 
         let mut stopped_early = false;
@@ -355,88 +386,58 @@ impl Trainer {
                 max_epochs: cfg.max_epochs,
                 global_step,
                 seed,
+                rank: self.dist().map_or(0, Dist::rank),
+                world_size: self.dist().map_or(1, Dist::world_size),
             };
             seed::seed_backend::<B>(device, seed, "epoch", epoch as u64);
             model = task.on_epoch_start(model, &info, optim)?;
             optim.on_epoch_start(epoch);
             let lr = optim.lr();
-
             let started = Instant::now();
-            let loader = task.train_loader(&info, seed::derive(seed, "data", epoch as u64))?;
-            let bar = progress::bar(
-                loader.len,
-                &format!("epoch {}/{}", epoch + 1, cfg.max_epochs),
-                cfg.progress,
-            );
-            let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-            let mut seen = 0usize;
-            for (b, batch) in loader.batches.enumerate() {
-                let batch = batch.with_context(|| format!("loading batch {b} of epoch {epoch}"))?;
-                let step_info = EpochInfo {
-                    global_step,
-                    ..info
-                };
-                let out = task.training_step(&model, batch, &step_info)?;
-                let loss: f64 = out.loss.clone().into_scalar().elem();
-                if !loss.is_finite() {
-                    bail!(
-                        "the training loss became {loss} at epoch {epoch}, batch {b}: check the \
-                         input data for NaN/inf values or lower the learning rate"
-                    );
-                }
-                model = optim.step(model, out.loss)?;
-                global_step += 1;
-                let n = out.batch_size as f64;
-                seen += out.batch_size;
-                *sums.entry("loss".into()).or_default() += loss * n;
-                for (name, v) in out.logs {
-                    *sums.entry(name).or_default() += v * n;
-                }
-                let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {loss:.4} | {rate:.1} samples/s"));
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-            if seen == 0 {
-                bail!("epoch {epoch} had no training batches: the training set is empty");
-            }
+            let (next, result) = self.train_epoch(task, model, optim, &info, device)?;
+            model = next;
+            global_step = result.global_step;
             optim.on_epoch_end(epoch);
 
-            let mut metrics: Row = sums
-                .into_iter()
-                .map(|(k, v)| (format!("train_{k}"), v / seen as f64))
-                .collect();
+            let mut metrics = result.metrics;
             metrics.insert("lr".into(), lr);
             let last = epoch + 1 == cfg.max_epochs;
-            if (epoch + 1).is_multiple_of(cfg.val_every_n_epochs) || last {
-                let val = task.validate(&model.valid(), &info)?;
+            if self.is_main() && ((epoch + 1).is_multiple_of(cfg.val_every_n_epochs) || last) {
+                let val =
+                    crate::amp::autocast(cfg.precision, || task.validate(&model.valid(), &info))?;
                 metrics.extend(val);
             }
             let seconds = started.elapsed().as_secs_f64();
             metrics.insert("epoch_seconds".into(), seconds);
-            metrics.insert("samples_per_second".into(), seen as f64 / seconds.max(1e-9));
-            log.log(epoch, metrics.clone())?;
+            let seen = metrics.remove("samples").unwrap_or(0.0);
+            metrics.insert("samples_per_second".into(), seen / seconds.max(1e-9));
             epochs_completed = epoch + 1;
 
-            if (epoch + 1).is_multiple_of(cfg.log_every_n_epochs.max(1)) || last {
-                tracing::info!(
-                    "epoch {}/{}: {}",
-                    epoch + 1,
-                    cfg.max_epochs,
-                    format_row(&metrics)
-                );
-            }
-
+            // Every replica keeps its history; only rank 0's log has a file (and validation).
+            log.log(epoch, metrics.clone())?;
             let mut actions = Actions::default();
-            let ctx = EpochEnd {
-                epoch,
-                metrics: &metrics,
-                run_dir: cfg.run_dir.as_deref(),
-            };
-            for cb in &mut self.callbacks {
-                cb.on_epoch_end(&ctx, &mut actions)?;
+            if self.is_main() {
+                if (epoch + 1).is_multiple_of(cfg.log_every_n_epochs.max(1)) || last {
+                    tracing::info!(
+                        "epoch {}/{}: {}",
+                        epoch + 1,
+                        cfg.max_epochs,
+                        format_row(&metrics)
+                    );
+                }
+                let ctx = EpochEnd {
+                    epoch,
+                    metrics: &metrics,
+                    run_dir: cfg.run_dir.as_deref(),
+                };
+                for cb in &mut self.callbacks {
+                    cb.on_epoch_end(&ctx, &mut actions)?;
+                }
             }
-            if actions.remember_best {
+            // Rank 0 decides; every replica follows (they hold identical weights).
+            let [stop, remember] =
+                self.decide::<B>([actions.stop, actions.remember_best], device)?;
+            if remember {
                 best_model = Some(model.clone());
             }
             if !actions.save.is_empty() {
@@ -453,17 +454,7 @@ impl Trainer {
                     task: task.state(),
                     sections: Vec::new(),
                 };
-                let mut sections = vec![(
-                    "model".to_string(),
-                    record_to_bytes::<B, _>(model.clone().into_record())?,
-                )];
-                if let Some(best) = &best_model {
-                    sections.push((
-                        "best_model".into(),
-                        record_to_bytes::<B, _>(best.clone().into_record())?,
-                    ));
-                }
-                sections.extend(optim.state()?);
+                let sections = self.checkpoint_sections::<B, T, O>(&model, &best_model, optim)?;
                 let sections: Vec<(&str, Vec<u8>)> = sections
                     .iter()
                     .map(|(n, b)| (n.as_str(), b.clone()))
@@ -477,20 +468,21 @@ impl Trainer {
                     tracing::warn!("cannot delete old checkpoint {}: {e}", path.display());
                 }
             }
-            if actions.stop {
+            if stop {
                 stopped_early = epoch + 1 < cfg.max_epochs;
                 break;
             }
         }
 
         let mut actions = Actions::default();
-        for cb in &mut self.callbacks {
-            cb.on_fit_end(&mut actions);
+        if self.is_main() {
+            for cb in &mut self.callbacks {
+                cb.on_fit_end(&mut actions);
+            }
         }
+        let [restore, _] = self.decide::<B>([actions.restore_best, false], device)?;
         let mut restored_best = false;
-        if actions.restore_best
-            && let Some(best) = best_model
-        {
+        if restore && let Some(best) = best_model {
             model = best;
             restored_best = true;
         }
@@ -502,7 +494,239 @@ impl Trainer {
             restored_best,
         })
     }
+
+    /// Restores model, optimiser, callbacks, task, scaler and position from the configured
+    /// checkpoint (or starts fresh).
+    fn resume<B, T, O>(
+        &mut self,
+        task: &mut T,
+        mut model: T::Model,
+        optim: &mut O,
+        device: &B::Device,
+    ) -> Result<(T::Model, Progress<T::Model>)>
+    where
+        B: AutodiffBackend,
+        T: Task<B>,
+        O: Optimization<B, T::Model>,
+    {
+        let mut progress = Progress {
+            seed: self.config.seed,
+            start_epoch: 0,
+            global_step: 0,
+            best_model: None,
+        };
+        let Some(path) = self.config.resume_from.clone() else {
+            return Ok((model, progress));
+        };
+        let (meta, sections) = read_checkpoint(&path)?;
+        let what = format!("checkpoint {}", path.display());
+        let bytes = sections
+            .get("model")
+            .cloned()
+            .with_context(|| format!("{what} has no model section"))?;
+        let record = record_from_bytes::<B, _>(bytes, device)
+            .with_context(|| format!("{what} does not hold weights of this model"))?;
+        model = load_checked(model, record, &what)?;
+        if let Some(bytes) = sections.get("best_model").cloned() {
+            let record = record_from_bytes::<B, _>(bytes, device)?;
+            progress.best_model = Some(load_checked(model.clone(), record, &what)?);
+        }
+        optim
+            .load_state(&sections, device)
+            .with_context(|| format!("cannot restore the optimiser from {what}"))?;
+        if let Some(bytes) = sections.get(SCALER_SECTION) {
+            *self.stepper.scaler_mut() = serde_json::from_slice(bytes)
+                .with_context(|| format!("malformed loss-scaler state in {what}"))?;
+        }
+        for cb in &mut self.callbacks {
+            if let Some(state) = meta.callbacks.get(&cb.name()) {
+                cb.load_state(state.clone()).with_context(|| {
+                    format!("cannot restore callback {} from {what}", cb.name())
+                })?;
+            }
+        }
+        task.load_state(meta.task.clone())?;
+        if meta.seed != progress.seed {
+            tracing::warn!(
+                "resuming with the checkpoint's seed {} (the configuration says {})",
+                meta.seed,
+                progress.seed
+            );
+            progress.seed = meta.seed;
+        }
+        progress.start_epoch = meta.epochs_completed;
+        progress.global_step = meta.global_step;
+        tracing::info!(
+            "resumed from {} after {} epochs ({} steps)",
+            path.display(),
+            progress.start_epoch,
+            progress.global_step
+        );
+        Ok((model, progress))
+    }
+
+    /// One epoch of optimiser steps; returns the model and the epoch's training means (over all
+    /// replicas in a data-parallel run) plus `samples`.
+    fn train_epoch<B, T, O>(
+        &mut self,
+        task: &mut T,
+        mut model: T::Model,
+        optim: &mut O,
+        info: &EpochInfo,
+        device: &B::Device,
+    ) -> Result<(T::Model, EpochResult)>
+    where
+        B: AutodiffBackend,
+        T: Task<B>,
+        O: Optimization<B, T::Model>,
+    {
+        let cfg = self.config.clone();
+        let epoch = info.epoch;
+        let started = Instant::now();
+        let loader = task.train_loader(info, seed::derive(info.seed, "data", epoch as u64))?;
+        let bar = progress::bar(
+            loader.len,
+            &format!("epoch {}/{}", epoch + 1, cfg.max_epochs),
+            cfg.progress && self.is_main(),
+        );
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut seen = 0usize;
+        let mut global_step = info.global_step;
+        let mut skipped = 0usize;
+        let mut consecutive_skips = 0usize;
+        for (b, batch) in loader.batches.enumerate() {
+            let batch = batch.with_context(|| format!("loading batch {b} of epoch {epoch}"))?;
+            let step_info = EpochInfo {
+                global_step,
+                ..*info
+            };
+            let out = self
+                .stepper
+                .forward(|| task.training_step(&model, batch, &step_info))?;
+            let loss: f64 = out.loss.clone().into_scalar().elem();
+            if !loss.is_finite() && !cfg.precision.needs_scaler() && self.dist().is_none() {
+                bail!(
+                    "the training loss became {loss} at epoch {epoch}, batch {b}: check the \
+                     input data for NaN/inf values or lower the learning rate"
+                );
+            }
+            let status;
+            (model, status) = self
+                .stepper
+                .step(model, out.loss, optim)
+                .with_context(|| format!("optimiser step at epoch {epoch}, batch {b}"))?;
+            global_step += 1;
+            if status == StepStatus::Applied {
+                consecutive_skips = 0;
+            } else {
+                skipped += 1;
+                consecutive_skips += 1;
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                    bail!(
+                        "{consecutive_skips} consecutive steps had inf/NaN gradients under \
+                         precision {} (loss scale now {:e}) at epoch {epoch}, batch {b}: the \
+                         model diverged; check the data or lower the learning rate",
+                        cfg.precision,
+                        self.stepper.scaler().scale
+                    );
+                }
+            }
+            let n = out.batch_size as f64;
+            seen += out.batch_size;
+            if loss.is_finite() {
+                *sums.entry("loss".into()).or_default() += loss * n;
+            }
+            for (name, v) in out.logs {
+                *sums.entry(name).or_default() += v * n;
+            }
+            let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss:.4} | {rate:.1} samples/s"));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let mut totals: Vec<f64> = sums.values().copied().collect();
+        totals.push(seen as f64);
+        totals.push(skipped as f64);
+        if let Some(dist) = self.dist() {
+            totals = dist.all_reduce_f64::<B::InnerBackend>(&totals, device)?;
+        }
+        let skipped = totals.pop().unwrap_or(0.0);
+        let seen = totals.pop().unwrap_or(0.0);
+        if seen == 0.0 {
+            bail!("epoch {epoch} had no training batches: the training set is empty");
+        }
+        let mut metrics: Row = sums
+            .keys()
+            .zip(totals)
+            .map(|(k, v)| (format!("train_{k}"), v / seen))
+            .collect();
+        metrics.insert("samples".into(), seen);
+        if cfg.precision.needs_scaler() {
+            metrics.insert("loss_scale".into(), self.stepper.scaler().scale);
+            metrics.insert("skipped_steps".into(), skipped);
+        }
+        Ok((
+            model,
+            EpochResult {
+                metrics,
+                global_step,
+            },
+        ))
+    }
+
+    /// Rank 0's decision flags, shared with every replica (identity without data parallelism).
+    fn decide<B: AutodiffBackend>(
+        &self,
+        flags: [bool; 2],
+        device: &B::Device,
+    ) -> Result<[bool; 2]> {
+        let Some(dist) = self.dist() else {
+            return Ok(flags);
+        };
+        let mine: Vec<f64> = if dist.is_main() {
+            flags.iter().map(|&f| f64::from(u8::from(f))).collect()
+        } else {
+            vec![0.0; 2]
+        };
+        let all = dist.all_reduce_f64::<B::InnerBackend>(&mine, device)?;
+        Ok([all[0] > 0.5, all[1] > 0.5])
+    }
+
+    /// The byte sections of a checkpoint: weights, best weights, optimiser and scaler state.
+    fn checkpoint_sections<B, T, O>(
+        &self,
+        model: &T::Model,
+        best_model: &Option<T::Model>,
+        optim: &O,
+    ) -> Result<Vec<(String, Vec<u8>)>>
+    where
+        B: AutodiffBackend,
+        T: Task<B>,
+        O: Optimization<B, T::Model>,
+    {
+        let mut sections = vec![(
+            "model".to_string(),
+            record_to_bytes::<B, _>(model.clone().into_record())?,
+        )];
+        if let Some(best) = best_model {
+            sections.push((
+                "best_model".into(),
+                record_to_bytes::<B, _>(best.clone().into_record())?,
+            ));
+        }
+        sections.extend(optim.state()?);
+        if self.config.precision.needs_scaler() {
+            sections.push((
+                SCALER_SECTION.into(),
+                serde_json::to_vec(self.stepper.scaler())?,
+            ));
+        }
+        Ok(sections)
+    }
 }
+
+/// Checkpoint section holding the [`GradScaler`] state.
+const SCALER_SECTION: &str = "grad_scaler";
 
 /// `name value` pairs of a metrics row, for log lines.
 pub fn format_row(row: &Row) -> String {

@@ -10,10 +10,13 @@ use burn::optim::AdamWConfig;
 use burn::optim::lr_scheduler::constant::ConstantLr;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use kiln::amp::GradScaler;
 use kiln::callbacks::{EarlyStopping, Mode, ModelCheckpoint};
 use kiln::metric_log::Row;
 use kiln::optim::{Interval, Standard};
-use kiln::trainer::{EpochInfo, Loader, Precision, StepOutput, Task, Trainer, TrainerConfig};
+use kiln::trainer::{
+    EpochInfo, Loader, Precision, StepOutput, Strategy, Task, Trainer, TrainerConfig,
+};
 use kiln::{data, seed};
 
 type B = Autodiff<Flex>;
@@ -32,7 +35,7 @@ impl<B: Backend> Net<B> {
         })
     }
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.linear.forward(self.dropout.forward(x))
+        kiln::amp::linear_layer(&self.linear, self.dropout.forward(x))
     }
     fn weights(&self) -> Vec<f32> {
         let mut w = self
@@ -156,6 +159,17 @@ fn train(
     run_dir: Option<&Path>,
     resume: Option<&Path>,
 ) -> (Vec<f32>, kiln::FitOutcome<Net<B>>) {
+    let (w, out, _) = train_with(epochs, run_dir, resume, Precision::F32, None);
+    (w, out)
+}
+
+fn train_with(
+    epochs: usize,
+    run_dir: Option<&Path>,
+    resume: Option<&Path>,
+    precision: Precision,
+    scaler: Option<GradScaler>,
+) -> (Vec<f32>, kiln::FitOutcome<Net<B>>, GradScaler) {
     let device = Default::default();
     seed::seed_backend::<B>(&device, 11, "init", 0);
     let model = Net::<B>::new(&device);
@@ -165,12 +179,16 @@ fn train(
     cfg.run_dir = run_dir.map(Path::to_path_buf);
     cfg.resume_from = resume.map(Path::to_path_buf);
     cfg.progress = false;
+    cfg.precision = precision;
     let mut trainer = Trainer::new(cfg)
         .with_callback(ModelCheckpoint::best("val_loss", Mode::Min, 2).with_every_n_epochs(2));
+    if let Some(scaler) = scaler {
+        trainer = trainer.with_grad_scaler(scaler);
+    }
     let out = trainer
         .fit(&mut task, model, &mut optim(), &device)
         .unwrap();
-    (out.model.weights(), out)
+    (out.model.weights(), out, trainer.grad_scaler().clone())
 }
 
 #[test]
@@ -295,7 +313,7 @@ fn unsupported_settings_and_bad_checkpoints_are_errors() {
     let _guard = seed::global_lock();
     let device = Default::default();
     let mut cfg = TrainerConfig::new(1);
-    cfg.precision = Precision::F16Mixed;
+    cfg.strategy = Strategy::Ddp;
     let err = Trainer::new(cfg)
         .fit(
             &mut Regression::new(8, false),
@@ -305,7 +323,7 @@ fn unsupported_settings_and_bad_checkpoints_are_errors() {
         )
         .err()
         .unwrap();
-    assert!(err.to_string().contains("mixed precision"), "{err}");
+    assert!(err.to_string().contains("worker handle"), "{err}");
 
     // A checkpoint of another architecture names the mismatching parameter.
     #[derive(Module, Debug)]
@@ -373,4 +391,131 @@ fn module_files_round_trip_with_shape_checks() {
     let back = kiln::checkpoint::load_module(Net::<Flex>::new(&device), &path, &device).unwrap();
     assert_eq!(back.weights(), net.weights());
     let _ = AutodiffModule::valid(&Net::<B>::new(&device));
+}
+
+#[test]
+fn grad_scaler_follows_torch_semantics() {
+    // torch.amp.GradScaler defaults: 2^16, ×2 after 2000 finite steps, ×0.5 on inf/NaN.
+    let mut s = GradScaler::default();
+    assert_eq!(s.scale, 65536.0);
+    for _ in 0..1999 {
+        s.update(false);
+    }
+    assert_eq!((s.scale, s.growth_tracker), (65536.0, 1999));
+    s.update(false);
+    assert_eq!((s.scale, s.growth_tracker), (131072.0, 0));
+    s.update(false);
+    s.update(true);
+    assert_eq!(
+        (s.scale, s.growth_tracker, s.skipped_steps),
+        (65536.0, 0, 1)
+    );
+}
+
+#[test]
+fn forced_f16_overflow_skips_the_step_and_halves_the_scale() {
+    let _guard = seed::global_lock();
+    // With a scale of 2^24 the f16 gradients of the linear layer overflow (|g·scale| > 65504):
+    // GradScaler skips those steps and halves the scale until they fit (2^15 at most).
+    let device = Default::default();
+    seed::seed_backend::<B>(&device, 11, "init", 0);
+    let initial = Net::<B>::new(&device).weights();
+    let mut cfg = TrainerConfig::new(1);
+    cfg.seed = 11;
+    cfg.progress = false;
+    cfg.precision = Precision::F16Mixed;
+    // One batch per epoch: after the first (skipped) step the weights must be untouched.
+    let mut task = Regression::new(8, false);
+    let mut trainer = Trainer::new(cfg.clone()).with_grad_scaler(GradScaler::new(2f64.powi(24)));
+    seed::seed_backend::<B>(&device, 11, "init", 0);
+    let out = trainer
+        .fit(&mut task, Net::<B>::new(&device), &mut optim(), &device)
+        .unwrap();
+    assert_eq!(trainer.grad_scaler().skipped_steps, 1);
+    assert_eq!(trainer.grad_scaler().scale, 2f64.powi(23));
+    assert_eq!(
+        out.model.weights(),
+        initial,
+        "a skipped step changed the weights"
+    );
+    let row = &out.history[0].1;
+    assert_eq!(
+        (row["loss_scale"], row["skipped_steps"]),
+        (2f64.powi(23), 1.0)
+    );
+
+    // Over more steps the scale comes down to where the gradients fit, and training proceeds.
+    let (w, out, scaler) = train_with(
+        20,
+        None,
+        None,
+        Precision::F16Mixed,
+        Some(GradScaler::new(2f64.powi(24))),
+    );
+    assert!(
+        (1..=10).contains(&scaler.skipped_steps),
+        "{} skipped steps",
+        scaler.skipped_steps
+    );
+    assert_eq!(scaler.scale, 2f64.powi(24 - scaler.skipped_steps as i32));
+    assert!(scaler.scale <= 32768.0);
+    let last = out.history.last().unwrap().1["val_loss"];
+    assert!(last < 0.3, "val loss {last}, weights {w:?}");
+}
+
+#[test]
+fn mixed_precision_trains_like_f32_and_resumes_exactly() {
+    let _guard = seed::global_lock();
+    let (w32, out32, _) = train_with(30, None, None, Precision::F32, None);
+    for precision in [Precision::Bf16Mixed, Precision::F16Mixed] {
+        let (w, out, _) = train_with(30, None, None, precision, None);
+        let (a, b) = (
+            out32.history.last().unwrap().1["val_loss"],
+            out.history.last().unwrap().1["val_loss"],
+        );
+        assert!((a - b).abs() < 0.05, "{precision}: val loss {b} vs f32 {a}");
+        for (x, y) in w.iter().zip(&w32) {
+            assert!((x - y).abs() < 0.1, "{precision}: {w:?} vs f32 {w32:?}");
+        }
+        // bf16 rounds the 8-bit mantissa: the weights are not the f32 ones.
+        assert_ne!(w, w32, "{precision} computed in f32");
+    }
+    // 16-mixed resume: the scaler state travels in the checkpoint.
+    let straight = tempfile::tempdir().unwrap();
+    let scaler = GradScaler {
+        growth_interval: 3,
+        ..GradScaler::default()
+    };
+    let (w_straight, _, s_straight) = train_with(
+        6,
+        Some(straight.path()),
+        None,
+        Precision::F16Mixed,
+        Some(scaler.clone()),
+    );
+    let split = tempfile::tempdir().unwrap();
+    train_with(
+        3,
+        Some(split.path()),
+        None,
+        Precision::F16Mixed,
+        Some(scaler.clone()),
+    );
+    let last = split.path().join("checkpoints/last.ckpt");
+    let (w_resumed, _, s_resumed) = train_with(
+        6,
+        Some(split.path()),
+        Some(&last),
+        Precision::F16Mixed,
+        Some(GradScaler::default()),
+    );
+    assert_eq!(w_resumed, w_straight);
+    assert_eq!(s_resumed, s_straight);
+    // With growth every 3 steps the scale reaches 2^17, where these O(1) gradients overflow
+    // f16 (> 65504): the grow → skip → back-off cycle ran, and resumed in step.
+    assert!(s_straight.skipped_steps >= 1, "{s_straight:?}");
+    assert!(
+        [65536.0, 131072.0].contains(&s_straight.scale),
+        "{s_straight:?}"
+    );
 }

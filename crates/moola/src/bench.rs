@@ -5,14 +5,24 @@
 //! (multi-task loss for the pointer model), backward and the AdamW update, on a batch of
 //! 105×4 raw-price windows (batch 512 by default). Timings are medians over `--steps` steps after
 //! `--warmup` steps; the ratio is Burn time / PyTorch time (lower is better, 1.0 = parity).
+//! `--precisions 32,16-mixed,bf16-mixed` times each mode (kiln's autocast and loss scaler) and
+//! prints the loss after the timed steps next to f32's.
+//!
+//! `--nodes 2` times data-parallel training: the same global batch in one process, then split
+//! over two worker processes on 127.0.0.1 (kiln's `ddp` strategy on burn-collective), and prints
+//! the samples/s of both side by side with the all-reduce share of the step time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use kiln::backend::{BackendJob, DeviceKind, launch};
+use kiln::amp::Precision;
+use kiln::backend::{DeviceKind, DistJob, launch_workers};
+use kiln::dist::{Dist, DistConfig};
+use kiln::step::Stepper;
 use kiln::trainer::{EpochInfo, Task};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -45,6 +55,15 @@ pub struct BenchArgs {
     /// Also time every other compiled CPU backend (flex and ndarray).
     #[arg(long)]
     pub all_cpu_backends: bool,
+    /// Precisions to time (default: each model's configured one on this device).
+    #[arg(long, value_delimiter = ',')]
+    pub precisions: Vec<Precision>,
+    /// Also time data-parallel training over this many local worker processes (2 or more).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Internal: run as one data-parallel bench worker and write its timings here.
+    #[arg(long, hide = true)]
+    pub worker_json: Option<PathBuf>,
     #[command(flatten)]
     pub torch: kiln::bench::TorchSide,
     #[command(flatten)]
@@ -62,6 +81,30 @@ pub struct Timing {
     pub median_ms: f64,
     /// All timed steps.
     pub steps_ms: Vec<f64>,
+    /// Precision (`32`, `16-mixed`, `bf16-mixed`).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+    /// Loss of the last timed step (every step trains on the same batch).
+    #[serde(default)]
+    pub final_loss: Option<f64>,
+    /// Median share of the step spent in gradient all-reduce and buffer broadcast (DDP).
+    #[serde(default)]
+    pub sync_share: Option<f64>,
+}
+
+fn f32_name() -> String {
+    "32".into()
+}
+
+/// What [`TimeSteps`] measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepTimes {
+    /// Step times (ms).
+    pub steps_ms: Vec<f64>,
+    /// All-reduce + broadcast time per step (ms).
+    pub sync_ms: Vec<f64>,
+    /// Loss of the last step.
+    pub final_loss: f64,
 }
 
 /// A labelled batch of raw-price-like windows (random walks around 20,000 like NQ futures).
@@ -101,17 +144,19 @@ pub fn synthetic_windows(n: usize, seed: u64) -> WindowSet {
     }
 }
 
+#[derive(Clone)]
 struct TimeSteps {
     spec: ModelSpec,
     config: crate::train::TrainConfig,
     data: WindowSet,
     steps: usize,
     warmup: usize,
+    precision: Precision,
 }
 
-impl BackendJob for TimeSteps {
-    type Output = Vec<f64>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<f64>> {
+impl DistJob for TimeSteps {
+    type Output = StepTimes;
+    fn run<B: AutodiffBackend>(self, device: B::Device, dist: Option<Dist>) -> Result<StepTimes> {
         let mut config = self.config;
         config.val_split = 0.0;
         config.batch_size = self.data.len();
@@ -121,22 +166,37 @@ impl BackendJob for TimeSteps {
             mut optim,
             ..
         } = Session::<B>::new(&self.spec, &config, &self.data, &device)?;
+        let (rank, world_size) = dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size()));
+        let mut stepper = Stepper::new(self.precision);
+        if let Some(d) = dist {
+            stepper = stepper.with_dist(d);
+        }
         let batch: Vec<usize> = (0..self.data.len()).collect();
-        let mut times = Vec::new();
+        let mut times = StepTimes {
+            steps_ms: Vec::new(),
+            sync_ms: Vec::new(),
+            final_loss: f64::NAN,
+        };
         for step in 0..self.warmup + self.steps {
             let info = EpochInfo {
                 epoch: 0,
                 max_epochs: 1,
                 global_step: step,
                 seed: config.seed,
+                rank,
+                world_size,
             };
             let start = Instant::now();
-            let out = task.training_step(&net, batch.clone(), &info)?;
-            net = kiln::optim::Optimization::step(&mut optim, net, out.loss)?;
+            let synced = stepper.sync_seconds();
+            let out = stepper.forward(|| task.training_step(&net, batch.clone(), &info))?;
+            let loss = out.loss.clone();
+            (net, _) = stepper.step(net, out.loss, &mut optim)?;
             // Wait for queued device work (asynchronous backends) before stopping the clock.
             B::sync(&device).map_err(|e| anyhow::anyhow!("backend error: {e:?}"))?;
             if step >= self.warmup {
-                times.push(start.elapsed().as_secs_f64() * 1e3);
+                times.steps_ms.push(start.elapsed().as_secs_f64() * 1e3);
+                times.sync_ms.push((stepper.sync_seconds() - synced) * 1e3);
+                times.final_loss = loss.into_scalar().elem::<f64>();
             }
         }
         Ok(times)
@@ -176,7 +236,18 @@ fn torch_timings(args: &BenchArgs) -> Option<Vec<Timing>> {
 }
 
 /// Runs the benchmark and prints the table.
-pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()> {
+pub fn run(
+    cfg: &MoolaConfig,
+    args: &BenchArgs,
+    device: DeviceKind,
+    dist: Option<DistConfig>,
+) -> Result<()> {
+    if let Some(path) = &args.worker_json {
+        return run_worker(cfg, args, device, dist, path);
+    }
+    if dist.is_some() {
+        bail!("bench runs its own workers: use --nodes N instead of --num-nodes/--devices");
+    }
     let data = synthetic_windows(args.batch_size, cfg.seed);
     let mut devices = vec![device.resolve()];
     if args.all_cpu_backends {
@@ -190,25 +261,29 @@ pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()
     }
     let mut rows: Vec<Timing> = Vec::new();
     for (name, spec, train) in variants(cfg, &args.models)? {
-        for &d in &devices {
-            let backend = format!("burn-{d}");
-            eprintln!("timing {name} on {backend} ...");
-            let steps = launch(
-                d,
-                TimeSteps {
+        for precision in precisions(args, &train, device) {
+            for &d in &devices {
+                let backend = format!("burn-{d}");
+                eprintln!("timing {name} on {backend} in precision {precision} ...");
+                let job = TimeSteps {
                     spec: spec.clone(),
                     config: train.clone(),
                     data: data.clone(),
                     steps: args.steps,
                     warmup: args.warmup,
-                },
-            )?;
-            rows.push(Timing {
-                model: name.clone(),
-                backend,
-                median_ms: kiln::bench::median(&steps),
-                steps_ms: steps,
-            });
+                    precision,
+                };
+                let times = launch_workers(d, &[], None, job)?;
+                rows.push(Timing {
+                    model: name.clone(),
+                    backend,
+                    median_ms: kiln::bench::median(&times.steps_ms),
+                    steps_ms: times.steps_ms,
+                    precision: precision.to_string(),
+                    final_loss: Some(times.final_loss),
+                    sync_share: None,
+                });
+            }
         }
     }
     let torch = torch_timings(args).unwrap_or_default();
@@ -219,26 +294,189 @@ pub fn run(cfg: &MoolaConfig, args: &BenchArgs, device: DeviceKind) -> Result<()
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "{:<26} {:<14} {:>12} {:>12} {:>10}",
-        "model", "backend", "ms/step", "torch ms", "ratio"
+        "{:<26} {:<14} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "model", "backend", "precision", "loss", "ms/step", "torch ms", "ratio"
     );
     for r in &rows {
         let t = torch
             .iter()
-            .find(|t| t.model == r.model)
+            .find(|t| t.model == r.model && t.precision == r.precision)
             .map(|t| t.median_ms);
         println!(
-            "{:<26} {:<14} {:>12.1} {:>12} {:>10}",
+            "{:<26} {:<14} {:>10} {:>10} {:>12.1} {:>12} {:>10}",
             r.model,
             r.backend,
+            r.precision,
+            r.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
             r.median_ms,
             t.map_or("-".into(), |v| format!("{v:.1}")),
             t.map_or("-".into(), |v| format!("{:.2}x", r.median_ms / v)),
         );
+    }
+    if args.nodes > 1 {
+        rows.extend(run_nodes(args, &rows)?);
     }
     if let Some(path) = &args.torch.json {
         let all: Vec<&Timing> = rows.iter().chain(&torch).collect();
         kiln::io::write_json(path, &all)?;
     }
     Ok(())
+}
+
+/// The precisions to time for a model.
+fn precisions(
+    args: &BenchArgs,
+    train: &crate::train::TrainConfig,
+    device: DeviceKind,
+) -> Vec<Precision> {
+    if args.precisions.is_empty() {
+        vec![train.precision.resolve(device)]
+    } else {
+        args.precisions.clone()
+    }
+}
+
+/// A data-parallel bench worker: times its share of the global batch and writes JSON.
+fn run_worker(
+    cfg: &MoolaConfig,
+    args: &BenchArgs,
+    device: DeviceKind,
+    dist: Option<DistConfig>,
+    path: &Path,
+) -> Result<()> {
+    let dist = dist.context("a bench worker needs --num-nodes/--node-rank")?;
+    let global = synthetic_windows(args.batch_size, cfg.seed);
+    let world = dist.world_size();
+    // This rank's contiguous share of the global batch.
+    let rank = dist.node_rank;
+    let per = args.batch_size / world;
+    let data = global.select(&(rank * per..(rank + 1) * per).collect::<Vec<_>>());
+    let mut out = Vec::new();
+    for (name, spec, train) in variants(cfg, &args.models)? {
+        for precision in precisions(args, &train, device) {
+            let job = TimeSteps {
+                spec: spec.clone(),
+                config: train.clone(),
+                data: data.clone(),
+                steps: args.steps,
+                warmup: args.warmup,
+                precision,
+            };
+            let times = launch_workers(device, &[], Some(dist.clone()), job)?;
+            let share: Vec<f64> = times
+                .steps_ms
+                .iter()
+                .zip(&times.sync_ms)
+                .map(|(t, s)| s / t.max(1e-9))
+                .collect();
+            out.push(Timing {
+                model: name.clone(),
+                backend: format!("burn-{}", device.resolve()),
+                median_ms: kiln::bench::median(&times.steps_ms),
+                steps_ms: times.steps_ms,
+                precision: precision.to_string(),
+                final_loss: Some(times.final_loss),
+                sync_share: Some(kiln::bench::median(&share)),
+            });
+        }
+    }
+    kiln::io::write_json(path, &out)
+}
+
+/// Spawns `args.nodes` bench workers on 127.0.0.1 and prints their throughput next to the
+/// single-process rows.
+fn run_nodes(args: &BenchArgs, single: &[Timing]) -> Result<Vec<Timing>> {
+    if !args.batch_size.is_multiple_of(args.nodes) {
+        bail!(
+            "--batch-size {} does not split evenly over --nodes {}",
+            args.batch_size,
+            args.nodes
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for rank in 0..args.nodes {
+        let json = dir.path().join(format!("rank{rank}.json"));
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("bench")
+            .args(["--models", &args.models.join(",")])
+            .args(["--batch-size", &args.batch_size.to_string()])
+            .args(["--steps", &args.steps.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .args(["--num-nodes", &args.nodes.to_string()])
+            .args(["--node-rank", &rank.to_string()])
+            .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+            .arg("--no-torch")
+            .arg("--quiet")
+            .arg("--worker-json")
+            .arg(&json);
+        if !args.precisions.is_empty() {
+            let p: Vec<String> = args.precisions.iter().map(|p| p.to_string()).collect();
+            cmd.args(["--precisions", &p.join(",")]);
+        }
+        cmd.args(&args.overrides.opts);
+        eprintln!("starting bench worker {rank}/{} ...", args.nodes);
+        children.push((json, cmd.spawn().context("cannot start a bench worker")?));
+    }
+    let mut per_rank: Vec<Vec<Timing>> = Vec::new();
+    for (rank, (json, mut child)) in children.into_iter().enumerate() {
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("bench worker {rank} failed ({status})");
+        }
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("bench worker {rank} wrote no timings"))?;
+        per_rank.push(serde_json::from_str(&text)?);
+    }
+    println!(
+        "\ndata-parallel training over {} processes on 127.0.0.1 (global batch {}, {} per process)",
+        args.nodes,
+        args.batch_size,
+        args.batch_size / args.nodes
+    );
+    println!(
+        "{:<26} {:>10} {:>16} {:>16} {:>9} {:>16}",
+        "model",
+        "precision",
+        "1 proc samples/s",
+        format!("{} proc samples/s", args.nodes),
+        "speed-up",
+        "all-reduce share"
+    );
+    let mut out = Vec::new();
+    for (i, t0) in per_rank[0].iter().enumerate() {
+        // The global step ends when the slowest rank ends.
+        let step = per_rank
+            .iter()
+            .map(|r| r[i].median_ms)
+            .fold(0.0f64, f64::max);
+        let share = per_rank
+            .iter()
+            .filter_map(|r| r[i].sync_share)
+            .fold(0.0f64, f64::max);
+        let one = single
+            .iter()
+            .find(|s| s.model == t0.model && s.precision == t0.precision)
+            .map(|s| args.batch_size as f64 / (s.median_ms / 1e3));
+        let many = args.batch_size as f64 / (step / 1e3);
+        println!(
+            "{:<26} {:>10} {:>16} {:>16.1} {:>9} {:>15.1}%",
+            t0.model,
+            t0.precision,
+            one.map_or("-".into(), |v| format!("{v:.1}")),
+            many,
+            one.map_or("-".into(), |v| format!("{:.2}x", many / v)),
+            share * 100.0
+        );
+        let mut row = t0.clone();
+        row.backend = format!("{} ×{}", row.backend, args.nodes);
+        row.median_ms = step;
+        row.sync_share = Some(share);
+        out.push(row);
+    }
+    Ok(out)
 }

@@ -122,7 +122,7 @@ pub enum Pointers {
 }
 
 /// `train` arguments.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// simple_lstm, cnn_transformer or rwkv_ts.
     #[arg(long)]
@@ -217,9 +217,22 @@ impl Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let cfg = MoolaConfig::load(cli.config_file.as_deref(), cli.command.overrides())?;
+    let mut cfg = MoolaConfig::load(cli.config_file.as_deref(), cli.command.overrides())?;
+    if let Some(p) = cli.runtime.precision {
+        // `--precision` overrides every model's `precision` key.
+        let fixed = kiln::amp::PrecisionSetting::Fixed(p);
+        cfg.simple_lstm.train.precision = fixed;
+        cfg.cnn_transformer.train.precision = fixed;
+        cfg.rwkv_ts.train.precision = fixed;
+    }
     let progress = cli.runtime.progress();
     let device = cli.runtime.device;
+    let dist = cli.runtime.dist_config()?;
+    if dist.is_some() && !matches!(cli.command, Command::Train(_) | Command::Bench(_)) {
+        bail!(
+            "data-parallel training (--devices/--num-nodes/--strategy ddp) is available for `train`"
+        );
+    }
     match cli.command {
         Command::Doctor(_) => doctor(&cfg, device),
         Command::Ingest(a) => {
@@ -232,8 +245,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Describe(a) => launch(device, Describe { cfg, args: a }),
-        Command::Train(a) => launch(
+        Command::Train(a) => kiln::backend::launch_workers(
             device,
+            &cli.runtime.local_devices(),
+            dist,
             TrainJob {
                 cfg,
                 args: a,
@@ -250,7 +265,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Predict(a) => launch(device, PredictJob { cfg, args: a }),
         Command::Import(a) => launch(device, ImportJob { args: a }),
-        Command::Bench(a) => crate::bench::run(&cfg, &a, device),
+        Command::Bench(a) => crate::bench::run(&cfg, &a, device, dist),
     }
 }
 
@@ -391,20 +406,27 @@ struct TrainReport<'a> {
     test_metrics: ClassificationReport,
 }
 
+#[derive(Clone)]
 struct TrainJob {
     cfg: MoolaConfig,
     args: TrainArgs,
     progress: bool,
 }
 
-impl BackendJob for TrainJob {
+impl kiln::backend::DistJob for TrainJob {
     type Output = ();
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        dist: Option<kiln::dist::Dist>,
+    ) -> Result<()> {
         let TrainJob {
             cfg,
             args,
             progress,
         } = self;
+        // Data-parallel workers other than rank 0 train and write nothing.
+        let main = dist.as_ref().is_none_or(kiln::dist::Dist::is_main);
         let (spec, train_cfg, data_path, data) =
             model_and_data(&cfg, &args.model, args.data, args.pointers)?;
         let (train_set, test_set, test_name) = match &args.test {
@@ -429,15 +451,21 @@ impl BackendJob for TrainJob {
             }
         };
         let out = model_dir(&cfg, args.out, &args.model);
-        std::fs::create_dir_all(&out)
-            .with_context(|| format!("cannot create {}", out.display()))?;
-        kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
+        if main {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
+        }
         let mut clf = Classifier::<B>::new(spec, train_cfg, device).with_run_options(RunOptions {
             run_dir: Some(out.clone()),
             resume_from: args.resume,
             progress,
+            dist,
         });
         let fit = clf.fit(&train_set)?;
+        if !main {
+            return Ok(());
+        }
         let model_path = out.join("model");
         clf.save(&model_path)?;
         let labels = clf.labels()?;

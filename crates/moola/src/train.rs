@@ -24,6 +24,7 @@ use burn::optim::AdamWConfig;
 use burn::optim::lr_scheduler::constant::ConstantLr;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use kiln::amp::PrecisionSetting;
 use kiln::callbacks::{EarlyStopping, Mode, ModelCheckpoint};
 use kiln::metric_log::Row;
 use kiln::optim::{Interval, Standard};
@@ -69,6 +70,9 @@ pub struct TrainConfig {
     pub pointer_beta_warmup_epochs: usize,
     /// Quirk §8.5: mix inputs in multi-task mode while the targets stay un-mixed (reference).
     pub multitask_mix_inputs: bool,
+    /// Numeric precision: `auto` (the reference's `use_amp=True`: `16-mixed` on CUDA, `32` on
+    /// CPU), `32`, `16-mixed` or `bf16-mixed` (see `kiln::amp`).
+    pub precision: PrecisionSetting,
     /// Seed of every random stream (set from the run configuration's top-level `seed`).
     #[serde(skip)]
     pub seed: u64,
@@ -92,6 +96,7 @@ impl Default for TrainConfig {
             pointer_beta_max: 0.1,
             pointer_beta_warmup_epochs: 50,
             multitask_mix_inputs: true,
+            precision: PrecisionSetting::Auto,
             seed: kiln::seed::DEFAULT_SEED,
         }
     }
@@ -138,6 +143,8 @@ pub struct RunOptions {
     pub resume_from: Option<std::path::PathBuf>,
     /// Show progress bars.
     pub progress: bool,
+    /// This worker's handle in a data-parallel run (`None`: one device).
+    pub dist: Option<kiln::dist::Dist>,
 }
 
 /// Labels, pointer targets and the shape of a labelled set, ready for training.
@@ -308,13 +315,16 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
     type Model = Net<B>;
     type Batch = Vec<usize>;
 
-    fn train_loader(&mut self, _info: &EpochInfo, seed: u64) -> Result<Loader<Vec<usize>>> {
+    fn train_loader(&mut self, info: &EpochInfo, seed: u64) -> Result<Loader<Vec<usize>>> {
+        // Every rank shuffles with the same seed and takes its class-balanced part of each
+        // global batch (`batch_size` per rank); one rank is the plain shuffled batching.
         let mut rng = kiln::seed::rng(seed, "shuffle", 0);
-        Ok(Loader::from_vec(kiln::data::batches(
+        Ok(Loader::from_vec(kiln::data::distributed_batches(
             self.train.len(),
             self.config.batch_size,
-            true,
-            false,
+            Some(&self.train.y),
+            info.rank,
+            info.world_size,
             &mut rng,
         )))
     }
@@ -578,7 +588,14 @@ pub fn fit<B: AutodiffBackend>(
     tc.run_dir = run.run_dir.clone();
     tc.resume_from = run.resume_from.clone();
     tc.progress = run.progress;
+    tc.precision = config.precision.resolve_for::<B>(device);
     let mut trainer = Trainer::new(tc);
+    if let Some(dist) = &run.dist {
+        let fingerprint = serde_json::to_string(&(spec, config, data.len(), data.seq_len))?;
+        trainer = trainer
+            .with_dist(dist.clone())
+            .with_fingerprint(fingerprint);
+    }
     if task.val.is_some() {
         trainer = trainer.with_callback(EarlyStopping::new(
             "val_loss",

@@ -133,13 +133,19 @@ pub fn run(cli: Cli) -> Result<()> {
     let device = cli.runtime.device;
     match cli.command {
         Command::Train(a) => {
+            let cfg = a.common.config()?;
             let options = crate::train::FitOptions {
                 bug_compat: a.camid_bug_compat,
                 progress,
                 evaluate_before: a.eval_before,
                 run_dir: None,
+                precision: cli.runtime.precision,
+                dist: None,
+                check_replicas: false,
             };
-            crate::train::run_train(a.common.config()?, a.model, device, options).map(|_| ())
+            let (devices, dist) = crate::train::parallel_layout(&cfg, &cli.runtime)?;
+            crate::train::run_train_parallel(cfg, a.model, device, options, &devices, dist)
+                .map(|_| ())
         }
         Command::Test(a) => {
             crate::train::run_test(a.common.config()?, device, a.camid_bug_compat, progress)

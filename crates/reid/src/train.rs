@@ -134,16 +134,15 @@ where
     A: Optimizer<ReidModel<B>, B>,
     S: Optimizer<ReidModel<B>, B>,
 {
-    fn step(&mut self, model: ReidModel<B>, loss: Tensor<B, 1>) -> Result<ReidModel<B>> {
-        let mut grads = loss.backward();
-        // The centres leave the main gradient set: they get their own SGD step.
-        let mut center_grads = GradientsParams::from_module(&mut grads, &model.center_loss);
-        let main_grads = GradientsParams::from_grads(grads, &model);
-        let model = self.adam.step(self.lr.lr(), model, main_grads);
+    fn apply(&mut self, model: ReidModel<B>, mut grads: GradientsParams) -> Result<ReidModel<B>> {
+        // The centres leave the main gradient set: they get their own SGD step, with the
+        // gradient divided by CENTER_LOSS_WEIGHT.
         let id = model.center_loss.centers.id;
-        if let Some(g) = center_grads.remove::<B::InnerBackend, 2>(id) {
+        let mut center_grads = GradientsParams::new();
+        if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
             center_grads.register(id, g.mul_scalar(1.0 / self.center_loss_weight));
         }
+        let model = self.adam.step(self.lr.lr(), model, grads);
         Ok(self.sgd.step(self.center_lr, model, center_grads))
     }
 
@@ -337,6 +336,15 @@ impl<B: AutodiffBackend> ReidTask<B> {
         })
     }
 
+    /// This task as rank `rank` of `world_size` data-parallel replicas: the P×K sampler hands
+    /// each rank its own contiguous share of every epoch's plan (equal batch counts).
+    pub fn with_rank(mut self, rank: usize, world_size: usize) -> Result<Self> {
+        if world_size > 1 {
+            self.sampler = self.sampler.for_rank(rank, world_size)?;
+        }
+        Ok(self)
+    }
+
     /// Number of P×K batches per epoch.
     pub fn batches_per_epoch(&self, seed: u64) -> usize {
         self.sampler.epoch(seed, 0).len()
@@ -494,6 +502,35 @@ pub struct FitOptions {
     pub evaluate_before: bool,
     /// Run directory (default: [`run_dir`]).
     pub run_dir: Option<PathBuf>,
+    /// Numeric precision; `None` follows `USE_MIXED_PRECISION` (`True`: `16-mixed` on CUDA,
+    /// `32` on CPU, as the reference's AMP only ran on GPUs).
+    pub precision: Option<kiln::amp::Precision>,
+    /// This worker's handle in a data-parallel run (`None`: one device). Each rank samples its
+    /// own share of every epoch's P×K plan; only rank 0 writes the run directory.
+    pub dist: Option<kiln::dist::Dist>,
+    /// Data-parallel debugging aid: check after every step that the replicas hold bit-identical
+    /// weights.
+    pub check_replicas: bool,
+}
+
+impl FitOptions {
+    fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(kiln::dist::Dist::is_main)
+    }
+}
+
+/// The precision of a run: the explicit choice, else `USE_MIXED_PRECISION` on this backend.
+pub fn precision_for<B: burn::tensor::backend::Backend>(
+    cfg: &ReidConfig,
+    explicit: Option<kiln::amp::Precision>,
+    device: &B::Device,
+) -> kiln::amp::Precision {
+    use kiln::amp::{Precision, PrecisionSetting};
+    match explicit {
+        Some(p) => p,
+        None if cfg.use_mixed_precision => PrecisionSetting::Auto.resolve_for::<B>(device),
+        None => Precision::F32,
+    }
 }
 
 /// Trains one run of `cfg` with `seed` and tests the last-epoch model (§6.8).
@@ -521,13 +558,18 @@ pub fn fit<B: AutodiffBackend>(
             );
         }
     }
+    let main = options.is_main();
     let dir = match &options.run_dir {
         Some(d) => d.clone(),
-        None => run_dir(cfg, step, resume.as_deref())?,
+        None if main => run_dir(cfg, step, resume.as_deref())?,
+        // Other ranks never write; the path only keeps the summary's shape.
+        None => PathBuf::from(cfg.derived_log_dir()),
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
-    cfg.save(dir.join("config.yaml"))?;
+    if main {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create run directory {}", dir.display()))?;
+        cfg.save(dir.join("config.yaml"))?;
+    }
 
     let mconf = model_config(cfg, dataset.num_classes);
     kiln::seed::seed_backend::<B>(device, seed, "init", 0);
@@ -545,14 +587,19 @@ pub fn fit<B: AutodiffBackend>(
         tracing::info!("ImageNet weights from {}: {:?}", path.display(), summary);
         model = loaded.with_frozen_bnneck_bias();
     }
+    let (rank, world_size) = options
+        .dist
+        .as_ref()
+        .map_or((0, 1), |d| (d.rank(), d.world_size()));
     let mut task = ReidTask::<B>::new(
         cfg,
         dataset,
         step,
         options.bug_compat,
-        options.progress,
+        options.progress && main,
         device,
-    )?;
+    )?
+    .with_rank(rank, world_size)?;
     let evaluator = task.evaluator.clone();
     let before = if options.evaluate_before && resume.is_none() {
         let (q, g) = evaluator.embed(&model.valid(), device)?;
@@ -583,6 +630,7 @@ pub fn fit<B: AutodiffBackend>(
     tc.run_dir = Some(dir.clone());
     tc.resume_from = resume;
     tc.progress = options.progress;
+    tc.precision = precision_for::<B>(cfg, options.precision, device);
     let mode = match cfg.solver.monitor_metric_mode.as_str() {
         "min" => Mode::Min,
         _ => Mode::Max,
@@ -592,8 +640,14 @@ pub fn fit<B: AutodiffBackend>(
         mode,
         1,
     ));
+    if let Some(dist) = &options.dist {
+        trainer = trainer
+            .with_dist(dist.clone())
+            .with_fingerprint(serde_yaml::to_string(cfg)?)
+            .with_replica_check(options.check_replicas);
+    }
     let mut optim = optimization::<B>(cfg);
-    let fresh_dir = is_new_run(&dir);
+    let fresh_dir = main && is_new_run(&dir);
     let outcome = match trainer.fit(&mut task, model, &mut optim, device) {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -624,46 +678,93 @@ pub fn fit<B: AutodiffBackend>(
         test,
         best_checkpoint,
     };
-    kiln::io::write_json(dir.join("test_report.json"), &summary)?;
+    if main {
+        kiln::io::write_json(dir.join("test_report.json"), &summary)?;
+    }
     Ok(summary)
 }
 
+#[derive(Clone)]
 struct TrainJob {
     cfg: ReidConfig,
     step: StepKind,
     options: FitOptions,
 }
 
-impl BackendJob for TrainJob {
+impl kiln::backend::DistJob for TrainJob {
     type Output = Vec<RunSummary>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<RunSummary>> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        dist: Option<kiln::dist::Dist>,
+    ) -> Result<Vec<RunSummary>> {
+        let options = FitOptions {
+            dist,
+            ..self.options
+        };
+        let main = options.is_main();
         let dataset = load_dataset(&self.cfg)?;
-        println!("{}", dataset.summary());
+        if main {
+            println!("{}", dataset.summary());
+        }
         let runs = self.cfg.reproducible_num_runs.max(1);
         let mut out = Vec::new();
         for run in 0..runs {
-            let seed = if self.cfg.reproducible {
+            let seed = if self.cfg.reproducible || options.dist.is_some() {
+                // Data-parallel replicas must share the seed: non-reproducible runs use the
+                // reproducible seed too.
                 self.cfg.reproducible_seed + run as u64
             } else {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(run as u64, |d| d.as_nanos() as u64)
             };
-            println!("run {}/{runs} (seed {seed})", run + 1);
-            let summary = fit::<B>(&self.cfg, &dataset, self.step, seed, &self.options, &device)?;
-            if let Some(before) = &summary.before {
-                println!("untrained model:\n{}", before.table());
+            if main {
+                println!("run {}/{runs} (seed {seed})", run + 1);
             }
-            println!(
-                "after {} epochs (last-epoch model):\n{}",
-                summary.epochs,
-                summary.test.table()
-            );
-            println!("run directory: {}", summary.run_dir.display());
+            let summary = fit::<B>(&self.cfg, &dataset, self.step, seed, &options, &device)?;
+            if main {
+                if let Some(before) = &summary.before {
+                    println!("untrained model:\n{}", before.table());
+                }
+                println!(
+                    "after {} epochs (last-epoch model):\n{}",
+                    summary.epochs,
+                    summary.test.table()
+                );
+                println!("run directory: {}", summary.run_dir.display());
+            }
             out.push(summary);
         }
         Ok(out)
     }
+}
+
+/// The data-parallel layout of a run: explicit `--devices`/`--num-nodes` flags, else
+/// `GPU_IDS` with `SOLVER.DIST_BACKEND ddp` on CUDA (the reference's Lightning `gpus` +
+/// `accelerator`).
+pub fn parallel_layout(
+    cfg: &ReidConfig,
+    runtime: &kiln::cli::RuntimeArgs,
+) -> Result<(Vec<usize>, Option<kiln::dist::DistConfig>)> {
+    let mut runtime = runtime.clone();
+    let from_config = runtime.devices.is_empty()
+        && matches!(runtime.device, DeviceKind::Cuda(_))
+        && cfg.gpu_ids.len() > 1
+        && cfg
+            .solver
+            .dist_backend
+            .to_ascii_lowercase()
+            .starts_with("ddp");
+    if from_config {
+        runtime.devices = cfg
+            .gpu_ids
+            .iter()
+            .map(|&i| usize::try_from(i).with_context(|| format!("GPU_IDS holds {i}")))
+            .collect::<Result<_>>()?;
+    }
+    let dist = runtime.dist_config()?;
+    Ok((runtime.local_devices(), dist))
 }
 
 /// `reid train`: `REPRODUCIBLE_NUM_RUNS` runs, each trained and tested.
@@ -673,15 +774,35 @@ pub fn run_train(
     device: DeviceKind,
     options: FitOptions,
 ) -> Result<Vec<RunSummary>> {
+    run_train_parallel(cfg, step, device, options, &[], None)
+}
+
+/// [`run_train`] as one node of a data-parallel run (`dist`) with this node's `devices`, one
+/// worker per device (see [`parallel_layout`]).
+pub fn run_train_parallel(
+    cfg: ReidConfig,
+    step: StepKind,
+    device: DeviceKind,
+    options: FitOptions,
+    devices: &[usize],
+    dist: Option<kiln::dist::DistConfig>,
+) -> Result<Vec<RunSummary>> {
     if cfg.test.only_test {
         // The reference's training scripts only test when TEST.ONLY_TEST is set.
         run_test(cfg, device, options.bug_compat, options.progress)?;
         return Ok(Vec::new());
     }
-    if cfg.use_mixed_precision && !matches!(device, DeviceKind::Cuda(_)) {
-        tracing::info!("USE_MIXED_PRECISION ignored on CPU (f32)");
+    if cfg.use_mixed_precision
+        && options.precision.is_none()
+        && !matches!(device, DeviceKind::Cuda(_))
+    {
+        tracing::info!(
+            "USE_MIXED_PRECISION True means 16-mixed on CUDA: training in f32 on CPU \
+             (--precision bf16-mixed or 16-mixed forces a mode)"
+        );
     }
-    launch(device, TrainJob { cfg, step, options })
+    let job = TrainJob { cfg, step, options };
+    kiln::backend::launch_workers(device, devices, dist, job)
 }
 
 struct TestJob {

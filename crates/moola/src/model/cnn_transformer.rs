@@ -40,6 +40,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, Linea
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::relu;
+use kiln::amp;
 use serde::{Deserialize, Serialize};
 
 use super::{InnerWindow, ModelOutput};
@@ -229,7 +230,7 @@ impl<B: Backend> CausalConv1d<B> {
 
     /// `[B, C_in, T] → [B, C_out, T]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(self.conv.forward(x))
+        self.dropout.forward(amp::conv1d_layer(&self.conv, x))
     }
 }
 
@@ -284,7 +285,7 @@ impl<B: Backend> CnnBlock<B> {
         let branches = self.convs.iter().map(|c| c.forward(x.clone())).collect();
         let out = relu(self.bn.forward(Tensor::cat(branches, 1)));
         let residual = match &self.residual {
-            Some(conv) => conv.forward(x),
+            Some(conv) => amp::conv1d_layer(conv, x),
             None => x,
         };
         out + residual
@@ -431,13 +432,14 @@ impl<B: Backend> CnnTransformer<B> {
         };
         let inner_len = inner.dims()[1];
         let pooled = inner.clone().mean_dim(1).reshape([batch, d]);
-        let logits = self
-            .classifier
-            .forward(self.dropout.forward(self.output_norm.forward(pooled)));
+        let logits = amp::linear_layer(
+            &self.classifier,
+            self.dropout.forward(self.output_norm.forward(pooled)),
+        );
         let pointers = match (&self.pointer_start_head, &self.pointer_end_head) {
             (Some(start), Some(end)) => Some((
-                start.forward(inner.clone()).reshape([batch, inner_len]),
-                end.forward(inner).reshape([batch, inner_len]),
+                amp::linear_layer(start, inner.clone()).reshape([batch, inner_len]),
+                amp::linear_layer(end, inner).reshape([batch, inner_len]),
             )),
             _ => None,
         };

@@ -47,6 +47,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, Linea
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, sigmoid};
+use kiln::amp;
 use serde::{Deserialize, Serialize};
 
 use super::InnerWindow;
@@ -255,12 +256,10 @@ impl<B: Backend> RwkvBlock<B> {
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let n = self.ln1.forward(x.clone());
         let xx = Self::shift(&n, &state);
-        let k = self.key.forward(Self::mix(&n, &xx, &self.time_mix_k));
-        let v = self.value.forward(Self::mix(&n, &xx, &self.time_mix_v));
-        let r = self
-            .receptance
-            .forward(Self::mix(&n, &xx, &self.time_mix_r));
-        let mut out = sigmoid(r) * self.output.forward(k * v);
+        let k = amp::linear_layer(&self.key, Self::mix(&n, &xx, &self.time_mix_k));
+        let v = amp::linear_layer(&self.value, Self::mix(&n, &xx, &self.time_mix_v));
+        let r = amp::linear_layer(&self.receptance, Self::mix(&n, &xx, &self.time_mix_r));
+        let mut out = sigmoid(r) * amp::linear_layer(&self.output, k * v);
         if let Some(m) = window_mask {
             out = out * m.clone();
         }
@@ -268,13 +267,12 @@ impl<B: Backend> RwkvBlock<B> {
 
         let n2 = self.ln2.forward(x.clone());
         let xx2 = Self::shift(&n2, &state);
-        let k2 = self
-            .ffn_key
-            .forward(Self::mix(&n2, &xx2, &self.channel_mix_k));
-        let r2 = self
-            .ffn_receptance
-            .forward(Self::mix(&n2, &xx2, &self.channel_mix_r));
-        let ffn = sigmoid(r2) * self.ffn_value.forward(relu(k2).powi_scalar(2));
+        let k2 = amp::linear_layer(&self.ffn_key, Self::mix(&n2, &xx2, &self.channel_mix_k));
+        let r2 = amp::linear_layer(
+            &self.ffn_receptance,
+            Self::mix(&n2, &xx2, &self.channel_mix_r),
+        );
+        let ffn = sigmoid(r2) * amp::linear_layer(&self.ffn_value, relu(k2).powi_scalar(2));
         let x = x + self.dropout.forward(ffn);
         let [batch, steps, d] = x.dims();
         let new_state = x.clone().slice([0..batch, steps - 1..steps, 0..d]);
@@ -333,7 +331,7 @@ impl<B: Backend> RwkvTs<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
         let [batch, steps, _] = x.dims();
         let device = x.device();
-        let mut h = self.input_proj.forward(x);
+        let mut h = amp::linear_layer(&self.input_proj, x);
         let d = h.dims()[2];
         if self.instance_norm && steps > 1 {
             let (var, mean) = h.clone().var_mean_bias(1);
@@ -363,7 +361,9 @@ impl<B: Backend> RwkvTs<B> {
                 .reshape([batch, d]),
             Readout::Mean => h.mean_dim(1).reshape([batch, d]),
         };
-        self.classifier
-            .forward(self.dropout.forward(self.output_norm.forward(last)))
+        amp::linear_layer(
+            &self.classifier,
+            self.dropout.forward(self.output_norm.forward(last)),
+        )
     }
 }

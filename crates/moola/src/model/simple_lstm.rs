@@ -18,6 +18,7 @@
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use kiln::amp;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{Lstm, LstmConfig, MultiheadAttention, MultiheadAttentionConfig};
@@ -143,7 +144,7 @@ impl<B: Backend> SimpleLstm<B> {
             .reshape([batch, hidden]);
         let z = self
             .classifier_dropout
-            .forward(relu(self.classifier_0.forward(last)));
-        self.classifier_3.forward(z)
+            .forward(relu(amp::linear_layer(&self.classifier_0, last)));
+        amp::linear_layer(&self.classifier_3, z)
     }
 }

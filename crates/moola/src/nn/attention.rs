@@ -12,7 +12,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::module::linear;
+use kiln::amp;
 
 /// Configuration of a [`MultiheadAttention`].
 #[derive(Config, Debug)]
@@ -101,7 +101,7 @@ impl<B: Backend> MultiheadAttention<B> {
     pub fn forward_self(&self, x: Tensor<B, 3>, mask: Option<&AttentionMask<B>>) -> Tensor<B, 3> {
         let e = self.embed_dim();
         let [batch, steps, _] = x.dims();
-        let qkv = linear(
+        let qkv = amp::linear(
             x,
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
@@ -125,7 +125,7 @@ impl<B: Backend> MultiheadAttention<B> {
         let b = self.in_proj_bias.val();
         let project = |x: Tensor<B, 3>, block: usize| {
             let rows = block * e..(block + 1) * e;
-            linear(
+            amp::linear(
                 x,
                 w.clone().slice([rows.clone(), 0..e]).transpose(),
                 Some(b.clone().slice([rows])),
@@ -156,7 +156,7 @@ impl<B: Backend> MultiheadAttention<B> {
         let q = split(q, tq).mul_scalar(1.0 / (head_dim as f64).sqrt());
         let k = split(k, tk);
         let v = split(v, tk);
-        let mut scores = q.matmul(k.swap_dims(2, 3)); // [B, h, T_q, T_k]
+        let mut scores = amp::matmul(q, k.swap_dims(2, 3)); // [B, h, T_q, T_k]
         match mask {
             Some(AttentionMask::Additive(m)) => {
                 scores = scores + m.clone().reshape([1, 1, tq, tk]);
@@ -172,7 +172,9 @@ impl<B: Backend> MultiheadAttention<B> {
             None => {}
         }
         let probs = self.dropout.forward(softmax(scores, 3));
-        let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, tq, e]);
-        self.out_proj.forward(context)
+        let context = amp::matmul(probs, v)
+            .swap_dims(1, 2)
+            .reshape([batch, tq, e]);
+        amp::linear_layer(&self.out_proj, context)
     }
 }

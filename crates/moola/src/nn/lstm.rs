@@ -39,7 +39,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{sigmoid, tanh};
-use burn::tensor::module::linear;
+use kiln::amp;
 
 /// Configuration of an [`Lstm`] (the arguments of `torch.nn.LSTM`).
 #[derive(Config, Debug)]
@@ -162,8 +162,9 @@ impl<B: Backend> LstmDirection<B> {
         let batch = inputs[0].dims()[0];
         let device = inputs[0].device();
         // Prepared once per call: transposed weights and the summed bias.
-        let w_ih = self.weight_ih.val().transpose(); // [in, 4H]
-        let w_hh = self.weight_hh.val().transpose(); // [H, 4H]
+        // Cast once to the autocast dtype (if any): the per-step casts are then free.
+        let w_ih = amp::lower(self.weight_ih.val().transpose()); // [in, 4H]
+        let w_hh = amp::lower(self.weight_hh.val().transpose()); // [H, 4H]
         let bias = self.bias_ih.val() + self.bias_hh.val(); // [4H]
         let (mut h, mut c) = init.unwrap_or_else(|| {
             (
@@ -174,8 +175,8 @@ impl<B: Backend> LstmDirection<B> {
         let mut outputs: Vec<Option<Tensor<B, 2>>> = vec![None; steps];
         for i in 0..steps {
             let t = if reverse { steps - 1 - i } else { i };
-            let gates = linear(inputs[t].clone(), w_ih.clone(), Some(bias.clone()))
-                + h.matmul(w_hh.clone()); // [B, 4H]: i, f, g, o
+            let gates = amp::linear(inputs[t].clone(), w_ih.clone(), Some(bias.clone()))
+                + amp::matmul(h, w_hh.clone()); // [B, 4H]: i, f, g, o
             let act = sigmoid(gates.clone());
             let i_gate = act.clone().slice([0..batch, 0..hidden]);
             let f_gate = act.clone().slice([0..batch, hidden..2 * hidden]);

@@ -18,6 +18,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use kiln::amp;
 
 use super::attention::{AttentionMask, MultiheadAttention, MultiheadAttentionConfig};
 
@@ -97,9 +98,8 @@ impl<B: Backend> TransformerEncoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&AttentionMask<B>>) -> Tensor<B, 3> {
         let attn = self.self_attn.forward_self(x.clone(), mask);
         let x = self.norm1.forward(x + self.dropout1.forward(attn));
-        let ff = self
-            .linear2
-            .forward(self.dropout.forward(relu(self.linear1.forward(x.clone()))));
+        let hidden = relu(amp::linear_layer(&self.linear1, x.clone()));
+        let ff = amp::linear_layer(&self.linear2, self.dropout.forward(hidden));
         self.norm2.forward(x + self.dropout2.forward(ff))
     }
 }

@@ -107,6 +107,18 @@ impl PkSampler {
         })
     }
 
+    /// The same sampler as rank `rank` of `world_size` (the checks of [`PkSampler::new`] apply).
+    pub fn for_rank(self, rank: usize, world_size: usize) -> Result<Self> {
+        Self::new(
+            self.train_by_pid,
+            self.p,
+            self.k,
+            self.use_resampling,
+            world_size,
+            rank,
+        )
+    }
+
     /// Identities per batch (P).
     pub fn p(&self) -> usize {
         self.p

@@ -189,7 +189,7 @@ impl<B: Backend> ReidModel<B> {
 
     /// Classifier logits from post-BN features.
     pub fn classify(&self, bn_feat: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.fc_query.forward(bn_feat)
+        kiln::amp::linear_layer(&self.fc_query, bn_feat)
     }
 
     /// Retrieval embedding: post-BN, not normalised (§7.1). Use on the inner backend

@@ -355,8 +355,15 @@ fn conv_bn<B: Backend>(
         _ => None,
     };
     let padding = match symmetric {
-        Some(p) if fold && conv.bias.is_none() && !B::ad_enabled(&x.device()) => p,
-        _ => return bn.forward(conv.forward(x)),
+        Some(p)
+            if fold
+                && conv.bias.is_none()
+                && !B::ad_enabled(&x.device())
+                && kiln::amp::current().is_none() =>
+        {
+            p
+        }
+        _ => return bn.forward(kiln::amp::conv2d_layer(conv, x)),
     };
     let channels = bn.num_features();
     let scale = bn.weight.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
@@ -460,7 +467,7 @@ impl<B: Backend> Block<B> {
         };
         let mut out = match &self.bn1 {
             FirstNorm::Batch(bn) => conv_bn(&self.conv1, bn, x, fold),
-            FirstNorm::Ibn(ibn) => ibn.forward(self.conv1.forward(x)),
+            FirstNorm::Ibn(ibn) => ibn.forward(kiln::amp::conv2d_layer(&self.conv1, x)),
         };
         out = conv_bn(&self.conv2, &self.bn2, relu(out), fold);
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
