@@ -26,6 +26,11 @@
 //!    backward pass; gradients are unscaled *before* clipping or the optimiser; a step whose
 //!    gradients hold any inf/NaN is skipped and the scale halved; after 2000 consecutive finite
 //!    steps the scale doubles. The scaler's state goes into checkpoints, so resume stays exact.
+//!    Clipping (`Standard::with_clip_norm`) always sees unscaled gradients, because the
+//!    [`Stepper`](crate::step::Stepper) unscales before the optimisation runs. The reference's
+//!    masked-BiLSTM pre-trainer clips the *scaled* gradients (`clip_grad_norm_` before
+//!    `scaler.unscale_`), so its clip threshold is effectively divided by the loss scale; a loop
+//!    on kiln cannot make that mistake, which fixes it.
 //!    `bf16-mixed` has f32's exponent range and needs no scaler (as in Lightning).
 //!
 //! The scope is thread-local, so every data-parallel worker thread has its own. The
@@ -43,7 +48,7 @@ use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{Linear, PaddingConfig1d, PaddingConfig2d};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::ops::{ConvOptions, PaddedConvOptions};
 use burn::tensor::{DType, ElementConversion, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -313,13 +318,17 @@ pub fn conv1d_layer<B: Backend>(layer: &Conv1d<B>, x: Tensor<B, 3>) -> Tensor<B,
         PaddingConfig1d::Same => same_padding(layer.kernel_size, layer.stride, x.dims()[2]),
         PaddingConfig1d::Explicit(left, right) => (left, right),
     };
-    let options = PaddedConvOptions::asymmetric(
-        [layer.stride],
-        [left],
-        [right],
-        [layer.dilation],
-        layer.groups,
-    );
+    // Uneven padding (a causal convolution's `k − 1` on the left) is applied here, in f32, as
+    // zeros: burn-flex's half-precision convolution mishandles asymmetric padding.
+    let (x, pad) = if left == right {
+        (x, left)
+    } else {
+        let [b, c, _] = x.dims();
+        let (device, dtype) = (x.device(), x.dtype());
+        let zeros = |n: usize| back(Tensor::<B, 3>::zeros([b, c, n], &device), dtype);
+        (Tensor::cat(vec![zeros(left), x, zeros(right)], 2), 0)
+    };
+    let options = ConvOptions::new([layer.stride], [pad], [layer.dilation], layer.groups);
     let out = x.dtype();
     let y = burn::tensor::module::conv1d(
         half(x, h),

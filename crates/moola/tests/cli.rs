@@ -323,6 +323,54 @@ fn bench_times_the_requested_steps_and_skips_pytorch_on_request() {
 }
 
 #[test]
+fn bench_times_precisions_and_two_data_parallel_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&moola(
+        &[
+            "bench",
+            "--models",
+            "simple_lstm",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--no-torch",
+            "--precisions",
+            "32,bf16-mixed",
+            "--nodes",
+            "2",
+            "--json",
+            "bench.json",
+            "simple_lstm.model.hidden_size",
+            "8",
+        ],
+        dir.path(),
+    ));
+    assert!(
+        out.contains("data-parallel training over 2 processes"),
+        "{out}"
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    // One row per precision on one process, and the same on two processes.
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let precisions: Vec<&str> = rows
+        .iter()
+        .map(|r| r["precision"].as_str().unwrap())
+        .collect();
+    assert_eq!(precisions, ["32", "bf16-mixed", "32", "bf16-mixed"]);
+    for r in &rows {
+        assert!(r["final_loss"].as_f64().unwrap().is_finite(), "{r}");
+    }
+    for r in &rows[2..] {
+        let share = r["sync_share"].as_f64().unwrap();
+        assert!((0.0..1.0).contains(&share) && share > 0.0, "{r}");
+    }
+}
+
+#[test]
 fn errors_exit_non_zero_and_leave_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

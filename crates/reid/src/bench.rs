@@ -2,17 +2,25 @@
 //! embedding throughput, next to the same work in PyTorch (`tools/bench/reid_step.py`, run when
 //! `torch` imports). The ratio is Burn / PyTorch for the step time (lower is better) and
 //! PyTorch / Burn for throughput, so 1.0 is parity and above 1 means Burn is slower in both.
+//!
+//! `--precisions 32,16-mixed,bf16-mixed` times each mode: the forward pass and the loss run in
+//! kiln's autocast scope, the update goes through [`Stepper`] (loss scaling and skipped steps
+//! under `16-mixed`), and the embedding runs under autocast too. Every mode starts from the same
+//! weights and trains on the same batch, so the loss of the last timed step (`final_loss`) is
+//! comparable across modes. The PyTorch side is f32 and is matched to the `32` row.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use kiln::amp::Precision;
 use kiln::backend::{BackendJob, DeviceKind, launch};
 use kiln::optim::Optimization;
+use kiln::step::{StepStatus, Stepper};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ReidConfig;
@@ -53,25 +61,50 @@ pub struct BenchArgs {
     /// Timed embedding batches.
     #[arg(long, default_value_t = 2)]
     pub embed_batches: usize,
+    /// Precisions to time, e.g. `32,16-mixed,bf16-mixed` (empty: `32`).
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    pub precisions: Vec<Precision>,
     #[command(flatten)]
     pub torch: kiln::bench::TorchSide,
 }
 
-/// One side's numbers.
+/// One side's numbers (one row per precision on the Burn side).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
     /// Backend / framework.
     pub backend: String,
+    /// Precision (`32`, `16-mixed`, `bf16-mixed`).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// Median training-step time (ms).
     pub step_ms: f64,
     /// All timed steps (ms).
     pub steps_ms: Vec<f64>,
+    /// Loss of the last timed step (every step trains on the same batch).
+    #[serde(default)]
+    pub final_loss: Option<f64>,
+    /// Steps (warm-up included) that `16-mixed` skipped for inf/NaN gradients.
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Eval-mode embedding throughput (images/s).
     pub embed_images_per_s: f64,
 }
 
+fn f32_name() -> String {
+    "32".into()
+}
+
+/// What one precision's run measured.
+struct Measured {
+    steps_ms: Vec<f64>,
+    final_loss: f64,
+    skipped: usize,
+    embed_images_per_s: f64,
+}
+
 struct Job<'a> {
     args: &'a BenchArgs,
+    precision: Precision,
 }
 
 fn emb_size(name: &str) -> usize {
@@ -83,9 +116,10 @@ fn emb_size(name: &str) -> usize {
 }
 
 impl BackendJob for Job<'_> {
-    type Output = (Vec<f64>, f64);
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(Vec<f64>, f64)> {
+    type Output = Measured;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Measured> {
         let a = self.args;
+        kiln::amp::check_backend::<B::InnerBackend>(self.precision, &device)?;
         let mut cfg = ReidConfig::default();
         cfg.dataloader.num_instance = a.k;
         kiln::seed::seed_backend::<B>(&device, 0, "bench", 0);
@@ -102,27 +136,42 @@ impl BackendJob for Job<'_> {
         let loss_cfg = loss_config(&cfg)?;
         let mut optim = optimization::<B>(&cfg);
         optim.on_epoch_start(20);
-        let mut times = Vec::new();
-        for step in 0..a.warmup + a.steps {
+        let mut stepper = Stepper::new(self.precision);
+        let mut out = Measured {
+            steps_ms: Vec::new(),
+            final_loss: f64::NAN,
+            skipped: 0,
+            embed_images_per_s: f64::NAN,
+        };
+        let total = a.warmup + a.steps;
+        for step in 0..total {
             let started = Instant::now();
-            let f = model.forward_features(x.clone());
-            let inputs = LossInputs {
-                features: f,
-                labels: &labels,
-                is_real: &is_real,
-                centers: model.center_loss.centers.val(),
-            };
-            let terms = ctl_model_loss(&loss_cfg, inputs, |f| model.classify(model.bnneck(f)))?;
-            model = optim.step(model, terms.total)?;
+            let terms = stepper.forward(|| {
+                let f = model.forward_features(x.clone());
+                let inputs = LossInputs {
+                    features: f,
+                    labels: &labels,
+                    is_real: &is_real,
+                    centers: model.center_loss.centers.val(),
+                };
+                ctl_model_loss(&loss_cfg, inputs, |f| model.classify(model.bnneck(f)))
+            })?;
+            let loss = terms.total;
+            let status;
+            (model, status) = stepper.step(model, loss.clone(), &mut optim)?;
+            // Wait for queued device work (asynchronous backends) before stopping the clock.
             B::sync(&device).map_err(|e| anyhow::anyhow!("backend error: {e:?}"))?;
-            if step >= a.warmup {
-                times.push(started.elapsed().as_secs_f64() * 1e3);
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if status == StepStatus::Skipped {
+                out.skipped += 1;
             }
-            eprintln!(
-                "  step {}: {:.0} ms",
-                step,
-                started.elapsed().as_secs_f64() * 1e3
-            );
+            if step >= a.warmup {
+                out.steps_ms.push(ms);
+            }
+            if step + 1 == total {
+                out.final_loss = loss.into_scalar().elem::<f64>();
+            }
+            eprintln!("  [{}] step {step}: {ms:.0} ms", self.precision);
         }
         let eval = model.valid();
         let xe = Tensor::<B::InnerBackend, 4>::random(
@@ -130,13 +179,15 @@ impl BackendJob for Job<'_> {
             burn::tensor::Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let _ = eval.embed(xe.clone()).into_data(); // warm-up
+        let embed = || kiln::amp::autocast(self.precision, || eval.embed(xe.clone()).into_data());
+        let _ = embed(); // warm-up
         let started = Instant::now();
         for _ in 0..a.embed_batches {
-            let _ = eval.embed(xe.clone()).into_data();
+            let _ = embed();
         }
-        let rate = (a.embed_batch * a.embed_batches) as f64 / started.elapsed().as_secs_f64();
-        Ok((times, rate))
+        out.embed_images_per_s =
+            (a.embed_batch * a.embed_batches) as f64 / started.elapsed().as_secs_f64();
+        Ok(out)
     }
 }
 
@@ -159,46 +210,102 @@ fn torch_side(args: &BenchArgs) -> Option<BenchResult> {
     )
 }
 
-/// Runs the benchmark and prints the comparison.
+/// The precisions to time (`32` when none is given), without repeats.
+fn precisions(args: &BenchArgs) -> Vec<Precision> {
+    let mut out: Vec<Precision> = Vec::new();
+    for &p in &args.precisions {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        out.push(Precision::F32);
+    }
+    out
+}
+
+/// Runs the benchmark and prints the comparison. A precision that fails (e.g. one the backend
+/// cannot run) is reported and the others still run; the result is then an error naming it.
 pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
-    eprintln!(
-        "timing a CTL step of {} on {device}: P={} × K={} images of {}×{} ...",
-        args.model, args.p, args.k, args.height, args.width
-    );
-    let (steps, rate) = launch(device, Job { args })?;
-    let burn = BenchResult {
-        backend: format!("burn-{}", device.resolve()),
-        step_ms: kiln::bench::median(&steps),
-        steps_ms: steps,
-        embed_images_per_s: rate,
-    };
+    let mut rows: Vec<BenchResult> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    for precision in precisions(args) {
+        eprintln!(
+            "timing a CTL step of {} on {device} in precision {precision}: P={} × K={} images of \
+             {}×{} ...",
+            args.model, args.p, args.k, args.height, args.width
+        );
+        match launch(device, Job { args, precision }) {
+            Ok(m) => rows.push(BenchResult {
+                backend: format!("burn-{}", device.resolve()),
+                precision: precision.to_string(),
+                step_ms: kiln::bench::median(&m.steps_ms),
+                steps_ms: m.steps_ms,
+                final_loss: Some(m.final_loss),
+                skipped_steps: m.skipped,
+                embed_images_per_s: m.embed_images_per_s,
+            }),
+            Err(e) => {
+                eprintln!("precision {precision} failed: {e:#}");
+                failed.push(format!("{precision} ({e:#})"));
+            }
+        }
+    }
     let torch = torch_side(args);
     println!(
-        "CTL training step: {} P={} K={} {}×{} ({} CPU threads)",
+        "CTL training step: {} P={} K={} {}×{}, median of {} steps ({} CPU threads)",
         args.model,
         args.p,
         args.k,
         args.height,
         args.width,
+        args.steps,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("{:<22} {:>14} {:>20}", "", "step (ms)", "embedding (img/s)");
-    for r in std::iter::once(&burn).chain(torch.as_ref()) {
+    // speed-up: the `32` step time over this row's.
+    println!(
+        "{:<18} {:>10} {:>11} {:>10} {:>9} {:>18} {:>8}",
+        "", "precision", "final loss", "step (ms)", "speed-up", "embedding (img/s)", "skipped"
+    );
+    let f32_row = rows.iter().find(|r| r.precision == "32").cloned();
+    for r in rows.iter().chain(torch.as_ref()) {
+        let speedup = f32_row
+            .as_ref()
+            .filter(|_| r.backend.starts_with("burn"))
+            .map_or("-".into(), |f| format!("{:.2}x", f.step_ms / r.step_ms));
         println!(
-            "{:<22} {:>14.0} {:>20.1}",
-            r.backend, r.step_ms, r.embed_images_per_s
+            "{:<18} {:>10} {:>11} {:>10.1} {:>9} {:>18.1} {:>8}",
+            r.backend,
+            r.precision,
+            r.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            r.step_ms,
+            speedup,
+            r.embed_images_per_s,
+            r.skipped_steps
         );
     }
-    if let Some(t) = &torch {
+    if let (Some(b), Some(t)) = (&f32_row, &torch) {
         println!(
-            "{:<22} {:>13.2}x {:>19.2}x",
+            "{:<18} {:>10} {:>11} {:>9.2}x {:>9} {:>17.2}x",
             "ratio burn/torch",
-            burn.step_ms / t.step_ms,
-            t.embed_images_per_s / burn.embed_images_per_s
+            "32",
+            "",
+            b.step_ms / t.step_ms,
+            "",
+            t.embed_images_per_s / b.embed_images_per_s
         );
     }
     if let Some(path) = &args.torch.json {
-        kiln::io::write_json(path, &serde_json::json!({ "burn": burn, "torch": torch }))?;
+        // `burn` keeps the shape of older reports (the `32` row, else the first one); `runs`
+        // holds every precision.
+        let burn = f32_row.as_ref().or(rows.first());
+        kiln::io::write_json(
+            path,
+            &serde_json::json!({ "burn": burn, "runs": rows, "torch": torch }),
+        )?;
+    }
+    if !failed.is_empty() {
+        bail!("reid bench: precision {} failed", failed.join("; "));
     }
     Ok(())
 }

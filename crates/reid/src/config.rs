@@ -25,9 +25,11 @@
 //! `SOLVER.MOMENTUM`, `SOLVER.CLUSTER_MARGIN`, `SOLVER.WEIGHT_DECAY_BIAS`,
 //! `SOLVER.CHECKPOINT_PERIOD` and `TEST.WEIGHT` have no reader in the reference. They are kept
 //! here, accepted and ignored, so that configuration files written for the original project
-//! still load. `SOLVER.DIST_BACKEND` only selects a Lightning accelerator and
-//! `SOLVER.USE_AUTOMATIC_OPTIM` a Lightning mode; both are accepted and have no effect in this
-//! port.
+//! still load. `SOLVER.USE_AUTOMATIC_OPTIM` selects a Lightning mode and is accepted with no
+//! effect. `SOLVER.DIST_BACKEND` (`ddp`) with more than one `GPU_IDS` on `--device cuda` trains
+//! data-parallel on those GPUs (kiln's `ddp` strategy), as the reference's Lightning accelerator
+//! did; `USE_MIXED_PRECISION True` is `16-mixed` on CUDA and f32 on CPU (`--precision` overrides
+//! both).
 //!
 //! ## Keys `run_main` overwrites
 //!
@@ -85,11 +87,13 @@ pub struct ReidConfig {
     /// `TEST.*`: evaluation.
     pub test: TestConfig,
     /// `GPU_IDS` (default `[0]`): device ids; the reference passes them to Lightning's `gpus`.
+    /// With more than one id and `--device cuda`, one data-parallel worker per GPU.
     pub gpu_ids: Vec<i64>,
     /// `LOG_DIR` (default `"logs"`): overwritten by `run_main`, see
     /// [`ReidConfig::derived_log_dir`].
     pub log_dir: String,
-    /// `USE_MIXED_PRECISION` (default `True`): fp16 AMP in the reference.
+    /// `USE_MIXED_PRECISION` (default `True`): fp16 AMP in the reference; here `16-mixed` on CUDA
+    /// (f32 on CPU, where the reference never ran AMP). `--precision` overrides it.
     pub use_mixed_precision: bool,
     /// `OUTPUT_DIR` (default `""`): log root override, also the visualisation output root.
     pub output_dir: String,
@@ -234,7 +238,8 @@ pub struct SolverConfig {
     /// `SOLVER.IMS_PER_BATCH` (default `64`): despite the name, the number of identities P per
     /// batch (per device); a batch holds P × `DATALOADER.NUM_INSTANCE` images.
     pub ims_per_batch: usize,
-    /// `SOLVER.DIST_BACKEND` (default `"ddp"`): Lightning accelerator; no effect here.
+    /// `SOLVER.DIST_BACKEND` (default `"ddp"`): Lightning accelerator; `ddp*` with several
+    /// `GPU_IDS` trains data-parallel on CUDA.
     pub dist_backend: String,
     /// `SOLVER.QUERY_XENT_WEIGHT` (default `1.0`): weight of the ID cross-entropy.
     pub query_xent_weight: f64,
