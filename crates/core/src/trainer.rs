@@ -4,17 +4,22 @@
 //! loss from a batch, and how to validate. The [`Trainer`] owns everything around that: epochs,
 //! seeding, the optimisation step (through an [`Optimization`]), validation cadence, callbacks
 //! (early stopping, checkpointing), the CSV metrics log, progress bars, and resuming a run from a
-//! checkpoint. Models never re-implement any of this.
+//! checkpoint, mixed precision ([`crate::amp`]) and data parallelism ([`crate::dist`]). Models
+//! never re-implement any of this.
 //!
 //! ```text
+//! resume (model, optimiser, scaler, callbacks, task, position) if asked
+//! ddp: peers agree on the configuration; every replica takes rank 0's weights
 //! for epoch in start..max_epochs
 //!     seed backend + data streams from (seed, epoch)
 //!     model = task.on_epoch_start(model)           // freeze / unfreeze schedules
-//!     for batch in task.train_loader(epoch)
-//!         out   = task.training_step(model, batch) // forward + loss
-//!         model = optimization.step(model, out.loss)
-//!     metrics = train means + task.validate(model.valid()) + lr
-//!     callbacks → remember best / save checkpoints / stop
+//!     for batch in task.train_loader(epoch)        // ddp: this rank's share of each batch
+//!         out   = autocast(precision) { task.training_step(model, batch) }
+//!         model = stepper.step(model, out.loss)    // scale, backward, all-reduce, unscale,
+//!                                                  // skip on inf, optimisation, buffers
+//!     metrics = train means (over all replicas) + lr
+//!     rank 0: + task.validate(model.valid()), log, callbacks, checkpoints
+//!     every replica follows rank 0's stop / remember-best decision
 //! ```
 
 use std::collections::BTreeMap;

@@ -413,7 +413,8 @@ fn run_nodes(args: &BenchArgs, single: &[Timing]) -> Result<Vec<Timing>> {
             .arg("--no-torch")
             .arg("--quiet")
             .arg("--worker-json")
-            .arg(&json);
+            .arg(&json)
+            .stdout(std::process::Stdio::null());
         if !args.precisions.is_empty() {
             let p: Vec<String> = args.precisions.iter().map(|p| p.to_string()).collect();
             cmd.args(["--precisions", &p.join(",")]);

@@ -80,7 +80,12 @@ fn free_port() -> u16 {
 }
 
 fn spawn_worker(rank: usize, port: u16, out: &Path) -> Child {
+    spawn_worker_with(rank, port, out, &[])
+}
+
+fn spawn_worker_with(rank: usize, port: u16, out: &Path, env: &[(&str, String)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args([
             "--exact",
             "ddp_worker",
@@ -140,16 +145,25 @@ fn ddp_worker() {
     };
     let device = Default::default();
     let dist = Dist::init::<Flex>(&cfg, 0, &device).unwrap();
+    // Optional: epochs, a run directory (rank 0 writes checkpoints there) and a resume point.
+    let env = |k: &str| std::env::var(k).ok();
     let run = RunOptions {
         dist: Some(dist),
+        run_dir: env("MOOLA_DDP_RUN_DIR").map(PathBuf::from),
+        resume_from: env("MOOLA_DDP_RESUME").map(PathBuf::from),
         ..RunOptions::default()
     };
-    let fitted = train::fit::<B>(&spec(), &recipe(4), &data(), &device, &run).unwrap();
+    let mut recipe = recipe(4);
+    if let Some(e) = env("MOOLA_DDP_EPOCHS") {
+        recipe.n_epochs = e.parse().unwrap();
+    }
+    let fitted = train::fit::<B>(&spec(), &recipe, &data(), &device, &run).unwrap();
     let w: Vec<u8> = weights(&fitted.net)
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    std::fs::write(out.join(format!("rank{rank}.bin")), w).unwrap();
+    let tag = env("MOOLA_DDP_TAG").unwrap_or_default();
+    std::fs::write(out.join(format!("{tag}rank{rank}.bin")), w).unwrap();
     let loss = |e: usize| fitted.history[e].1["train_loss"];
     println!("rank {rank}: train_loss {} -> {}", loss(0), loss(1));
 }
@@ -352,4 +366,72 @@ fn free_data_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+fn read_weights(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Runs both ranks with `env` and waits for them.
+fn run_pair(dir: &Path, env: &[(&str, String)]) {
+    let port = free_port();
+    let workers = [
+        spawn_worker_with(0, port, dir, env),
+        spawn_worker_with(1, port, dir, env),
+    ];
+    for (rank, child) in workers.into_iter().enumerate() {
+        wait(child, Duration::from_secs(300), &format!("rank {rank}"));
+    }
+}
+
+#[test]
+fn a_resumed_two_process_run_continues_exactly() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    run_pair(
+        dir.path(),
+        &[
+            ("MOOLA_DDP_EPOCHS", "4".into()),
+            ("MOOLA_DDP_RUN_DIR", path("straight")),
+            ("MOOLA_DDP_TAG", "straight-".into()),
+        ],
+    );
+    run_pair(
+        dir.path(),
+        &[
+            ("MOOLA_DDP_EPOCHS", "2".into()),
+            ("MOOLA_DDP_RUN_DIR", path("split")),
+            ("MOOLA_DDP_TAG", "first-".into()),
+        ],
+    );
+    // Only rank 0 wrote the run directory.
+    assert!(dir.path().join("split/checkpoints/last.ckpt").exists());
+    run_pair(
+        dir.path(),
+        &[
+            ("MOOLA_DDP_EPOCHS", "4".into()),
+            ("MOOLA_DDP_RUN_DIR", path("split")),
+            ("MOOLA_DDP_RESUME", path("split/checkpoints/last.ckpt")),
+            ("MOOLA_DDP_TAG", "resumed-".into()),
+        ],
+    );
+    let straight = read_weights(&dir.path().join("straight-rank0.bin"));
+    for rank in 0..2 {
+        let resumed = read_weights(&dir.path().join(format!("resumed-rank{rank}.bin")));
+        assert_eq!(resumed, straight, "rank {rank}");
+    }
+    assert_ne!(
+        read_weights(&dir.path().join("first-rank0.bin")),
+        straight,
+        "the resumed run trained"
+    );
+    let rows = kiln::metric_log::read_csv(&dir.path().join("split/metrics.csv")).unwrap();
+    assert_eq!(rows.len(), 4);
 }
