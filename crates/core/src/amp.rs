@@ -115,20 +115,23 @@ impl Serialize for Precision {
     }
 }
 
+/// A precision name as text: YAML and the `KEY VALUE` parser read `32` and `16` as integers.
+fn name_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Str(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Int(i) => i.to_string(),
+        Raw::Str(s) => s,
+    })
+}
+
 impl<'de> Deserialize<'de> for Precision {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // YAML and the `KEY VALUE` parser read `32` and `16` as integers.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Str(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Int(i) => i.to_string(),
-            Raw::Str(s) => s,
-        };
-        text.parse().map_err(serde::de::Error::custom)
+        name_text(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -198,17 +201,7 @@ impl Serialize for PrecisionSetting {
 
 impl<'de> Deserialize<'de> for PrecisionSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Str(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Int(i) => i.to_string(),
-            Raw::Str(s) => s,
-        };
-        text.parse().map_err(serde::de::Error::custom)
+        name_text(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -15,8 +15,10 @@
 //!   bool, `(40, 70)` a list;
 //! * a key that the defaults do not have is an error naming the key and where it came from;
 //! * the new value's type must match the default's type (lists and tuples are the same type).
-//!   One deliberate widening: an integer is accepted where the default is a float, since
-//!   `BASE_LR: 1` in a YAML file means `1.0`. yacs would reject it.
+//!   Two deliberate widenings, both of which yacs would reject: an integer is accepted where the
+//!   default is a float, since `BASE_LR: 1` in a YAML file means `1.0`; and an integer is
+//!   accepted, as its decimal text, where the default is a string, since Lightning's precision
+//!   names mix the two (`precision: 16`, `precision: bf16-mixed`).
 //!
 //! The merged tree is extracted into the typed struct with figment, and [`dump_yaml`] writes the
 //! final configuration into a run directory.
@@ -280,6 +282,10 @@ fn coerce(old: &Value, new: Value, key: &str, source: &Source) -> Result<Value> 
     match (ko, kn) {
         (Kind::None, _) => Ok(new),
         (a, b) if a == b && a != Kind::List => Ok(new),
+        (Kind::Str, Kind::Int) => new
+            .to_i128()
+            .map(|i| Value::from(i.to_string()))
+            .ok_or_else(mismatch),
         (Kind::Float, Kind::Int) => Ok(Value::Num(
             Tag::Default,
             Num::F64(

@@ -263,8 +263,7 @@ pub fn run(
     for (name, spec, train) in variants(cfg, &args.models)? {
         for precision in precisions(args, &train, device) {
             for &d in &devices {
-                let backend = format!("burn-{d}");
-                eprintln!("timing {name} on {backend} in precision {precision} ...");
+                eprintln!("timing {name} on burn-{d} in precision {precision} ...");
                 let job = TimeSteps {
                     spec: spec.clone(),
                     config: train.clone(),
@@ -273,16 +272,7 @@ pub fn run(
                     warmup: args.warmup,
                     precision,
                 };
-                let times = launch_workers(d, &[], None, job)?;
-                rows.push(Timing {
-                    model: name.clone(),
-                    backend,
-                    median_ms: kiln::bench::median(&times.steps_ms),
-                    steps_ms: times.steps_ms,
-                    precision: precision.to_string(),
-                    final_loss: Some(times.final_loss),
-                    sync_share: None,
-                });
+                rows.push(time_model(&name, d, job, None)?);
             }
         }
     }
@@ -321,6 +311,33 @@ pub fn run(
         kiln::io::write_json(path, &all)?;
     }
     Ok(())
+}
+
+/// Runs `job` on `device` (as one data-parallel worker with `dist`) and summarises its timings.
+fn time_model(
+    name: &str,
+    device: DeviceKind,
+    job: TimeSteps,
+    dist: Option<DistConfig>,
+) -> Result<Timing> {
+    let precision = job.precision;
+    let parallel = dist.is_some();
+    let times = launch_workers(device, &[], dist, job)?;
+    let share: Vec<f64> = times
+        .steps_ms
+        .iter()
+        .zip(&times.sync_ms)
+        .map(|(t, s)| s / t.max(1e-9))
+        .collect();
+    Ok(Timing {
+        model: name.to_string(),
+        backend: format!("burn-{}", device.resolve()),
+        median_ms: kiln::bench::median(&times.steps_ms),
+        steps_ms: times.steps_ms,
+        precision: precision.to_string(),
+        final_loss: Some(times.final_loss),
+        sync_share: parallel.then(|| kiln::bench::median(&share)),
+    })
 }
 
 /// The precisions to time for a model.
@@ -362,22 +379,7 @@ fn run_worker(
                 warmup: args.warmup,
                 precision,
             };
-            let times = launch_workers(device, &[], Some(dist.clone()), job)?;
-            let share: Vec<f64> = times
-                .steps_ms
-                .iter()
-                .zip(&times.sync_ms)
-                .map(|(t, s)| s / t.max(1e-9))
-                .collect();
-            out.push(Timing {
-                model: name.clone(),
-                backend: format!("burn-{}", device.resolve()),
-                median_ms: kiln::bench::median(&times.steps_ms),
-                steps_ms: times.steps_ms,
-                precision: precision.to_string(),
-                final_loss: Some(times.final_loss),
-                sync_share: Some(kiln::bench::median(&share)),
-            });
+            out.push(time_model(&name, device, job, Some(dist.clone()))?);
         }
     }
     kiln::io::write_json(path, &out)

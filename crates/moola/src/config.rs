@@ -195,4 +195,41 @@ mod tests {
         let err = MoolaConfig::load(None, &ov(&["rwkv_ts.model.d_model", "big"])).unwrap_err();
         assert!(err.to_string().contains("rwkv_ts.model.d_model"), "{err}");
     }
+
+    #[test]
+    fn precision_keys_take_lightning_names_and_integers() {
+        use kiln::amp::{Precision, PrecisionSetting};
+        let cfg = MoolaConfig::load(None, &[]).unwrap();
+        assert_eq!(cfg.simple_lstm.train.precision, PrecisionSetting::Auto);
+        let cfg = MoolaConfig::load(
+            None,
+            &ov(&[
+                "simple_lstm.train.precision",
+                "bf16-mixed",
+                "cnn_transformer.train.precision",
+                "32",
+                "rwkv_ts.train.precision",
+                "16",
+            ]),
+        )
+        .unwrap();
+        let fixed = PrecisionSetting::Fixed;
+        assert_eq!(cfg.simple_lstm.train.precision, fixed(Precision::Bf16Mixed));
+        assert_eq!(cfg.cnn_transformer.train.precision, fixed(Precision::F32));
+        assert_eq!(cfg.rwkv_ts.train.precision, fixed(Precision::F16Mixed));
+        // auto: 16-mixed on CUDA (the reference's use_amp=True), f32 on CPU.
+        assert_eq!(
+            PrecisionSetting::Auto.resolve(kiln::DeviceKind::Cuda(0)),
+            Precision::F16Mixed
+        );
+        assert_eq!(
+            PrecisionSetting::Auto.resolve(kiln::DeviceKind::Cpu),
+            Precision::F32
+        );
+        let err = MoolaConfig::load(None, &ov(&["rwkv_ts.train.precision", "fp8"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("rwkv_ts.train.precision"),
+            "{err:#}"
+        );
+    }
 }
