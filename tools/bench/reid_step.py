@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch side of `reid bench`: one CTL training step and eval-mode embedding throughput.
 
-The step is the reference's CTL training step (centroids-reid.md §5.6, §6.2): ResNet50 (last
-stride 1, no stem ReLU) → GAP → pre-BN features for the batch-hard triplet (real anchors), the
-centre loss and the centroid triplet loss; BNNeck + bias-free classifier for the label-smoothed
-CE; backward; Adam (3.5e-4, L2 5e-4) on the network and SGD(0.5) on the centres with their
-gradient rescaled by 1/5e-4. Model and losses are the spec re-implementations of
-tools/parity/reid_fixtures.py and tools/parity/reid_losses.py. Prints JSON on stdout.
+The step is the reference's CTL training step (``training_step`` of centroids-reid's
+``train_ctl_model.py``, manual optimisation): ResNet50 (last stride 1, no stem ReLU) → GAP →
+pre-BN features for the batch-hard triplet (real anchors), the centre loss and the centroid
+triplet loss; BNNeck + bias-free classifier for the label-smoothed CE; backward; Adam (3.5e-4,
+L2 5e-4) on the network and SGD(0.5) on the centres with their gradient rescaled by 1/5e-4.
+Model and losses are the spec re-implementations of tools/parity/reid_fixtures.py and
+tools/parity/reid_losses.py. Prints JSON on stdout.
 
 Usage: python tools/bench/reid_step.py --p 16 --k 4 --height 256 --width 128 --steps 2
 """

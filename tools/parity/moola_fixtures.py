@@ -10,7 +10,8 @@ The networks (``moola_nets.py``) are re-implemented from the spec with the refer
 names, so the state-dict keys are the reference's. Every model is small (reduced widths) and gets
 random weights; BatchNorm running statistics, affine weights and all biases (including those
 PyTorch initialises to zero: attention in/out biases, LayerNorm) are perturbed so that nothing is
-trivially zero or one. Checkpoints use the reference's save dict (§2.1.4, §2.2.5, §2.3.4):
+trivially zero or one. Checkpoints use the reference's save dict (what each model's ``save``
+writes):
 
     {model_state_dict, label_to_idx, idx_to_label, n_classes, input_dim, hyperparams
      [, predict_pointers]}

@@ -1,15 +1,15 @@
-"""moola's three deep classifiers re-implemented in PyTorch from the spec (shared/reference/moola.md
-§2.1-§2.3), with the reference's module and attribute names so that the state-dict keys are the
-reference's. Used by ``moola_fixtures.py`` to make parity fixtures for the Rust port
-(crates/moola/src/model, crates/moola/src/import.rs).
+"""moola's three deep classifiers re-implemented in PyTorch (SimpleLSTM as of moola commit 7c9b1bb,
+CNN-Transformer and RWKV-TS as of commit 6ecdb28), with the reference's module and attribute
+names so that the state-dict keys are the reference's. Used by ``moola_fixtures.py`` to make
+parity fixtures for the Rust port (crates/moola/src/model, crates/moola/src/import.rs).
 
-* ``SimpleLSTMNet`` (§2.1.2): ``lstm`` -> ``attention`` (MHA, no mask) -> ``ln(out + attn)`` -> last
+* ``SimpleLSTMNet``: ``lstm`` -> ``attention`` (MHA, no mask) -> ``ln(out + attn)`` -> last
   step -> ``classifier`` = Sequential(Linear(H, 32), ReLU, Dropout, Linear(32, C)).
-* ``CnnTransformerNet`` (§2.2.2-2.2.3): ``cnn_blocks.{i}.convs.{j}.conv``, ``.bn``, ``.residual``;
+* ``CnnTransformerNet``: ``cnn_blocks.{i}.convs.{j}.conv``, ``.bn``, ``.residual``;
   window weighting x1.5; ``rel_pos_enc.rel_pos_emb`` (mean over key positions); buffer->inner
   additive mask; post-norm ``transformer``; inner-window mean pool -> ``output_norm`` -> dropout ->
   ``classifier``; optional ``pointer_start_head``/``pointer_end_head``.
-* ``RWKVTSNet`` (§2.3.2-2.3.3): ``input_proj`` -> InstanceNorm1d (no affine) -> ``blocks.{i}`` with
+* ``RWKVTSNet``: ``input_proj`` -> InstanceNorm1d (no affine) -> ``blocks.{i}`` with
   the previous block's last step as state (``window_mask`` buffer, x1.2 on the inner window, used
   only when T == 105) -> last step -> ``output_norm`` -> dropout -> ``classifier``.
 """

@@ -6,10 +6,11 @@ Run with the PyTorch virtualenv (torch and numpy only; torchvision is not needed
     /work/venv/bin/python tools/parity/reid_fixtures.py                 # small committed fixtures
     /work/venv/bin/python tools/parity/reid_fixtures.py --full DIR      # full-size ResNet50 check
 
-The modules below are re-implemented from the centroids-reid spec (§4 of
-shared/reference/centroids-reid.md) with the reference's module and attribute names, so that the
-state-dict keys are exactly the reference's (``conv1``, ``bn1``, ``layer1.0.downsample.0``,
-``bn1.IN.weight``, ``backbone.base.*``, ``bn.*``, ``fc_query.weight``, ``center_loss.centers``):
+The modules below re-implement the centroids-reid model (``modelling/backbones/resnet.py``,
+``resnet_ibn_a.py``, ``modelling/bases.py`` at commit a1825b7 of mikwieczorek/centroids-reid)
+with the reference's module and attribute names, so that the state-dict keys are exactly the
+reference's (``conv1``, ``bn1``, ``layer1.0.downsample.0``, ``bn1.IN.weight``, ``backbone.base.*``,
+``bn.*``, ``fc_query.weight``, ``center_loss.centers``):
 
 * ``ResNet`` (plain): stem conv1 7x7/2, bn1, **no ReLU**, maxpool 3x3/2 pad 1; BasicBlock or
   Bottleneck stages; ``last_stride`` on layer4.

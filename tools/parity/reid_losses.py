@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
 """PyTorch expectations for the centroids-reid losses (crates/reid/src/loss).
 
-Re-implements, from the spec (/work/shared/reference/centroids-reid.md §5), the reference's
-loss code paths in PyTorch float32 and writes the inputs, loss terms and gradients of a tiny
-CTL batch to crates/reid/tests/fixtures/losses/ctl_batch.json:
+Re-implements the reference's (centroids-reid at commit a1825b7: ``losses/triplet_loss.py``,
+``losses/center_loss.py`` and the ``training_step`` of ``train_base_model.py`` /
+``train_ctl_model.py``) loss code paths in PyTorch float32 and writes the inputs, loss terms and
+gradients of a tiny CTL batch to crates/reid/tests/fixtures/losses/ctl_batch.json:
 
-* euclidean_dist / cosine_dist (§5.1);
+* euclidean_dist / cosine_dist;
 * batch-hard mining by reshaping the masked distance matrix to N x count (the reference's way,
-  which needs equal label counts), anchors masked after mining, MarginRankingLoss (§5.2);
-* center loss through the clamped, masked B x C matrix (§5.3);
-* label-smoothed CE (§5.4);
+  which needs equal label counts), anchors masked after mining, MarginRankingLoss
+  (``TripletLoss``);
+* center loss through the clamped, masked B x C matrix (``CenterLoss``);
+* label-smoothed CE (``CrossEntropyLabelSmooth``, epsilon 0.1);
 * the CTL through the reference's masks: create_masks_train (False at the r-th instance of
   each class in row r), t_re[b, j] = isReal[class(j)*K + b] & isReal[j], centroids as masked
   means divided by max(count, 1), zero centroids dropped (sum |.| <= 1e-7), queries
-  (~mask[i]) & t_re[i], rounds with <= 1 centroid skipped (§5.6);
-* the base-model and CTL-model totals (§5.5, §5.6), with a bias-free linear classifier standing
+  (~mask[i]) & t_re[i], rounds with <= 1 centroid skipped (``train_ctl_model.py``);
+* the base-model and CTL-model totals, with a bias-free linear classifier standing
   in for BNNeck + fc_query.
 
 Usage: /work/venv/bin/python tools/parity/reid_losses.py [--out DIR]

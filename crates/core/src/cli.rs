@@ -1,4 +1,8 @@
-//! Command-line arguments every kiln-based tool shares.
+//! Command-line arguments every kiln-based tool shares: the runtime flags (device, precision,
+//! data-parallel layout, progress), the yacs-style `KEY VALUE` overrides, and
+//! [`hoist_flags`], which lets flags follow the overrides as yacs users write them.
+
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -99,6 +103,113 @@ impl RuntimeArgs {
     }
 }
 
+/// Trailing yacs-style `KEY VALUE` pairs (`seed 7 simple_lstm.train.n_epochs 10`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct Overrides {
+    /// `KEY VALUE` pairs, e.g. `seed 7 SOLVER.BASE_LR 0.00035`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "KEY VALUE"
+    )]
+    pub opts: Vec<String>,
+}
+
+/// A configuration file plus `KEY VALUE` overrides: the arguments of every command of a
+/// yacs-configured tool (the reference scripts' `--config_file` and trailing `opts`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// YAML configuration merged over the defaults.
+    #[arg(long, alias = "config_file")]
+    pub config_file: Option<PathBuf>,
+    /// `KEY VALUE` overrides, e.g. `SOLVER.BASE_LR 0.00035 DATASETS.NAMES market1501`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "KEY VALUE"
+    )]
+    pub opts: Vec<String>,
+}
+
+/// Moves the long flags (`--name`, `--name=value`, `--name value`) that follow a subcommand's
+/// trailing `KEY VALUE` pairs in front of them, so that `tool train KEY VALUE --quiet` parses
+/// like `tool train --quiet KEY VALUE` (yacs users put the overrides last and flags anywhere).
+/// Only flags that `command` knows are moved (its own, its subcommands', global ones); an
+/// argument after `--` is never touched. Call it on `std::env::args()` before parsing.
+pub fn hoist_flags(command: &clap::Command, args: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let rest: Vec<String> = iter.collect();
+    // The subcommand chosen, if any: flags are looked up in it and in the top level.
+    let sub = rest
+        .iter()
+        .find_map(|a| command.get_subcommands().find(|s| s.get_name() == a));
+    let takes_value = |name: &str| -> Option<bool> {
+        let find = |c: &clap::Command| {
+            c.get_arguments()
+                .find(|a| {
+                    a.get_long() == Some(name)
+                        || a.get_all_aliases()
+                            .is_some_and(|aliases| aliases.contains(&name))
+                })
+                .map(|a| a.get_action().takes_values())
+        };
+        sub.and_then(find).or_else(|| find(command))
+    };
+    let mut flags: Vec<String> = Vec::new();
+    let mut positional: Vec<String> = Vec::new();
+    let mut seen_positional_after_sub = false;
+    let mut in_sub = sub.is_none();
+    let mut i = 0;
+    while i < rest.len() {
+        let arg = &rest[i];
+        if arg == "--" {
+            positional.extend(rest[i..].iter().cloned());
+            break;
+        }
+        if !in_sub {
+            out.push(arg.clone());
+            if sub.is_some_and(|s| s.get_name() == arg) {
+                in_sub = true;
+            }
+            i += 1;
+            continue;
+        }
+        let long = arg.strip_prefix("--").filter(|n| !n.is_empty());
+        match long.map(|n| n.split('=').next().unwrap_or(n)) {
+            Some(name) if seen_positional_after_sub => match takes_value(name) {
+                Some(true) if !arg.contains('=') && i + 1 < rest.len() => {
+                    flags.push(arg.clone());
+                    flags.push(rest[i + 1].clone());
+                    i += 2;
+                    continue;
+                }
+                Some(_) => flags.push(arg.clone()),
+                None => positional.push(arg.clone()),
+            },
+            Some(name) => {
+                // Before any KEY VALUE pair clap parses flags itself; keep the order.
+                flags.push(arg.clone());
+                if takes_value(name) == Some(true) && !arg.contains('=') && i + 1 < rest.len() {
+                    flags.push(rest[i + 1].clone());
+                    i += 1;
+                }
+            }
+            None => {
+                seen_positional_after_sub = true;
+                positional.push(arg.clone());
+            }
+        }
+        i += 1;
+    }
+    out.extend(flags);
+    out.extend(positional);
+    out
+}
+
 /// Restores the default `SIGPIPE` behaviour so that `tool | head` ends the tool quietly instead
 /// of panicking on a closed standard output (Rust ignores `SIGPIPE` by default). Call it first
 /// thing in `main`.
@@ -107,5 +218,58 @@ pub fn reset_sigpipe() {
     // SAFETY: setting a signal disposition to its default has no preconditions.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser, Subcommand};
+
+    #[derive(Debug, Parser)]
+    struct Tool {
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(subcommand)]
+        command: Cmd,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Cmd {
+        Train {
+            #[arg(long)]
+            model: Option<String>,
+            #[arg(long)]
+            resume: bool,
+            #[command(flatten)]
+            overrides: Overrides,
+        },
+    }
+
+    fn parse(line: &str) -> Tool {
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        Tool::try_parse_from(hoist_flags(&Tool::command(), args)).unwrap()
+    }
+
+    #[test]
+    fn flags_after_overrides_are_flags() {
+        let t = parse("tool train seed 7 --quiet n_epochs 0 --model lstm --precision=bf16-mixed");
+        assert!(t.runtime.quiet);
+        assert_eq!(t.runtime.precision, Some(crate::amp::Precision::Bf16Mixed));
+        let Cmd::Train {
+            model,
+            resume,
+            overrides,
+        } = t.command;
+        assert_eq!(model.as_deref(), Some("lstm"));
+        assert!(!resume);
+        assert_eq!(overrides.opts, ["seed", "7", "n_epochs", "0"]);
+        // Flags before the pairs, negative values and unknown `--words` stay as they were.
+        let t = parse("tool --device cpu train --resume lr -1e-3 --not-a-flag x");
+        let Cmd::Train {
+            resume, overrides, ..
+        } = t.command;
+        assert!(resume);
+        assert_eq!(overrides.opts, ["lr", "-1e-3", "--not-a-flag", "x"]);
     }
 }

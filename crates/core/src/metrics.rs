@@ -1,6 +1,7 @@
 //! Classification metrics on host arrays (labels and probability rows).
 //!
-//! Definitions follow scikit-learn and moola's `utils/metrics` (reference §5.1):
+//! Definitions follow scikit-learn and moola's
+//! [`utils/metrics/metrics.py`](https://github.com/HeinekenBottle/moola/blob/6ecdb28c78d6b91c94deabaf621c0c4ea4425e78/src/moola/utils/metrics/metrics.py):
 //! * precision/recall/F1 with `zero_division=0`; the macro and weighted averages run over the
 //!   labels present in `y_true ∪ y_pred` (scikit-learn's default `labels=None`), weighted by true
 //!   support;

@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn warmup_multistep_matches_the_reference_table() {
-        // BASE_LR 3.5e-4, warm-up 10, steps (40, 70), gamma 0.1 (centroids-reid §6.3).
+        // BASE_LR 3.5e-4, warm-up 10, steps (40, 70), gamma 0.1 (centroids-reid, Market/Duke).
         let mut s = WarmupMultiStepLr::new(3.5e-4, 10, vec![40, 70], 0.1);
         let lrs: Vec<f64> = (0..120).map(|_| s.step()).collect();
         let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-15, "{a} {b}");

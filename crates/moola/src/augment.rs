@@ -1,10 +1,11 @@
-//! Batch augmentation of the classifier recipe (reference §2.0), on host buffers.
+//! Batch augmentation of the training recipe the reference's three classifiers share, on host
+//! buffers.
 //!
 //! Batches are `[batch, time, features]` row-major `f32` buffers. Augmenting on the host keeps the
 //! arithmetic exact and identical on every backend; the augmented batch is then uploaded once.
 //!
 //! * [`TemporalAugment`]: jitter, per-sample scaling, per-sample time warp, in that order, each
-//!   behind one coin flip **per batch** like the reference (`torch.rand(1) < p`); quirk §8.8.
+//!   behind one coin flip **per batch** like the reference (`torch.rand(1) < p`), a quirk.
 //!   `per_sample_flips = true` flips a coin per sample instead (the fix; off by default).
 //! * [`mixup_cutmix`]: with probability `cutmix_prob` time-axis CutMix (λ ~ Beta(α_c, α_c), a
 //!   contiguous span copied from a permuted partner, λ reset to the kept fraction), otherwise
@@ -33,7 +34,8 @@ pub struct TemporalAugment {
     pub time_warp_prob: f64,
     /// Time-warp knot σ.
     pub time_warp_sigma: f64,
-    /// Flip coins per sample instead of per batch (fixes quirk §8.8; off = reference).
+    /// Flip coins per sample instead of per batch (fixes the reference quirk of batch-wide flips;
+    /// off = reference).
     pub per_sample_flips: bool,
 }
 

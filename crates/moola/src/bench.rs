@@ -27,11 +27,11 @@ use kiln::trainer::{EpochInfo, Task};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Overrides;
 use crate::config::MoolaConfig;
 use crate::data::WindowSet;
 use crate::model::{InnerWindow, ModelSpec};
 use crate::train::Session;
+use kiln::cli::Overrides;
 
 /// `bench` arguments.
 #[derive(Debug, Args)]

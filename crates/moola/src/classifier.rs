@@ -1,5 +1,5 @@
 //! The public classifier API: `fit`, `predict`, `predict_proba`, `predict_with_pointers`,
-//! `save`, `load` (reference §2.0).
+//! `save`, `load` (the API the reference's deep classifiers share).
 //!
 //! ```no_run
 //! use burn::backend::{Autodiff, Flex};
@@ -96,6 +96,26 @@ impl<B: AutodiffBackend> Classifier<B> {
             run: RunOptions::default(),
             fitted: None,
         }
+    }
+
+    /// The seed of every random stream of `fit` (initialisation, splits, shuffling,
+    /// augmentation); the reference's is 1337.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.config.seed = seed;
+        self
+    }
+
+    /// Trains on `train` and early-stops / selects on `validation` (instead of the recipe's
+    /// `val_split` of the training data).
+    pub fn fit_with_validation(
+        &mut self,
+        train: &WindowSet,
+        validation: &WindowSet,
+    ) -> Result<FitReport> {
+        let previous = self.run.validation.replace(validation.clone());
+        let report = self.fit(train);
+        self.run.validation = previous;
+        report
     }
 
     /// Writes run files (metrics log, checkpoints) to `run` during `fit`.

@@ -1,4 +1,5 @@
-//! The `moola` command line (reference §1.4, with the Burn re-implementation's additions).
+//! The `moola` command line (the reference's `python -m moola.cli` commands, with the Burn
+//! re-implementation's additions).
 //!
 //! ```text
 //! moola [--config-file F] [--device cpu|cuda] <command> [args] [KEY VALUE ...]
@@ -63,17 +64,7 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
-/// Trailing yacs-style `KEY VALUE` pairs.
-#[derive(Debug, Args, Clone, Default)]
-pub struct Overrides {
-    /// `KEY VALUE` pairs, e.g. `seed 7 simple_lstm.train.n_epochs 10`.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "KEY VALUE"
-    )]
-    pub opts: Vec<String>,
-}
+pub use kiln::cli::Overrides;
 
 /// `ingest` arguments.
 #[derive(Debug, Args)]
@@ -461,6 +452,7 @@ impl kiln::backend::DistJob for TrainJob {
             resume_from: args.resume,
             progress,
             dist,
+            validation: None,
         });
         let fit = clf.fit(&train_set)?;
         if !main {

@@ -1,5 +1,5 @@
-//! Import of the reference's PyTorch classifier checkpoints (`torch.save` dicts, §2.1.4,
-//! §2.2.5, §2.3.4) into ready Burn models.
+//! Import of the reference's PyTorch classifier checkpoints (the `torch.save` dicts its models'
+//! `save` writes) into ready Burn models.
 //!
 //! A checkpoint is a pickled dict (PyTorch ≥ 1.6 zip format) with
 //!

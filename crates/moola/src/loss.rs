@@ -1,4 +1,5 @@
-//! Losses of the classifier recipe (reference §2.0, §2.2.4).
+//! Losses of the classifier recipe (the reference's shared focal loss and mixup criterion, and
+//! the CNN-Transformer's multi-task loss).
 //!
 //! * [`focal_loss`]: `FL = α[y]·(1 − p_t)^γ · CE`, `p_t = exp(−CE)`, mean over the batch;
 //! * [`mixed`]: the mixup/CutMix criterion `λ·L(y_a) + (1 − λ)·L(y_b)`;

@@ -1,4 +1,5 @@
-//! The classifier training recipe (reference §2.0, §2.1.3, §2.2.4, §2.3.4) as a kiln [`Task`].
+//! The classifier training recipe (the `fit` loop the reference's SimpleLSTM, CNN-Transformer and
+//! RWKV-TS share) as a kiln [`Task`].
 //!
 //! Per `fit`: labels mapped in sorted order, a stratified validation split (`val_split`, default
 //! 15%), a freshly built network, AdamW (lr 5e-4, decoupled weight decay 1e-4, β 0.9/0.999,
@@ -7,11 +8,11 @@
 //! validation on un-augmented batches (mean of per-batch losses), early stopping on `val_loss`
 //! with best-weight restore. kiln's Trainer runs the loop; this module only says what a step is.
 //!
-//! ## Reference quirks (§8) and what this crate does
-//! * §8.1 every `fit` rebuilds the network: reproduced (a `Classifier` is re-initialised on fit).
-//! * §8.5 multi-task mode mixes the inputs but not the pointer/class targets: reproduced by default
+//! ## Reference quirks and what this crate does
+//! * Every `fit` rebuilds the network: reproduced (a `Classifier` is re-initialised on fit).
+//! * Multi-task mode mixes the inputs but not the pointer/class targets: reproduced by default
 //!   (`multitask_mix_inputs = true`); `false` trains the multi-task model on un-mixed inputs.
-//! * §8.8 temporal-augmentation coin flips cover whole batches: reproduced by default;
+//! * Temporal-augmentation coin flips cover whole batches: reproduced by default;
 //!   `temporal_aug.per_sample_flips = true` flips per sample.
 //! * Early stopping counts epochs without a strict improvement (`score < best − 0`), like the
 //!   reference's `EarlyStopping(delta = 0)`, and always restores the best weights.
@@ -68,7 +69,8 @@ pub struct TrainConfig {
     pub pointer_beta_max: f64,
     /// Epochs of the β ramp.
     pub pointer_beta_warmup_epochs: usize,
-    /// Quirk §8.5: mix inputs in multi-task mode while the targets stay un-mixed (reference).
+    /// Reference quirk (multi-task mixing): mix inputs in multi-task mode while the targets stay
+    /// un-mixed.
     pub multitask_mix_inputs: bool,
     /// Numeric precision: `auto` (the reference's `use_amp=True`: `16-mixed` on CUDA, `32` on
     /// CPU), `32`, `16-mixed` or `bf16-mixed` (see `kiln::amp`).
@@ -145,6 +147,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// This worker's handle in a data-parallel run (`None`: one device).
     pub dist: Option<kiln::dist::Dist>,
+    /// Validation set for early stopping and checkpoint selection, instead of the recipe's
+    /// `val_split` of the training data.
+    pub validation: Option<WindowSet>,
 }
 
 /// Labels, pointer targets and the shape of a labelled set, ready for training.
@@ -352,7 +357,7 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
         );
         let y: Vec<usize> = idx.iter().map(|&i| self.train.y[i]).collect();
         let pointer_mode = self.train.pointers.is_some();
-        // Single task: mixed inputs and the mixup criterion. Multi-task (quirk §8.5): the
+        // Single task: mixed inputs and the mixup criterion. Multi-task (a reference quirk): the
         // reference mixes the inputs but keeps the original targets.
         let (input, lambda, y_b) = if pointer_mode {
             let input = if self.config.multitask_mix_inputs {
@@ -500,6 +505,18 @@ impl<B: AutodiffBackend> Session<B> {
         data: &WindowSet,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::with_validation(spec, config, data, None, device)
+    }
+
+    /// [`Session::new`] with a caller-supplied validation set instead of the `val_split` of
+    /// `data` (all of `data` trains; `validation` must be labelled with the training labels).
+    pub fn with_validation(
+        spec: &ModelSpec,
+        config: &TrainConfig,
+        data: &WindowSet,
+        validation: Option<&WindowSet>,
+        device: &B::Device,
+    ) -> Result<Self> {
         config.validate()?;
         if data.is_empty() {
             bail!("cannot train on an empty data set");
@@ -522,7 +539,9 @@ impl<B: AutodiffBackend> Session<B> {
             None => None,
         };
         let all: Vec<usize> = (0..data.len()).collect();
-        let (train_idx, val_idx) = if config.val_split > 0.0 {
+        let (train_idx, val_idx) = if validation.is_some() {
+            (all, Vec::new())
+        } else if config.val_split > 0.0 {
             let mut rng = kiln::seed::rng(config.seed, "val_split", 0);
             kiln::data::stratified_split(&prep.y, config.val_split, &mut rng).context(
                 "cannot make the stratified validation split (set val_split 0 to skip it)",
@@ -535,7 +554,7 @@ impl<B: AutodiffBackend> Session<B> {
             spec.name(),
             data.len(),
             train_idx.len(),
-            val_idx.len(),
+            validation.map_or(val_idx.len(), WindowSet::len),
             n_classes,
             prep.labels.classes(),
             data.seq_len,
@@ -544,9 +563,27 @@ impl<B: AutodiffBackend> Session<B> {
         kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
         let net: Net<B> = spec.init(data.n_features, n_classes, data.seq_len, device)?;
         tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&net));
+        let val = match validation {
+            Some(v) => {
+                let vprep = prepare(spec, v, Some(&prep.labels))
+                    .context("the validation set does not fit the training set")?;
+                if (v.seq_len, v.n_features) != (data.seq_len, data.n_features) {
+                    bail!(
+                        "the validation windows are {}×{}, the training windows {}×{}",
+                        v.seq_len,
+                        v.n_features,
+                        data.seq_len,
+                        data.n_features
+                    );
+                }
+                let idx: Vec<usize> = (0..v.len()).collect();
+                (!v.is_empty()).then(|| Split::take(v, &vprep, &idx))
+            }
+            None => (!val_idx.is_empty()).then(|| Split::take(data, &prep, &val_idx)),
+        };
         let task = ClassifierTask::<B> {
             train: Split::take(data, &prep, &train_idx),
-            val: (!val_idx.is_empty()).then(|| Split::take(data, &prep, &val_idx)),
+            val,
             seq_len: data.seq_len,
             n_features: data.n_features,
             config: config.clone(),
@@ -582,7 +619,7 @@ pub fn fit<B: AutodiffBackend>(
         net,
         mut optim,
         prepared,
-    } = Session::new(spec, config, data, device)?;
+    } = Session::with_validation(spec, config, data, run.validation.as_ref(), device)?;
     let mut tc = TrainerConfig::new(config.n_epochs);
     tc.seed = config.seed;
     tc.run_dir = run.run_dir.clone();

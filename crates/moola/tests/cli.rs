@@ -371,6 +371,47 @@ fn bench_times_precisions_and_two_data_parallel_processes() {
 }
 
 #[test]
+fn flags_may_follow_the_key_value_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    // The example: a flag after the pairs used to be read as a KEY.
+    let err = failed(&moola(
+        &[
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            "nowhere.parquet",
+            "simple_lstm.train.batch_size",
+            "0",
+            "--quiet",
+        ],
+        dir.path(),
+    ));
+    assert!(!err.contains("odd number"), "{err}");
+    assert!(
+        err.contains("nowhere.parquet") || err.contains("batch_size"),
+        "{err}"
+    );
+    // A flag with a value after the pairs reaches its command.
+    let out = ok(&moola(
+        &[
+            "describe",
+            "seed",
+            "7",
+            "--model",
+            "rwkv_ts",
+            "--n-classes",
+            "3",
+        ],
+        dir.path(),
+    ));
+    assert!(
+        out.contains("rwkv_ts:") && out.contains("3 classes"),
+        "{out}"
+    );
+}
+
+#[test]
 fn errors_exit_non_zero_and_leave_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

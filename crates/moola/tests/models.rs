@@ -47,7 +47,7 @@ fn max_abs_diff<const D: usize, BB: Backend>(a: Tensor<BB, D>, b: Tensor<BB, D>)
         .fold(0.0, f32::max)
 }
 
-// ---------------------------------------------------------------- parameter counts (§2.1–2.3)
+// ---------------------------------------------------------------- parameter counts (reference)
 
 #[test]
 fn simple_lstm_parameter_counts_match_the_reference() {

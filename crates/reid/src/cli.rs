@@ -33,41 +33,11 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The configuration arguments every command takes.
-#[derive(Debug, Args, Clone, Default)]
-pub struct Common {
-    /// YAML configuration (e.g. configs/256_resnet50.yml), merged over the defaults.
-    #[arg(long, alias = "config_file")]
-    pub config_file: Option<PathBuf>,
-    /// yacs-style `KEY VALUE` overrides, e.g. `SOLVER.BASE_LR 0.00035 DATASETS.NAMES market1501`.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "KEY VALUE"
-    )]
-    pub opts: Vec<String>,
-}
-
-impl Common {
-    /// Loads and validates the configuration.
-    pub fn config(&self) -> Result<ReidConfig> {
-        let cfg = ReidConfig::load(self.config_file.as_deref(), &self.opts)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-}
-
-/// Which training step.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum StepKind {
-    /// Centroid triplet loss + the base losses (train_ctl_model.py).
-    Ctl,
-    /// Cross-entropy + triplet + center (train_base_model.py).
-    Base,
-}
+/// The training step (`ctl` or `base`), from the domain module.
+pub use crate::train::StepKind;
+/// The configuration arguments every command takes: `--config-file` (also `--config_file`) and
+/// trailing yacs `KEY VALUE` pairs.
+pub use kiln::cli::ConfigArgs as Common;
 
 /// `reid train` arguments.
 #[derive(Debug, Args)]
@@ -75,7 +45,8 @@ pub struct TrainArgs {
     /// ctl (default) or base.
     #[arg(long, value_enum, default_value = "ctl")]
     pub model: StepKind,
-    /// Centroid mode B with the reference's camera-id bug (§7.4) instead of the corrected one.
+    /// Centroid mode B with the reference's camera-id bug (gallery cameras read from the
+    /// query+gallery array with gallery indices) instead of the corrected one.
     #[arg(long)]
     pub camid_bug_compat: bool,
     /// Also evaluate the untrained model before training (mAP/R1 before vs after).
@@ -88,7 +59,8 @@ pub struct TrainArgs {
 /// `reid test` arguments.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Centroid mode B with the reference's camera-id bug (§7.4) instead of the corrected one.
+    /// Centroid mode B with the reference's camera-id bug (gallery cameras read from the
+    /// query+gallery array with gallery indices) instead of the corrected one.
     #[arg(long)]
     pub camid_bug_compat: bool,
     #[command(flatten)]
@@ -133,7 +105,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let device = cli.runtime.device;
     match cli.command {
         Command::Train(a) => {
-            let cfg = a.common.config()?;
+            let cfg = ReidConfig::from_args(&a.common)?;
             let options = crate::train::FitOptions {
                 bug_compat: a.camid_bug_compat,
                 progress,
@@ -142,15 +114,19 @@ pub fn run(cli: Cli) -> Result<()> {
                 precision: cli.runtime.precision,
                 dist: None,
                 check_replicas: false,
+                in_memory: false,
             };
             let (devices, dist) = crate::train::parallel_layout(&cfg, &cli.runtime)?;
             crate::train::run_train_parallel(cfg, a.model, device, options, &devices, dist)
                 .map(|_| ())
         }
-        Command::Test(a) => {
-            crate::train::run_test(a.common.config()?, device, a.camid_bug_compat, progress)
-                .map(|_| ())
-        }
+        Command::Test(a) => crate::train::run_test(
+            ReidConfig::from_args(&a.common)?,
+            device,
+            a.camid_bug_compat,
+            progress,
+        )
+        .map(|_| ()),
         Command::CreateEmbeddings(a) => tools::create_embeddings(a, device, progress),
         Command::GetSimilar(a) => tools::get_similar(a, device, progress),
         Command::Visrank(a) => tools::visrank(a, device, progress),

@@ -404,6 +404,16 @@ pub fn available_cpus() -> usize {
 }
 
 impl ReidConfig {
+    /// Loads and validates the configuration of a command line's `--config-file` and
+    /// `KEY VALUE` arguments.
+    pub fn from_args(args: &kiln::cli::ConfigArgs) -> Result<Self> {
+        let cfg = Self::load(args.config_file.as_deref(), &args.opts)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl ReidConfig {
     /// Defaults, then `config_file` (YAML), then `KEY VALUE` overrides, with yacs semantics.
     ///
     /// Errors name the offending key and where it came from (the file or the command line):

@@ -1,6 +1,7 @@
 //! Inference plumbing shared by `test`, `create-embeddings`, `get-similar`, `visrank` and the
 //! validation of training: loading a model for evaluation and turning image batches into
-//! post-BNNeck eval-mode embeddings (§7.1, §8.1).
+//! post-BNNeck eval-mode embeddings (as the reference's validation step and
+//! `create_embeddings.py` compute them).
 
 use std::path::{Path, PathBuf};
 
@@ -45,8 +46,8 @@ pub fn is_kiln_checkpoint(path: &Path) -> Result<bool> {
 }
 
 /// Loads a model for evaluation from this project's checkpoint (`reid train` output) or from the
-/// reference's Lightning `.ckpt` (§4.6). `expected`, when given, must match the checkpoint's
-/// architecture (a checkpoint of the wrong architecture is an error naming both).
+/// reference's Lightning `.ckpt` (its `state_dict`). `expected`, when given, must match the
+/// checkpoint's architecture (a checkpoint of the wrong architecture is an error naming both).
 pub fn load_model<B: Backend>(
     path: &Path,
     expected: Option<&ModelConfig>,

@@ -2,6 +2,21 @@
 //!
 //! A Rust re-implementation of mikwieczorek/centroids-reid ("On the Unreasonable Effectiveness
 //! of Centroids in Image Retrieval").
+//!
+//! The library in one screen:
+//!
+//! * [`ReidConfig`]: the yacs configuration (every reference key and default; YAML files and
+//!   `KEY VALUE` overrides);
+//! * [`Learner`]: validated configuration in, [`Trained`] (eval-mode [`ReidModel`] + the
+//!   [`RunSummary`] with the end-of-training test) out;
+//! * [`ReidModel`]: ResNet / ResNet-IBN-a + BNNeck; [`ModelConfig`] builds one; reference
+//!   checkpoints load through [`infer::load_model`];
+//! * [`EvalReport`]: mAP / CMC without centroids and with centroid modes A and B;
+//! * [`load_dataset`] / [`ReidDataset`]: Market1501, DukeMTMC-reID and COCO-style retrieval sets.
+//!
+//! Modules, from data to command line: [`data`], [`model`], [`loss`], [`eval`], [`train`]
+//! (the kiln task and its optimisation), [`learner`], [`infer`] and [`tools`] (embedding and
+//! similarity search), [`bench`], and [`cli`] on top, which nothing below imports.
 
 pub mod bench;
 pub mod cli;
@@ -9,7 +24,15 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod infer;
+pub mod learner;
 pub mod loss;
 pub mod model;
 pub mod tools;
 pub mod train;
+
+pub use config::ReidConfig;
+pub use data::{ReidDataset, load_dataset};
+pub use eval::EvalReport;
+pub use learner::{Learner, Trained};
+pub use model::{ModelConfig, ReidModel};
+pub use train::{FitOptions, RunSummary, StepKind};

@@ -1,18 +1,19 @@
-//! Training and testing (§6) on kiln's Trainer.
+//! Training and testing on kiln's Trainer, following the reference's training flow.
 //!
-//! * [`ReidTask`] is the LightningModule: P×K batches from the identity sampler (§3.6), the
-//!   base-model or CTL-model objective (§5.5, §5.6) on the pre-BN features, validation every
+//! * [`ReidTask`] is the LightningModule: P×K batches from the identity sampler, the
+//!   base-model or CTL-model objective (the reference's `train_base_model.py` /
+//!   `train_ctl_model.py` losses) on the pre-BN features, validation every
 //!   `SOLVER.EVAL_PERIOD` epochs on query + gallery (mAP, Top-1/5/10/20/50).
-//! * [`ReidOptimization`] is the manual optimisation of §6.1–§6.2: Adam (β 0.9/0.999, ε 1e-8,
+//! * [`ReidOptimization`] is the reference's manual optimisation: Adam (β 0.9/0.999, ε 1e-8,
 //!   coupled L2 weight decay `SOLVER.WEIGHT_DECAY`) on every parameter except the centres and
 //!   the frozen BNNeck bias, SGD(`SOLVER.CENTER_LR`) on the centres with their gradient rescaled by
-//!   `1 / SOLVER.CENTER_LOSS_WEIGHT`, and the per-epoch warm-up + multi-step schedule of §6.3 on
+//!   `1 / SOLVER.CENTER_LOSS_WEIGHT`, and the per-epoch warm-up + multi-step schedule on
 //!   the Adam rate only.
 //! * [`fit`] wires them into a run directory (`<LOG_DIR>/<train_ctl_model|train_base_model>/
 //!   version_N/` with `config.yaml`, `metrics.csv`, `checkpoints/{last,best-…}.ckpt` chosen by
 //!   `SOLVER.MONITOR_METRIC_NAME`), resumes with `MODEL.RESUME_TRAINING` from
-//!   `MODEL.PRETRAIN_PATH`, and ends with the test of §6.8 (the last-epoch model, all three
-//!   protocols side by side).
+//!   `MODEL.PRETRAIN_PATH`, and ends with the reference's end-of-training test (the last-epoch
+//!   model, all three protocols side by side).
 //!
 //! Metric names in `metrics.csv` map to the reference's logged scalars: `train_loss`
 //! (`epoch_train_loss`), `train_dist_ap` / `train_dist_an` (`epoch_dist_ap` / `epoch_dist_an`),
@@ -37,7 +38,6 @@ use kiln::optim::{LrControl, Optimization, ScheduledLr, WarmupMultiStepLr, secti
 use kiln::trainer::{EpochInfo, Loader, StepOutput, Task, Trainer, TrainerConfig};
 use serde::Serialize;
 
-use crate::cli::StepKind;
 use crate::config::ReidConfig;
 use crate::data::{
     LoaderOptions, PkSampler, ReidDataset, Sample, TrainBatch, TrainLoader, TrainTransform,
@@ -51,7 +51,7 @@ use crate::infer::{CheckpointTask, Embedded};
 use crate::loss::{LossConfig, LossInputs, base_model_loss, ctl_model_loss};
 use crate::model::{ModelConfig, ReidModel, load_imagenet_weights};
 
-/// The loss settings of a configuration (§5).
+/// The loss settings (margin, distance, term weights, K) of a configuration.
 pub fn loss_config(cfg: &ReidConfig) -> Result<LossConfig> {
     Ok(LossConfig {
         margin: cfg.solver.margin as f32,
@@ -65,6 +65,18 @@ pub fn loss_config(cfg: &ReidConfig) -> Result<LossConfig> {
     })
 }
 
+/// Which training step: the reference's two training scripts.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// Centroid triplet loss + the base losses (train_ctl_model.py).
+    Ctl,
+    /// Cross-entropy + triplet + center (train_base_model.py).
+    Base,
+}
+
 /// The model configuration of a reid configuration and dataset.
 pub fn model_config(cfg: &ReidConfig, num_classes: usize) -> ModelConfig {
     ModelConfig::new(
@@ -75,7 +87,8 @@ pub fn model_config(cfg: &ReidConfig, num_classes: usize) -> ModelConfig {
     )
 }
 
-/// The §6.3 schedule of a configuration.
+/// The learning-rate schedule of a configuration: per-epoch linear warm-up (with
+/// `SOLVER.USE_WARMUP_LR`), then ×`SOLVER.GAMMA` at each epoch of `SOLVER.LR_STEPS`.
 pub fn schedule(cfg: &ReidConfig) -> WarmupMultiStepLr {
     let warmup = if cfg.solver.use_warmup_lr {
         cfg.solver.warmup_epochs
@@ -90,7 +103,7 @@ pub fn schedule(cfg: &ReidConfig) -> WarmupMultiStepLr {
     )
 }
 
-/// Manual optimisation of §6.1–§6.2: Adam on the network, SGD on the centres.
+/// The reference's manual optimisation: Adam on the network, SGD on the centres.
 pub struct ReidOptimization<A, S> {
     adam: A,
     sgd: S,
@@ -485,7 +498,8 @@ pub struct RunSummary {
     pub epochs: usize,
     /// The untrained model's metrics (before the first epoch), when measured.
     pub before: Option<EvalReport>,
-    /// The final test of §6.8 with the last-epoch model: all three protocols.
+    /// The end-of-training test with the last-epoch model (as in the reference): all three
+    /// protocols.
     pub test: EvalReport,
     /// The best checkpoint by the monitored metric, if any.
     pub best_checkpoint: Option<PathBuf>,
@@ -511,11 +525,19 @@ pub struct FitOptions {
     /// Data-parallel debugging aid: check after every step that the replicas hold bit-identical
     /// weights.
     pub check_replicas: bool,
+    /// Write nothing: no run directory, checkpoints or reports (the library's default through
+    /// [`crate::Learner`]; the `RunSummary`'s `run_dir` is then empty).
+    pub in_memory: bool,
 }
 
 impl FitOptions {
     fn is_main(&self) -> bool {
         self.dist.as_ref().is_none_or(kiln::dist::Dist::is_main)
+    }
+
+    /// Whether this process writes the run's files.
+    fn writes(&self) -> bool {
+        self.is_main() && !self.in_memory
     }
 }
 
@@ -533,7 +555,7 @@ pub fn precision_for<B: burn::tensor::backend::Backend>(
     }
 }
 
-/// Trains one run of `cfg` with `seed` and tests the last-epoch model (§6.8).
+/// Trains one run of `cfg` with `seed` and tests the last-epoch model (as the reference does).
 pub fn fit<B: AutodiffBackend>(
     cfg: &ReidConfig,
     dataset: &ReidDataset,
@@ -542,6 +564,18 @@ pub fn fit<B: AutodiffBackend>(
     options: &FitOptions,
     device: &B::Device,
 ) -> Result<RunSummary> {
+    fit_model::<B>(cfg, dataset, step, seed, options, device).map(|(summary, _)| summary)
+}
+
+/// [`fit`], also returning the trained (last-epoch) model.
+pub fn fit_model<B: AutodiffBackend>(
+    cfg: &ReidConfig,
+    dataset: &ReidDataset,
+    step: StepKind,
+    seed: u64,
+    options: &FitOptions,
+    device: &B::Device,
+) -> Result<(RunSummary, ReidModel<B>)> {
     let resume = cfg
         .model
         .resume_training
@@ -558,8 +592,9 @@ pub fn fit<B: AutodiffBackend>(
             );
         }
     }
-    let main = options.is_main();
+    let main = options.writes();
     let dir = match &options.run_dir {
+        _ if options.in_memory => PathBuf::new(),
         Some(d) => d.clone(),
         None if main => run_dir(cfg, step, resume.as_deref())?,
         // Other ranks never write; the path only keeps the summary's shape.
@@ -627,7 +662,7 @@ pub fn fit<B: AutodiffBackend>(
     tc.seed = seed;
     tc.val_every_n_epochs = cfg.solver.eval_period.max(1);
     tc.log_every_n_epochs = 1;
-    tc.run_dir = Some(dir.clone());
+    tc.run_dir = (!options.in_memory).then(|| dir.clone());
     tc.resume_from = resume;
     tc.progress = options.progress;
     tc.precision = precision_for::<B>(cfg, options.precision, device);
@@ -635,11 +670,14 @@ pub fn fit<B: AutodiffBackend>(
         "min" => Mode::Min,
         _ => Mode::Max,
     };
-    let mut trainer = Trainer::new(tc).with_callback(ModelCheckpoint::best(
-        cfg.solver.monitor_metric_name.clone(),
-        mode,
-        1,
-    ));
+    let mut trainer = Trainer::new(tc);
+    if !options.in_memory {
+        trainer = trainer.with_callback(ModelCheckpoint::best(
+            cfg.solver.monitor_metric_name.clone(),
+            mode,
+            1,
+        ));
+    }
     if let Some(dist) = &options.dist {
         trainer = trainer
             .with_dist(dist.clone())
@@ -658,8 +696,9 @@ pub fn fit<B: AutodiffBackend>(
             return Err(e);
         }
     };
-    let best_checkpoint = std::fs::read_dir(dir.join("checkpoints"))
-        .ok()
+    let best_checkpoint = (!options.in_memory)
+        .then(|| std::fs::read_dir(dir.join("checkpoints")).ok())
+        .flatten()
         .and_then(|entries| {
             entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
                 p.file_name()
@@ -667,7 +706,8 @@ pub fn fit<B: AutodiffBackend>(
             })
         });
 
-    // §6.8: test the last-epoch model with centroids flipped; report all protocols.
+    // Like the reference after `fit`: test the last-epoch model with centroids flipped; report
+    // all protocols.
     let (q, g) = evaluator.embed(&outcome.model.valid(), device)?;
     let test = EvalReport::compute(set(&q), set(&g), evaluator.options(), options.bug_compat)?;
     let summary = RunSummary {
@@ -681,7 +721,7 @@ pub fn fit<B: AutodiffBackend>(
     if main {
         kiln::io::write_json(dir.join("test_report.json"), &summary)?;
     }
-    Ok(summary)
+    Ok((summary, outcome.model))
 }
 
 #[derive(Clone)]

@@ -28,7 +28,7 @@ fn err_of(result: anyhow::Result<ReidConfig>) -> String {
 fn defaults_match_the_reference() {
     let cfg = ReidConfig::load(None, &[]).unwrap();
     assert_eq!(cfg, ReidConfig::default());
-    // Values of the reference's config/defaults.py (§2.2).
+    // Values of the reference's config/defaults.py.
     assert_eq!(cfg.model.name, "resnet50");
     assert_eq!(cfg.model.backbone_emb_size, 2048);
     assert_eq!(cfg.model.last_stride, 1);

@@ -1,4 +1,5 @@
-//! Evaluation (`reid::eval`) against hand-computed §7.3 / §7.4 values and an independent f64
+//! Evaluation (`reid::eval`) against values hand-computed with the reference's `eval_func` and
+//! centroid rules, and an independent f64
 //! pipeline; chunking and normalisation invariances; the report.
 
 use std::time::Instant;
@@ -74,7 +75,7 @@ fn eval_func_hand_case_removal_skip_and_ties() {
     assert_metrics(&m, 25.0 / 48.0, &cmc, 2);
     assert_eq!((m.num_query, m.num_gallery), (3, 8));
 
-    // The same through explicit (stable-argsort) rankings and the literal §7.3 walk.
+    // The same through explicit (stable-argsort) rankings and the literal `eval_func` walk.
     let rankings: Vec<Vec<usize>> = DISTMAT.chunks(8).map(argsort).collect();
     assert_eq!(rankings[0], vec![0, 5, 1, 3, 2, 6, 4, 7]);
     assert_eq!(eval_rankings(&rankings, &labels, 50).unwrap(), m);

@@ -118,8 +118,8 @@ struct BfCtl {
     norm_mean: f64,
 }
 
-/// The CTL from §5.6's prose: K rounds; in round i every class whose i-th instance is real
-/// contributes that instance as query and the mean of its other real instances as centroid;
+/// The CTL as the reference's training step defines it: K rounds; in round i every class whose
+/// i-th instance is real contributes that instance as query and the mean of its other real instances as centroid;
 /// rounds with ≤ 1 class are skipped; batch-hard over [queries; centroids]; mean over rounds.
 fn bf_ctl(
     x: &[Vec<f64>],

@@ -134,9 +134,8 @@ fn reference_embeddings(paths: &[PathBuf]) -> FeatureMatrix {
 fn reference_embeddings_of(samples: Vec<Sample>) -> FeatureMatrix {
     let device = Default::default();
     let loaded = load_model::<Flex>(&fixture().checkpoint, None, &device).unwrap();
-    let cfg = common(Path::new("."), Path::new("."), &[])
-        .config()
-        .unwrap();
+    let cfg =
+        reid::config::ReidConfig::from_args(&common(Path::new("."), Path::new("."), &[])).unwrap();
     let transform = TestTransform::from_config(&cfg.input).unwrap();
     let loader = EvalLoader::new(
         Arc::from(samples),
@@ -698,9 +697,12 @@ fn write_visrank_draws_the_kept_ranking_with_coloured_frames() {
         sample("g3", 6, 9, 1),
     ];
     let rankings = vec![vec![0, 2, 1, 3], vec![2, 1]];
-    let mut cfg = common(tmp.path(), tmp.path(), &[("TEST.VISUALIZE_TOPK", "3")])
-        .config()
-        .unwrap();
+    let mut cfg = reid::config::ReidConfig::from_args(&common(
+        tmp.path(),
+        tmp.path(),
+        &[("TEST.VISUALIZE_TOPK", "3")],
+    ))
+    .unwrap();
     let out = tmp.path().join("out");
     let n = tools::write_visrank(&query, &gallery, &rankings, &cfg, &out, false).unwrap();
     assert_eq!(n, 2, "one picture per ranking");
@@ -740,9 +742,8 @@ fn write_visrank_draws_the_kept_ranking_with_coloured_frames() {
 /// Expected frames of the first `n` queries: the first `topk` gallery entries by brute-force
 /// normalised squared distance, same pid and camera skipped.
 fn expected_frames(n: usize, topk: usize) -> Vec<(PathBuf, Vec<bool>)> {
-    let cfg = common(&fixture().root, Path::new("."), &[])
-        .config()
-        .unwrap();
+    let cfg =
+        reid::config::ReidConfig::from_args(&common(&fixture().root, Path::new("."), &[])).unwrap();
     let ds = load_dataset(&cfg).unwrap();
     let emb = reference_embeddings_of(ds.val());
     let nq = ds.num_query();
@@ -1078,7 +1079,7 @@ fn evaluate_rejects_mismatched_arrays_naming_the_files() {
 
 #[test]
 fn listing_matches_what_create_embeddings_embeds() {
-    // The listing rule of §8.1 the tools rely on: direct children with image extensions.
+    // The reference's listing rule the tools rely on: direct children with image extensions.
     let listed: Vec<PathBuf> = list_images(&gallery_dir(), false)
         .unwrap()
         .into_iter()

@@ -1,4 +1,5 @@
-//! Training on kiln: the optimiser semantics of §6.1–§6.3, a full tiny run with its files, the
+//! Training on kiln: the reference's optimiser semantics (Adam + SGD on the centres, manual
+//! step, warm-up and multi-step schedule), a full tiny run with its files, the
 //! test flow on the run's checkpoint, and error paths.
 
 use std::collections::BTreeMap;

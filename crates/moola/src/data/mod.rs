@@ -4,7 +4,7 @@
 //! sample-major, then time, then feature (the reference's `[N, T, F]` array, timestep-major), with
 //! one string id per sample, optional string labels and optional expansion indices.
 //!
-//! * [`read_parquet`] / [`write_parquet`]: the reference's parquet contract (reference §1.3):
+//! * [`read_parquet`] / [`write_parquet`]: the reference's parquet contract:
 //!   `window_id`, `label`, `features` (nested `T × F` or flat, timestep-major), optional
 //!   `expansion_start` / `expansion_end`.
 //! * [`read_ts`]: UCR/UEA time-series classification files in the sktime `.ts` format.

@@ -1,4 +1,4 @@
-//! The parquet window contract (reference §1.3).
+//! The parquet window contract (the reference's dataset format).
 //!
 //! One row per window:
 //! * `window_id` (required): string or integer, kept as a string;

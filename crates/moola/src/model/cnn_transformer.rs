@@ -1,4 +1,6 @@
-//! CNN-Transformer (reference §2.2, `cnn_transformer.py@6ecdb28`).
+//! CNN-Transformer, ported from the reference's
+//! [`models/cnn_transformer.py`](https://github.com/HeinekenBottle/moola/blob/6ecdb28c78d6b91c94deabaf621c0c4ea4425e78/src/moola/models/cnn_transformer.py)
+//! (commit `6ecdb28`).
 //!
 //! ```text
 //! x [B, T, F] → [B, F, T] → cnn_blocks: (F→64), (64→128), (128→128), each
@@ -24,7 +26,7 @@
 //! * **Init**: PyTorch defaults (Conv/Linear `U(±1/√fan_in)`, BatchNorm 1/0 with running
 //!   statistics 0/1, LayerNorm 1/0, `rel_pos_emb ~ N(0, 1)`, attention as in PyTorch).
 //!
-//! ## Window (reference quirk §8.7, made configurable)
+//! ## Window (reference quirk: a hard-coded 105-step layout; made configurable)
 //! The reference hard-codes bars 30..75 of 105 and crashes at other lengths. Here the window is
 //! `config.window`, or [`InnerWindow::default_for`] the sequence length given to `init` (the
 //! reference layout for 105 steps, none otherwise). With no window there is no ×1.5

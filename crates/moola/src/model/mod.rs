@@ -1,4 +1,5 @@
-//! moola's deep classifiers (reference §2): SimpleLSTM, CNN-Transformer, RWKV-TS.
+//! moola's deep classifiers (the reference's `models/` directory): SimpleLSTM, CNN-Transformer,
+//! RWKV-TS.
 //!
 //! Every network takes `[batch, time, features]` raw-price windows and returns class logits
 //! (plus start/end pointer logits for the CNN-Transformer with pointer heads). Field names mirror
@@ -64,11 +65,11 @@ pub struct ModelOutput<B: Backend> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum ModelSpec {
-    /// SimpleLSTM (§2.1).
+    /// SimpleLSTM: unidirectional LSTM, self-attention, last-step head.
     SimpleLstm(SimpleLstmConfig),
-    /// CNN-Transformer (§2.2).
+    /// CNN-Transformer: multi-scale causal CNN, post-norm transformer, optional pointer heads.
     CnnTransformer(CnnTransformerConfig),
-    /// RWKV-TS (§2.3).
+    /// RWKV-TS: simplified RWKV blocks with token shift and state threading, last-step head.
     RwkvTs(RwkvTsConfig),
 }
 

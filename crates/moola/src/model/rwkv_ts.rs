@@ -1,4 +1,5 @@
-//! RWKV-TS (reference §2.3, `rwkv_ts.py@6ecdb28`).
+//! RWKV-TS, ported from the reference's
+//! [`models/rwkv_ts.py`](https://github.com/HeinekenBottle/moola/blob/6ecdb28c78d6b91c94deabaf621c0c4ea4425e78/src/moola/models/rwkv_ts.py) (commit `6ecdb28`).
 //!
 //! ```text
 //! x [B, T, F] → input_proj Linear(F→d) → InstanceNorm over time (no affine, eps 1e-5,
@@ -24,7 +25,7 @@
 //! `output_norm.*`, `classifier.*`. The reference's `blocks.{i}.window_mask` buffer is not a
 //! parameter here: it is derived from the window (the importer checks it against that).
 //!
-//! ## Reference quirks (§8.6, §8.7)
+//! ## Reference quirks (RWKV block details and the hard-coded 105-step window)
 //! * `patch_sizes` is stored and saved but never used (as in the reference).
 //! * The time/channel-mix coefficients start from `N(0, 1)` (unconstrained, not in `[0, 1]`),
 //!   as in the reference: reproduced so that the same training recipe behaves the same.

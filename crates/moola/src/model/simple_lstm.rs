@@ -1,4 +1,5 @@
-//! SimpleLSTM (reference §2.1, the modernization-era architecture of `7c9b1bb`).
+//! SimpleLSTM (the reference's `models/simple_lstm.py` in its modernization-era architecture of
+//! commit `7c9b1bb`; by commit `6ecdb28` that file had been rewritten as a dual-input variant).
 //!
 //! ```text
 //! x [B, T, F] → lstm (unidirectional, H, num_layers; inter-layer dropout when num_layers > 1)

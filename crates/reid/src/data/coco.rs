@@ -1,5 +1,6 @@
 //! The "COCO-ReID" fashion datasets, DF1 (DeepFashion consumer-to-shop) and Street2Shop
-//! (reference §3.4).
+//! (the COCO-ReID loader of the reference's [`datasets/bases.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/datasets/bases.py); its
+//! `df1.py` and `street2shop.py` are empty subclasses).
 //!
 //! Layout: pre-cropped images in `<images_root>/{train,query,gallery}/`, and three COCO-style
 //! JSON files. The train file is given; the query and gallery files are derived from its path by

@@ -57,7 +57,9 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Lists the images of `root` the way the reference's inference tools do (§8.1).
+/// Lists the images of `root` the way the reference's inference tools do (`ImageDataset` of
+/// [`inference/inference_utils.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/inference/inference_utils.py#L67), or torchvision's
+/// `ImageFolder`).
 ///
 /// * `root` is an image file: that one file.
 /// * `in_subfolders == false`: the direct children of `root` with an image extension

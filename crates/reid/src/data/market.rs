@@ -1,4 +1,6 @@
-//! Market1501 and DukeMTMC-reID (reference §3.2, §3.3).
+//! Market1501 and DukeMTMC-reID (the reference's
+//! [`datasets/market1501.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/datasets/market1501.py) and
+//! [`datasets/dukemtmcreid.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/datasets/dukemtmcreid.py)).
 //!
 //! Both datasets keep their images in three flat directories, `bounding_box_train` (train),
 //! `query` and `bounding_box_test` (gallery), and encode identity and camera in the file name:

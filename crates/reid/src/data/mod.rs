@@ -3,12 +3,13 @@
 //! * [`ReidDataset`]: the train / query / gallery lists of one dataset ([`market1501`],
 //!   [`dukemtmc`], [`coco_reid`] for DF1 and Street2Shop; [`load_dataset`] dispatches on
 //!   `DATASETS.NAMES`).
-//! * [`PkSampler`]: the P identities × K instances batch plan of one epoch (reference §3.6).
+//! * [`PkSampler`]: the P identities × K instances batch plan of one epoch (the reference's
+//!   `RandomIdentitySampler`).
 //! * [`TrainTransform`] / [`TestTransform`]: resize, flip, pad + crop, normalise, random erasing
-//!   (reference §3.7).
+//!   (the reference's `datasets/transforms`).
 //! * [`TrainLoader`] / [`EvalLoader`]: decode and transform on worker threads behind a bounded
 //!   prefetch queue, yielding [`TrainBatch`] / [`EvalBatch`].
-//! * [`list_images`]: the inference tools' image listing (reference §8.1).
+//! * [`list_images`]: the reference inference tools' image listing.
 //! * [`write_synthetic_market1501`] and [`convert_fashion_mnist`]: test data and the bundled
 //!   Fashion-MNIST retrieval set (`datasets/fashion-mnist-reid`).
 

@@ -1,4 +1,6 @@
-//! The P×K identity sampler (reference §3.6, with its *intended* semantics).
+//! The P×K identity sampler (the reference's `RandomIdentitySampler` in
+//! [`distributed_pids_sampler.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/datasets/samplers/distributed_pids_sampler.py) and its
+//! per-identity dataset, with their *intended* semantics).
 //!
 //! Every batch holds P distinct identities × K images each, laid out pid-major: items
 //! `b·K .. b·K+K` belong to the b-th identity of the batch. The centroid triplet loss relies on
@@ -24,9 +26,9 @@
 //!    ([`PkItem::index`] = `None`: an all-zero normalised image, masked out of most losses).
 //!
 //! The reference instead pops from per-worker copies of the identity lists, so in practice its
-//! consumption rarely carries across batches; §9 of the reference notes recommends the intended
-//! semantics implemented here. Its generator is Python's `random` seeded with the epoch, so its
-//! exact draws are not reproduced.
+//! consumption rarely carries across batches; this port implements the intended semantics
+//! (each identity's images served without replacement across the epoch). Its generator is
+//! Python's `random` seeded with the epoch, so its exact draws are not reproduced.
 
 use anyhow::{Result, ensure};
 use rand::Rng;

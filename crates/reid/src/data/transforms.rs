@@ -1,4 +1,5 @@
-//! Image transforms (reference §3.7): 8-bit RGB images in, normalised `f32` CHW tensors out.
+//! Image transforms (the reference's [`build.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/datasets/transforms/build.py) and
+//! [`random_erasing.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/datasets/transforms/random_erasing.py)): 8-bit RGB images in, normalised `f32` CHW tensors out.
 //!
 //! Train, in the reference's order:
 //!

@@ -1,4 +1,5 @@
-//! Retrieval against gallery centroids (spec §7.4, `validation_create_centroids`).
+//! Retrieval against gallery centroids (`validation_create_centroids` of the reference's
+//! [`modelling/bases.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/modelling/bases.py#L180)).
 //!
 //! Queries stay individual; the gallery is replaced by per-identity centroids, the means of the
 //! **un-normalised** gallery embeddings (normalisation, when configured, happens afterwards in

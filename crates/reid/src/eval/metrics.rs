@@ -1,4 +1,5 @@
-//! CMC / mAP exactly as `utils/eval_reid.py::eval_func` (spec §7.3).
+//! CMC / mAP exactly as the reference's
+//! [`utils/eval_reid.py::eval_func`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/utils/eval_reid.py#L25).
 //!
 //! Per query, over the gallery ordered by ascending distance:
 //!
@@ -179,8 +180,8 @@ impl EvalMetrics {
 
 /// The outcome of query `q` given its gallery ordering (a permutation of `0..G`).
 ///
-/// This follows §7.3 literally (remove, match, cumulative precision). `None` when the query has
-/// no kept match. Errors if `order` is not a permutation of the gallery indices.
+/// This follows the reference's `eval_func` literally (remove, match, cumulative precision).
+/// `None` when the query has no kept match. Errors if `order` is not a permutation of the gallery indices.
 pub fn query_outcome_from_ranking(
     order: &[usize],
     q: usize,

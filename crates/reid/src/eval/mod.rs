@@ -1,10 +1,10 @@
-//! # Evaluation (spec §7): CMC / mAP with and without gallery centroids
+//! # Evaluation: CMC / mAP with and without gallery centroids
 //!
 //! Host-side, on f32 embeddings (the model's post-BN embeddings, query first then gallery, as
 //! `Vec<f32>` wrapped in a [`FeatureMatrix`]):
 //!
-//! * [`metrics`]: `eval_func` exactly as §7.3 (same-pid-same-camera removal, skipped queries,
-//!   CMC clipped at 1, AP, top-k {1, 5, 10, 20, 50}), on a distance matrix, on explicit rankings,
+//! * [`metrics`]: the reference's `eval_func` exactly (same-pid-same-camera removal, skipped
+//!   queries, CMC clipped at 1, AP, top-k {1, 5, 10, 20, 50}), on a distance matrix, on explicit rankings,
 //!   or per query from a distance row;
 //! * [`retrieval`]: normalisation + squared-Euclidean / cosine distances + metrics, chunked over
 //!   queries and parallel (a Market-sized evaluation never holds the Q × G matrix);

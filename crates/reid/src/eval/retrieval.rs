@@ -1,4 +1,5 @@
-//! From embeddings to metrics (spec §7.2), in bounded memory.
+//! From embeddings to metrics (the reference's `R1_mAP.compute` in
+//! [`utils/reid_metric.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/utils/reid_metric.py#L112)), in bounded memory.
 //!
 //! 1. Optional L2 normalisation of every embedding (`TEST.FEAT_NORM`, `F.normalize`, eps 1e-12).
 //! 2. Distances by `SOLVER.DISTANCE_FUNC`:

@@ -1,4 +1,4 @@
-//! Center loss (spec §5.3, `losses/center_loss.py`).
+//! Center loss (the reference's [`losses/center_loss.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/losses/center_loss.py)).
 //!
 //! `L = (1/B) · Σ_i ‖x_i − c_{y_i}‖²`: the squared Euclidean distance, no ½ factor. It is computed
 //! the reference's way, which this module reproduces on purpose:

@@ -1,4 +1,5 @@
-//! Centroid triplet loss, exactly as `train_ctl_model.py` computes it (spec §5.6).
+//! Centroid triplet loss, exactly as
+//! [`train_ctl_model.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/train_ctl_model.py#L38) computes it.
 //!
 //! Input: a P×K batch in P contiguous blocks of K (`row = c·K + s`), pre-BN features
 //! `f[P·K, d]`, labels (constant within a block, distinct across blocks) and `is_real` (mock

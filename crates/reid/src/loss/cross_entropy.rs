@@ -1,4 +1,5 @@
-//! Cross-entropy with label smoothing (spec §5.4, `CrossEntropyLabelSmooth`).
+//! Cross-entropy with label smoothing (`CrossEntropyLabelSmooth` of the reference's
+//! [`losses/triplet_loss.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/losses/triplet_loss.py#L176)).
 //!
 //! Targets `q = (1 − ε)·onehot(y) + ε/C`, loss `= mean_b Σ_c −q_c · log_softmax(z_b)_c`, with
 //! `C` the number of logit columns (all train identities) and `ε = 0.1` in the reference.

@@ -1,4 +1,5 @@
-//! Pairwise distances used by the training losses (spec §5.1).
+//! Pairwise distances used by the training losses (`euclidean_dist` / `cosine_dist` of the
+//! reference's [`losses/triplet_loss.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/losses/triplet_loss.py#L27)).
 //!
 //! * [`euclidean_dist`]: `sqrt(clamp(‖x‖² + ‖y‖² − 2·x·yᵀ, min = 1e-12))`, the **non-squared**
 //!   Euclidean distance, evaluated in the same order as the reference (`xx + yy`, then the

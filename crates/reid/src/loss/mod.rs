@@ -1,4 +1,4 @@
-//! # Training losses of centroids-reid (spec §5)
+//! # Training losses of centroids-reid (the reference's `losses/` and training steps)
 //!
 //! Every loss is generic over a Burn `Backend` and
 //! differentiable under `Autodiff`. Features, centers and logits come in as tensors; labels and

@@ -1,4 +1,6 @@
-//! The per-batch training objectives of the two reference scripts (spec §5.5, §5.6).
+//! The per-batch training objectives of the two reference scripts, the `training_step` of
+//! [`train_base_model.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/train_base_model.py#L38) and of
+//! [`train_ctl_model.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/train_ctl_model.py#L38).
 //!
 //! Both take the **pre-BN** features `f[N, d]` of a P×K batch, its class labels and `is_real`
 //! mask, the center-loss centers, and a `classify` closure that maps a feature subset to ID
@@ -17,7 +19,8 @@
 //! | `total` | `id + triplet + center` | `centroid_triplet + center + id + triplet` |
 //!
 //! The totals are summed in the reference's order. `center` already carries `w_cen` (5e-4): the
-//! training step must rescale the centers' gradient by `1 / w_cen` before their SGD step (§6.2).
+//! training step must rescale the centers' gradient by `1 / w_cen` before their SGD step (as the
+//! reference's manual optimisation step does).
 
 use anyhow::{Context, Result, ensure};
 use burn::tensor::{Tensor, backend::Backend};

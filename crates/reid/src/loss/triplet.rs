@@ -1,4 +1,5 @@
-//! Batch-hard triplet loss (spec §5.2, `TripletLoss` / `hard_example_mining`).
+//! Batch-hard triplet loss (`TripletLoss` / `hard_example_mining` of the reference's
+//! [`losses/triplet_loss.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/losses/triplet_loss.py#L68)).
 //!
 //! For every anchor `i` of `F[N, d]` with labels `y`:
 //!

@@ -1,5 +1,6 @@
-//! Importing PyTorch weights (§4.5–4.6 of the spec): ImageNet backbones and the reference's
-//! Lightning checkpoints.
+//! Importing PyTorch weights: ImageNet backbones (by key name, like the reference's `load_param`
+//! in [`resnet.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/modelling/backbones/resnet.py)) and the reference's Lightning
+//! checkpoints.
 //!
 //! Files are read with burn-store's [`PytorchReader`] (every `torch.save` format: zip, legacy
 //! pre-1.6 pickle like torchvision's `resnet50-19c8e357.pth`, tar). A Lightning checkpoint of the

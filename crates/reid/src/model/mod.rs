@@ -1,10 +1,11 @@
-//! The centroids-reid model (§4 of the spec): a ResNet backbone, global average pooling, a
+//! The centroids-reid model (the reference's [`modelling/bases.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/modelling/bases.py) and
+//! [`modelling/baseline.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/modelling/baseline.py)): a ResNet backbone, global average pooling, a
 //! BatchNorm1d "BNNeck" with frozen zero bias, a bias-free identity classifier, and the center-loss
 //! centers, with the reference's module names, so that the Lightning checkpoint's keys
 //! (`backbone.base.*`, `bn.*`, `fc_query.weight`, `center_loss.centers`) are the Burn paths.
 //!
-//! Feature routing (§4.4): the **pre-BN** pooled feature ([`ReidModel::forward_features`])
-//! feeds the triplet, centroid-triplet and center losses; the **post-BN** feature
+//! Feature routing (as in the reference): the **pre-BN** pooled feature
+//! ([`ReidModel::forward_features`]) feeds the triplet, centroid-triplet and center losses; the **post-BN** feature
 //! ([`ReidModel::bnneck`]) feeds the classifier and every retrieval embedding
 //! ([`ReidModel::embed`]).
 //!
@@ -192,7 +193,8 @@ impl<B: Backend> ReidModel<B> {
         kiln::amp::linear_layer(&self.fc_query, bn_feat)
     }
 
-    /// Retrieval embedding: post-BN, not normalised (§7.1). Use on the inner backend
+    /// Retrieval embedding: post-BN, not normalised (as the reference's validation and inference
+    /// compute it). Use on the inner backend
     /// (`model.valid()`) for the reference's eval-mode embeddings.
     pub fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         self.bnneck(self.forward_features(x))

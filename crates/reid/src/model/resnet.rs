@@ -16,7 +16,8 @@
 //! (`bn1.Batch` / `bn1.Ibn` are the variant names of the enum [`FirstNorm`]; the importer drops
 //! enum variant segments, see [`super::import::torch_key`].)
 //!
-//! Architecture (§4.1–4.2 of the spec): torchvision layout, stride on the 3×3 conv ("v1.5"),
+//! Architecture (the reference's [`resnet.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/modelling/backbones/resnet.py) and
+//! [`resnet_ibn_a.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/modelling/backbones/resnet_ibn_a.py)): torchvision layout, stride on the 3×3 conv ("v1.5"),
 //! bias-free convolutions, PyTorch-exact BatchNorm ([`kiln::nn::BatchNorm`]), max-pool 3×3/2
 //! pad 1, and `last_stride` on layer4's first block.
 //! * **Plain ResNet** (18/34 with BasicBlock, 50/101/152 with Bottleneck): **no ReLU after the

@@ -1,4 +1,5 @@
-//! `create-embeddings` (reference §8.1).
+//! `create-embeddings` (the reference's
+//! [`inference/create_embeddings.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/inference/create_embeddings.py)).
 
 use std::path::{Path, PathBuf};
 

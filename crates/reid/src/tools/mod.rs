@@ -1,11 +1,12 @@
-//! Inference tools of the `reid` CLI (reference §8): `create-embeddings`, `get-similar`,
+//! Inference tools of the `reid` CLI (the reference's `inference/` scripts and
+//! `utils/visrank.py`): `create-embeddings`, `get-similar`,
 //! `visrank` and `evaluate` on precomputed embeddings.
 //!
 //! Every tool reads the configuration like the other commands (`--config-file` plus yacs
 //! `KEY VALUE` overrides); the model is `MODEL.PRETRAIN_PATH` (a `reid train` checkpoint or the
 //! reference's Lightning `.ckpt`, see [`crate::infer::load_model`]), its architecture taken from
-//! the checkpoint. Embeddings are the eval-mode post-BNNeck features (§7.1), computed on the
-//! inner (non-autodiff) backend of `--device`, with the test transform (`INPUT.SIZE_TEST`) in
+//! the checkpoint. Embeddings are the eval-mode post-BNNeck features (as in the reference),
+//! computed on the inner (non-autodiff) backend of `--device`, with the test transform (`INPUT.SIZE_TEST`) in
 //! batches of `TEST.IMS_PER_BATCH`.
 //!
 //! | command | reads | writes (under `OUTPUT_DIR`, `.` when empty) |
@@ -21,7 +22,8 @@
 //!
 //! **Deviation from the reference (`get_similar.py`).** The reference saves its results as one
 //! pickled dict in `results.npy` (readable only with `allow_pickle=True`, and the script does
-//! not run as shipped, §8.2). Here the same content is `results.json` (query path →
+//! not run as shipped: it calls `run_inference` without the `use_cuda` argument that commit
+//! `a1825b7` made mandatory). Here the same content is `results.json` (query path →
 //! `{indices, paths, distances}`) plus the dense arrays `results_indices.npy` (int64 `[Q, k]`)
 //! and `results_distances.npy` (float32 `[Q, k]`), row `i` for query `i` of `query_paths.npy`.
 
@@ -39,10 +41,10 @@ use clap::Args;
 use kiln::DeviceKind;
 use kiln::backend::{BackendJob, launch};
 
-use crate::cli::Common;
 use crate::config::ReidConfig;
 use crate::data::Sample;
 use crate::infer::{Embedded, checkpoint_path, embed_samples, load_model};
+use kiln::cli::ConfigArgs;
 
 pub use create::{CENTROID_LABEL_RULE, mean_by_label, parent_dir_label};
 pub use evaluate::{DEFAULT_GALLERY_CAMID, DEFAULT_QUERY_CAMID, EvaluateInputs, evaluate_arrays};
@@ -52,8 +54,8 @@ pub use visrank::{
     visrank_rankings, visualize, write_visrank, write_visrank_centroids,
 };
 
-/// `reid create-embeddings` (§8.1): embeds every image under `DATASETS.ROOT_DIR` into
-/// `<OUTPUT_DIR>/embeddings.npy` (float32 `[N, emb]`, post-BN, not normalised) and
+/// `reid create-embeddings` (the reference's `create_embeddings.py`): embeds every image under
+/// `DATASETS.ROOT_DIR` into `<OUTPUT_DIR>/embeddings.npy` (float32 `[N, emb]`, post-BN, not normalised) and
 /// `<OUTPUT_DIR>/paths.npy` (unicode strings). With `MODEL.USE_CENTROIDS True`: one row per
 /// identity (the image's parent directory name), the plain mean of its images, in order of
 /// first appearance, and `paths.npy` holds the identities.
@@ -64,10 +66,11 @@ pub struct CreateEmbeddingsArgs {
     #[arg(long, alias = "images_in_subfolders")]
     pub images_in_subfolders: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub common: ConfigArgs,
 }
 
-/// `reid get-similar` (§8.2): the top-k gallery entries of each query image.
+/// `reid get-similar` (the reference's `get_similar.py`): the top-k gallery entries of each
+/// query image.
 #[derive(Debug, Args)]
 pub struct GetSimilarArgs {
     /// Directory with the gallery's `embeddings.npy` and `paths.npy` (create-embeddings output).
@@ -83,10 +86,11 @@ pub struct GetSimilarArgs {
     #[arg(long, alias = "images_in_subfolders")]
     pub images_in_subfolders: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub common: ConfigArgs,
 }
 
-/// `reid visrank` (§8.3): ranked-result pictures of the dataset `DATASETS.NAMES`.
+/// `reid visrank` (the reference's `utils/visrank.py`): ranked-result pictures of the dataset
+/// `DATASETS.NAMES`.
 #[derive(Debug, Args)]
 pub struct VisrankArgs {
     /// In centroid mode B (MODEL.USE_CENTROIDS with MODEL.KEEP_CAMID_CENTROIDS), reproduce the
@@ -94,7 +98,7 @@ pub struct VisrankArgs {
     #[arg(long)]
     pub camid_bug_compat: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub common: ConfigArgs,
 }
 
 /// `reid evaluate`: mAP / CMC of precomputed embeddings under the three protocols.
@@ -125,7 +129,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
-    pub common: Common,
+    pub common: ConfigArgs,
 }
 
 /// Runs `create-embeddings`.
@@ -134,25 +138,25 @@ pub fn create_embeddings(
     device: DeviceKind,
     progress: bool,
 ) -> Result<()> {
-    let cfg = args.common.config()?;
+    let cfg = ReidConfig::from_args(&args.common)?;
     create::run(&cfg, args.images_in_subfolders, device, progress)
 }
 
 /// Runs `get-similar`.
 pub fn get_similar(args: GetSimilarArgs, device: DeviceKind, progress: bool) -> Result<()> {
-    let cfg = args.common.config()?;
+    let cfg = ReidConfig::from_args(&args.common)?;
     similar::run(&cfg, &args, device, progress)
 }
 
 /// Runs `visrank`.
 pub fn visrank(args: VisrankArgs, device: DeviceKind, progress: bool) -> Result<()> {
-    let cfg = args.common.config()?;
+    let cfg = ReidConfig::from_args(&args.common)?;
     visrank::run(&cfg, args.camid_bug_compat, device, progress)
 }
 
 /// Runs `evaluate`.
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
-    let cfg = args.common.config()?;
+    let cfg = ReidConfig::from_args(&args.common)?;
     evaluate::run(&cfg, &args)
 }
 

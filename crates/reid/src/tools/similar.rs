@@ -1,4 +1,5 @@
-//! `get-similar` (reference §8.2) and the top-k ranking it shares with `visrank`.
+//! `get-similar` (the reference's [`inference/get_similar.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/inference/get_similar.py)) and
+//! the top-k ranking it shares with `visrank`.
 //!
 //! The query images are embedded one by one (no centroids, whatever `MODEL.USE_CENTROIDS`
 //! says); the gallery may be a centroid gallery from `create-embeddings`, whose `paths.npy`

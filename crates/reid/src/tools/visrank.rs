@@ -1,4 +1,4 @@
-//! Ranked-result pictures (reference §8.3, `utils/visrank.py`).
+//! Ranked-result pictures (the reference's [`utils/visrank.py`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/utils/visrank.py)).
 //!
 //! One PNG per query, `<out_dir>/visrank/<query-stem>.png`, on a white canvas of one row:
 //!
@@ -24,7 +24,9 @@
 //! (torchreid-style code resizes, pads, and resizes again, blurring the frame), mode A centroid
 //! pictures work (the reference asserts on them), the member image of a centroid is not
 //! Python's `random.seed(0)` draw, and the gallery camera ids are the right ones (the reference's
-//! `visrank.py:91` has the camera-id offset bug of §7.4; centroid mode B here follows
+//! [`visrank.py:91`](https://github.com/mikwieczorek/centroids-reid/blob/a1825b7a92b2a8d5e223708c7c43ab58a46efbcf/utils/visrank.py#L91) has the same camera-id offset bug as its centroid
+//! evaluation, which indexes the query+gallery camera array with gallery indices; centroid mode B
+//! here follows
 //! `bug_compat` like evaluation). Two queries with the same file stem get `<stem>_<index>.png`.
 
 use std::collections::HashSet;
