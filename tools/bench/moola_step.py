@@ -5,7 +5,7 @@ The step is the training recipe the reference's deep classifiers share: temporal
 (batch-level coin flips, jitter / per-sample scaling / time warp), mixup or time-axis CutMix,
 forward, focal loss (γ=2) with the mixup criterion (the multi-task loss for
 `cnn_transformer+pointers`), backward and an AdamW update (lr 5e-4, wd 1e-4). The nets are the
-spec re-implementations of tools/parity/moola_nets.py.
+PyTorch re-implementations of the reference models in tools/parity/moola_nets.py.
 
 Prints a JSON list of {"model", "backend", "median_ms", "steps_ms"} on stdout; run by
 `moola bench` when torch is importable. Threads: torch uses as many as the machine has, like Burn.

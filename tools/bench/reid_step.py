@@ -6,7 +6,7 @@ The step is the reference's CTL training step (``training_step`` of centroids-re
 pre-BN features for the batch-hard triplet (real anchors), the centre loss and the centroid
 triplet loss; BNNeck + bias-free classifier for the label-smoothed CE; backward; Adam (3.5e-4,
 L2 5e-4) on the network and SGD(0.5) on the centres with their gradient rescaled by 1/5e-4.
-Model and losses are the spec re-implementations of tools/parity/reid_fixtures.py and
+Model and losses are the PyTorch re-implementations of the reference in tools/parity/reid_fixtures.py and
 tools/parity/reid_losses.py. Prints JSON on stdout.
 
 Usage: python tools/bench/reid_step.py --p 16 --k 4 --height 256 --width 128 --steps 2

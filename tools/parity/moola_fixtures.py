@@ -6,7 +6,7 @@ Run with the PyTorch virtualenv (outside the repository):
 
     /work/venv/bin/python tools/parity/moola_fixtures.py [--out crates/moola/tests/fixtures/parity]
 
-The networks (``moola_nets.py``) are re-implemented from the spec with the reference's module
+The networks (``moola_nets.py``) are re-implemented in PyTorch from the upstream model files with the reference's module
 names, so the state-dict keys are the reference's. Every model is small (reduced widths) and gets
 random weights; BatchNorm running statistics, affine weights and all biases (including those
 PyTorch initialises to zero: attention in/out biases, LayerNorm) are perturbed so that nothing is

@@ -63,7 +63,7 @@ DEFAULT_OUT = REPO / "crates" / "reid" / "tests" / "fixtures" / "parity"
 
 
 # --------------------------------------------------------------------------------------------
-# Reference modules, re-implemented from the spec
+# Reference modules, re-implemented in PyTorch from the upstream files linked in the crate docs
 # --------------------------------------------------------------------------------------------
 
 

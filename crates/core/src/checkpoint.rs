@@ -179,6 +179,22 @@ pub struct CheckpointMeta {
 
 const MAGIC: &[u8] = b"KILNCKPT1\n";
 
+/// True when `path` starts like a kiln checkpoint (as opposed to, say, a PyTorch file).
+pub fn is_checkpoint(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; MAGIC.len()];
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n == head.len() && head == MAGIC)
+}
+
 /// Writes a checkpoint atomically: header plus named binary sections.
 pub fn write_checkpoint(
     path: impl AsRef<Path>,

@@ -31,6 +31,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod io;
+pub mod literal;
 pub mod metric_log;
 pub mod metrics;
 pub mod nn;

@@ -37,12 +37,7 @@ pub struct LoadedModel<B: Backend> {
 
 /// True when `path` is one of this project's kiln checkpoints (not a PyTorch file).
 pub fn is_kiln_checkpoint(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 10];
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
-    let n = file.read(&mut head)?;
-    Ok(n == head.len() && &head == b"KILNCKPT1\n")
+    kiln::checkpoint::is_checkpoint(path)
 }
 
 /// Loads a model for evaluation from this project's checkpoint (`reid train` output) or from the

@@ -57,7 +57,7 @@ fn assert_all_close(actual: &[f64], expected: &[f64], tol: f64, what: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Independent f64 brute force, written from the spec's prose (not from the crate's code).
+// Independent f64 brute force, written from the reference's definitions of the losses (not from the crate's code).
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
