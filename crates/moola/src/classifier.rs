@@ -37,8 +37,8 @@ use crate::train::{self, RunOptions, TrainConfig};
 /// Inference batch size (outputs do not depend on it in eval mode).
 const INFER_BATCH: usize = 1024;
 
-/// A trained network and what is needed to use it.
-struct Fitted<B: AutodiffBackend> {
+/// A trained (or loaded) network and what is needed to use it.
+struct TrainedNet<B: AutodiffBackend> {
     net: Net<B::InnerBackend>,
     card: ModelCard,
 }
@@ -83,7 +83,7 @@ pub struct Classifier<B: AutodiffBackend> {
     config: TrainConfig,
     device: B::Device,
     run: RunOptions,
-    fitted: Option<Fitted<B>>,
+    fitted: Option<TrainedNet<B>>,
 }
 
 impl<B: AutodiffBackend> Classifier<B> {
@@ -175,11 +175,11 @@ impl<B: AutodiffBackend> Classifier<B> {
             classes: fitted.prepared.labels.classes().to_vec(),
             source: None,
         };
-        self.fitted = Some(Fitted { net, card });
+        self.fitted = Some(TrainedNet { net, card });
         Ok(report)
     }
 
-    fn fitted(&self) -> Result<&Fitted<B>> {
+    fn fitted(&self) -> Result<&TrainedNet<B>> {
         self.fitted
             .as_ref()
             .context("the classifier is not fitted: call fit() or load() first")
@@ -282,7 +282,7 @@ impl<B: AutodiffBackend> Classifier<B> {
             config,
             device,
             run: RunOptions::default(),
-            fitted: Some(Fitted { net, card }),
+            fitted: Some(TrainedNet { net, card }),
         })
     }
 
@@ -293,7 +293,7 @@ impl<B: AutodiffBackend> Classifier<B> {
             config: TrainConfig::for_model(card.spec.name()),
             device,
             run: RunOptions::default(),
-            fitted: Some(Fitted { net, card }),
+            fitted: Some(TrainedNet { net, card }),
         }
     }
 }

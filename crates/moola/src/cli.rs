@@ -509,17 +509,6 @@ impl kiln::backend::DistJob for TrainJob {
 }
 
 #[derive(Serialize)]
-struct FoldDetail {
-    fold: usize,
-    train_size: usize,
-    val_size: usize,
-    accuracy: f64,
-    precision: f64,
-    recall: f64,
-    f1: f64,
-}
-
-#[derive(Serialize)]
 struct CvMetrics<'a> {
     model: &'a str,
     data: String,
@@ -530,7 +519,7 @@ struct CvMetrics<'a> {
     precision: f64,
     recall: f64,
     f1: f64,
-    fold_details: Vec<FoldDetail>,
+    fold_details: Vec<crate::cv::FoldDetail>,
     /// Metrics of the pooled out-of-fold probabilities (macro/weighted, ECE, Brier, log-loss).
     oof: ClassificationReport,
     classes: Vec<String>,
@@ -553,78 +542,43 @@ impl BackendJob for EvaluateJob {
         } = self;
         let (spec, train_cfg, data_path, data) =
             model_and_data(&cfg, &args.model, args.data, args.pointers)?;
-        let labels = LabelMap::fit(data.require_labels()?);
-        let y = labels.encode(data.require_labels()?)?;
-        let mut rng = kiln::seed::rng(cfg.seed, "cv_folds", 0);
-        let folds = kiln::data::stratified_kfold(&y, cfg.cv_folds, &mut rng)?;
-        let mut oof = vec![Vec::new(); data.len()];
-        let mut details = Vec::new();
-        for (k, (tr, va)) in folds.iter().enumerate() {
-            tracing::info!(
-                "fold {}/{}: {} train / {} validation",
-                k + 1,
-                folds.len(),
-                tr.len(),
-                va.len()
-            );
-            let mut clf = Classifier::<B>::new(spec.clone(), train_cfg.clone(), device.clone())
-                .with_run_options(RunOptions {
-                    progress,
-                    ..RunOptions::default()
-                });
-            let train_set = data.select(tr);
-            clf.fit(&train_set)?;
-            let fold_labels = clf.labels()?;
-            if fold_labels.classes() != labels.classes() {
-                bail!("fold {k} lacks a class in its training part; use fewer folds");
-            }
-            let proba = clf.predict_proba(&data.select(va))?;
-            let yv: Vec<usize> = va.iter().map(|&i| y[i]).collect();
-            let rep = ClassificationReport::from_probabilities(&yv, &proba)?;
-            tracing::info!("fold {}: {}", k + 1, rep.summary());
-            for (&i, p) in va.iter().zip(proba) {
-                oof[i] = p;
-            }
-            details.push(FoldDetail {
-                fold: k,
-                train_size: tr.len(),
-                val_size: va.len(),
-                accuracy: rep.accuracy,
-                precision: rep.weighted_avg.precision,
-                recall: rep.weighted_avg.recall,
-                f1: rep.weighted_avg.f1,
-            });
-        }
-        let mean =
-            |f: fn(&FoldDetail) -> f64| details.iter().map(f).sum::<f64>() / details.len() as f64;
-        let oof_report = ClassificationReport::from_probabilities(&y, &oof)?;
+        let cv = crate::cv::cross_validate::<B>(
+            &spec,
+            &train_cfg,
+            &data,
+            cfg.cv_folds,
+            cfg.seed,
+            &device,
+            progress,
+        )?;
         let metrics = CvMetrics {
             model: &args.model,
             data: data_path.display().to_string(),
             seed: cfg.seed,
             cv_folds: cfg.cv_folds,
-            accuracy: mean(|d| d.accuracy),
-            precision: mean(|d| d.precision),
-            recall: mean(|d| d.recall),
-            f1: mean(|d| d.f1),
-            classes: labels.classes().to_vec(),
-            oof: oof_report,
-            fold_details: details,
+            accuracy: cv.mean(|d| d.accuracy),
+            precision: cv.mean(|d| d.precision),
+            recall: cv.mean(|d| d.recall),
+            f1: cv.mean(|d| d.f1),
+            classes: cv.classes.clone(),
+            oof: cv.oof_report.clone(),
+            fold_details: cv.folds.clone(),
             timestamp_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
+        let (oof, classes) = (cv.oof, cv.classes);
         let out = model_dir(&cfg, args.out, &args.model);
         kiln::io::write_json(out.join("metrics.json"), &metrics)?;
         kiln::io::write_atomic(
             out.join("confusion_matrix.csv"),
-            metrics.oof.confusion_csv(labels.classes()).as_bytes(),
+            metrics.oof.confusion_csv(&classes).as_bytes(),
         )?;
         write_proba_csv(
             &out.join("oof_probabilities.csv"),
             &data,
             &oof,
-            labels.classes(),
+            &classes,
             None,
         )?;
         println!(

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ReidConfig;
 use crate::loss::{LossInputs, ctl_model_loss};
-use crate::model::ModelConfig;
+use crate::model::ReidModelConfig;
 use crate::train::{loss_config, optimization};
 
 /// `reid bench` arguments.
@@ -123,7 +123,7 @@ impl BackendJob for Job<'_> {
         let mut cfg = ReidConfig::default();
         cfg.dataloader.num_instance = a.k;
         kiln::seed::seed_backend::<B>(&device, 0, "bench", 0);
-        let mut model = ModelConfig::new(a.model.clone(), 1, emb_size(&a.model), a.num_classes)
+        let mut model = ReidModelConfig::new(a.model.clone(), 1, emb_size(&a.model), a.num_classes)
             .init::<B>(&device)?;
         let n = a.p * a.k;
         let x = Tensor::<B, 4>::random(

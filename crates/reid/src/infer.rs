@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::ReidConfig;
 use crate::data::{EvalBatch, EvalLoader, LoaderOptions, Sample, TestTransform};
 use crate::eval::{FeatureMatrix, RetrievalOptions};
-use crate::model::{ModelConfig, ReidModel, load_reference_checkpoint};
+use crate::model::{ReidModel, ReidModelConfig, load_reference_checkpoint};
 
 /// The task state this crate stores in its kiln checkpoints (`meta.task`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointTask {
     /// The model's configuration, enough to rebuild it.
-    pub model: ModelConfig,
+    pub model: ReidModelConfig,
     /// Input size `[H, W]` the model was trained at (`INPUT.SIZE_TRAIN`).
     pub size_train: [usize; 2],
     /// Which training step produced it (`ctl` or `base`).
@@ -30,7 +30,7 @@ pub struct LoadedModel<B: Backend> {
     /// The network.
     pub model: ReidModel<B>,
     /// Its configuration.
-    pub config: ModelConfig,
+    pub config: ReidModelConfig,
     /// Human-readable origin (file and kind).
     pub source: String,
 }
@@ -45,7 +45,7 @@ pub fn is_kiln_checkpoint(path: &Path) -> Result<bool> {
 /// checkpoint's architecture (a checkpoint of the wrong architecture is an error naming both).
 pub fn load_model<B: Backend>(
     path: &Path,
-    expected: Option<&ModelConfig>,
+    expected: Option<&ReidModelConfig>,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
     if !path.exists() {
@@ -89,7 +89,7 @@ pub fn load_model<B: Backend>(
         })
     } else {
         let (model, info) = load_reference_checkpoint::<B>(path, device)?;
-        let config = ModelConfig::new(
+        let config = ReidModelConfig::new(
             info.arch.to_string(),
             info.last_stride,
             info.emb_size,
@@ -110,7 +110,7 @@ pub fn load_model<B: Backend>(
     }
 }
 
-fn check_same(want: &ModelConfig, got: &ModelConfig, path: &Path) -> Result<()> {
+fn check_same(want: &ReidModelConfig, got: &ReidModelConfig, path: &Path) -> Result<()> {
     if want.name != got.name || want.emb_size != got.emb_size {
         bail!(
             "{} holds a {} model ({}-d embeddings), but the configuration asks for {} ({}-d): \

@@ -9,7 +9,7 @@
 //!   `KEY VALUE` overrides);
 //! * [`Learner`]: validated configuration in, [`Trained`] (eval-mode [`ReidModel`] + the
 //!   [`RunSummary`] with the end-of-training test) out;
-//! * [`ReidModel`]: ResNet / ResNet-IBN-a + BNNeck; [`ModelConfig`] builds one; reference
+//! * [`ReidModel`]: ResNet / ResNet-IBN-a + BNNeck; [`ReidModelConfig`] builds one; reference
 //!   checkpoints load through [`infer::load_model`];
 //! * [`EvalReport`]: mAP / CMC without centroids and with centroid modes A and B;
 //! * [`load_dataset`] / [`ReidDataset`]: Market1501, DukeMTMC-reID and COCO-style retrieval sets.
@@ -34,5 +34,5 @@ pub use config::ReidConfig;
 pub use data::{ReidDataset, load_dataset};
 pub use eval::EvalReport;
 pub use learner::{Learner, Trained};
-pub use model::{ModelConfig, ReidModel};
+pub use model::{ReidModel, ReidModelConfig};
 pub use train::{FitOptions, RunSummary, StepKind};

@@ -49,7 +49,7 @@ use crate::eval::{
 };
 use crate::infer::{CheckpointTask, Embedded};
 use crate::loss::{LossConfig, LossInputs, base_model_loss, ctl_model_loss};
-use crate::model::{ModelConfig, ReidModel, load_imagenet_weights};
+use crate::model::{ReidModel, ReidModelConfig, load_imagenet_weights};
 
 /// The loss settings (margin, distance, term weights, K) of a configuration.
 pub fn loss_config(cfg: &ReidConfig) -> Result<LossConfig> {
@@ -78,8 +78,8 @@ pub enum StepKind {
 }
 
 /// The model configuration of a reid configuration and dataset.
-pub fn model_config(cfg: &ReidConfig, num_classes: usize) -> ModelConfig {
-    ModelConfig::new(
+pub fn model_config(cfg: &ReidConfig, num_classes: usize) -> ReidModelConfig {
+    ReidModelConfig::new(
         cfg.model.name.clone(),
         cfg.model.last_stride,
         cfg.model.backbone_emb_size,

@@ -11,7 +11,7 @@
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use kiln::amp::{Precision, autocast};
-use reid::model::ModelConfig;
+use reid::model::ReidModelConfig;
 
 type B = Flex;
 
@@ -36,7 +36,7 @@ fn relative_diff(a: Tensor<B, 2>, b: Tensor<B, 2>) -> f32 {
 fn check(name: &str, emb: usize, bf16_tol: f32, f16_tol: f32) {
     let device = Default::default();
     kiln::seed::seed_backend::<B>(&device, 4, "init", 0);
-    let model = ModelConfig::new(name, 1, emb, 10)
+    let model = ReidModelConfig::new(name, 1, emb, 10)
         .init::<B>(&device)
         .unwrap();
     let x = Tensor::<B, 4>::random([2, 3, 64, 32], Distribution::Normal(0.0, 1.0), &device);

@@ -7,7 +7,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use reid::model::import::torch_keys;
-use reid::model::{Arch, FirstNorm, ModelConfig, ReidModel, ResNetConfig};
+use reid::model::{Arch, FirstNorm, ReidModel, ReidModelConfig, ResNetConfig};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -155,7 +155,7 @@ fn initialisation_matches_the_reference() {
     let _guard = kiln::seed::global_lock();
     let device = Default::default();
     B::seed(&device, 7);
-    let model = ModelConfig::new("resnet50", 1, 2048, 751)
+    let model = ReidModelConfig::new("resnet50", 1, 2048, 751)
         .init::<B>(&device)
         .unwrap();
     assert_eq!(model.emb_size(), 2048);
@@ -290,7 +290,7 @@ fn embed_is_eval_mode_bnneck_of_the_pooled_feature() {
 #[test]
 fn config_errors_are_clear() {
     let device = Default::default();
-    let err = ModelConfig::new("resnet51", 1, 2048, 10)
+    let err = ReidModelConfig::new("resnet51", 1, 2048, 10)
         .init::<B>(&device)
         .unwrap_err()
         .to_string();
@@ -298,7 +298,7 @@ fn config_errors_are_clear() {
         err.contains("resnet51") && err.contains("resnet50_ibn_a"),
         "{err}"
     );
-    let err = ModelConfig::new("resnet18", 1, 2048, 10)
+    let err = ReidModelConfig::new("resnet18", 1, 2048, 10)
         .init::<B>(&device)
         .unwrap_err()
         .to_string();
@@ -306,23 +306,23 @@ fn config_errors_are_clear() {
         err.contains("BACKBONE_EMB_SIZE") && err.contains("512"),
         "{err}"
     );
-    let err = ModelConfig::new("resnet50", 1, 512, 10)
+    let err = ReidModelConfig::new("resnet50", 1, 512, 10)
         .backbone()
         .unwrap_err()
         .to_string();
     assert!(err.contains("2048"), "{err}");
     assert!(
-        ModelConfig::new("resnet50", 0, 2048, 10)
+        ReidModelConfig::new("resnet50", 0, 2048, 10)
             .backbone()
             .is_err()
     );
-    let err = ModelConfig::new("resnet50", 1, 2048, 0)
+    let err = ReidModelConfig::new("resnet50", 1, 2048, 0)
         .backbone()
         .unwrap_err()
         .to_string();
     assert!(err.contains("num_classes"), "{err}");
     assert_eq!(
-        ModelConfig::new("resnet34", 2, 512, 5)
+        ReidModelConfig::new("resnet34", 2, 512, 5)
             .backbone()
             .unwrap()
             .arch,
@@ -339,7 +339,7 @@ fn config_errors_are_clear() {
 fn bench_resnet50_forward_backward() {
     fn run<Bk: burn::tensor::backend::AutodiffBackend>(name: &str, [n, h, w]: [usize; 3]) {
         let device = Default::default();
-        let model = ModelConfig::new("resnet50", 1, 2048, 751)
+        let model = ReidModelConfig::new("resnet50", 1, 2048, 751)
             .init::<Bk>(&device)
             .unwrap();
         for round in 0..2 {

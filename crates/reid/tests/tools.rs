@@ -25,7 +25,7 @@ use reid::data::{
 use reid::eval::{EmbeddingSet, EvalReport, FeatureMatrix, RetrievalOptions};
 use reid::infer::{CheckpointTask, embed_batches, load_model};
 use reid::loss::DistanceFunc;
-use reid::model::ModelConfig;
+use reid::model::ReidModelConfig;
 use reid::tools::{self, canvas_size, tile_x};
 
 const H: usize = 32;
@@ -45,7 +45,7 @@ fn fixture() -> &'static Fixture {
         let root = dir.path().join("data");
         write_synthetic_market1501(&root, &SyntheticSpec::default(), 3).unwrap();
         let device = Default::default();
-        let config = ModelConfig::new("resnet18", 1, 512, 4);
+        let config = ReidModelConfig::new("resnet18", 1, 512, 4);
         let model = config.init::<Flex>(&device).unwrap();
         let checkpoint = dir.path().join("model.ckpt");
         let meta = CheckpointMeta {

@@ -12,7 +12,7 @@ use kiln::optim::{LrControl, Optimization};
 use reid::cli::StepKind;
 use reid::config::ReidConfig;
 use reid::data::{SyntheticSpec, load_dataset, write_synthetic_market1501};
-use reid::model::ModelConfig;
+use reid::model::ReidModelConfig;
 use reid::train::{FitOptions, fit, optimization};
 
 type B = Autodiff<Flex>;
@@ -70,7 +70,7 @@ fn one_step_follows_the_reference_optimisers() {
     let device = Default::default();
     let mut cfg = ReidConfig::default();
     cfg.solver.base_lr = 1e-2;
-    let model = ModelConfig::new("resnet18", 1, 512, 3)
+    let model = ReidModelConfig::new("resnet18", 1, 512, 3)
         .init::<B>(&device)
         .unwrap();
     let x = Tensor::<B, 4>::random([2, 3, 32, 16], burn::tensor::Distribution::Default, &device);
@@ -134,7 +134,7 @@ fn optimiser_state_round_trips() {
     let _guard = kiln::seed::global_lock();
     let device = Default::default();
     let cfg = ReidConfig::default();
-    let model = ModelConfig::new("resnet18", 1, 512, 2)
+    let model = ReidModelConfig::new("resnet18", 1, 512, 2)
         .init::<B>(&device)
         .unwrap();
     let x = Tensor::<B, 4>::random([2, 3, 32, 16], burn::tensor::Distribution::Default, &device);
@@ -238,7 +238,7 @@ fn a_tiny_ctl_run_writes_its_files_and_tests_like_reid_test() {
     // A checkpoint of the wrong architecture is a clear error.
     let err = reid::infer::load_model::<Flex>(
         &run.join("checkpoints/last.ckpt"),
-        Some(&ModelConfig::new("resnet50", 1, 2048, 4)),
+        Some(&ReidModelConfig::new("resnet50", 1, 2048, 4)),
         &Default::default(),
     )
     .err()
@@ -270,7 +270,7 @@ fn a_tiny_ctl_run_writes_its_files_and_tests_like_reid_test() {
         vec![0, 1, 2]
     );
     let _ = AutodiffModule::valid(
-        &ModelConfig::new("resnet18", 1, 512, 2)
+        &ReidModelConfig::new("resnet18", 1, 512, 2)
             .init::<B>(&device)
             .unwrap(),
     );

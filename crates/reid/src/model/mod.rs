@@ -38,7 +38,7 @@ pub use resnet::{Arch, Block, BlockKind, FirstNorm, Ibn, ResNet, ResNetConfig};
 /// What the model needs from the configuration (`MODEL.NAME`, `MODEL.LAST_STRIDE`,
 /// `MODEL.BACKBONE_EMB_SIZE`, and the number of training identities).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelConfig {
+pub struct ReidModelConfig {
     /// Backbone name (`resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`,
     /// `resnet50_ibn_a`, `resnet101_ibn_a`).
     pub name: String,
@@ -50,7 +50,7 @@ pub struct ModelConfig {
     pub num_classes: usize,
 }
 
-impl ModelConfig {
+impl ReidModelConfig {
     /// A configuration from its four numbers.
     pub fn new(
         name: impl Into<String>,
