@@ -8,6 +8,8 @@
 //!   `strategy` settings;
 //! * [`amp`]: mixed precision (`16-mixed`, `bf16-mixed`): the autocast op policy and the
 //!   dynamic loss scaler;
+//! * [`pickle`]: a tolerant reader of PyTorch zip checkpoints that executes nothing (Lightning
+//!   checkpoints with yacs `CfgNode`s, `Counter`s and other objects burn-store refuses);
 //! * [`dist`] and [`sync`]: data-parallel training over devices and nodes on burn-collective
 //!   (gradient all-reduce, rank-0 weight and buffer broadcast);
 //! * [`optim`]: automatic ([`Standard`](optim::Standard)) and manual optimisation policies on
@@ -36,6 +38,7 @@ pub mod metric_log;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
+pub mod pickle;
 pub mod progress;
 pub mod seed;
 pub mod step;

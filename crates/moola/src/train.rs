@@ -484,22 +484,23 @@ pub struct Fitted<B: AutodiffBackend> {
     pub stopped_early: bool,
 }
 
-/// Everything one training run needs: the task, a fresh network and its optimiser.
-pub struct Session<B: AutodiffBackend> {
+/// Everything one training run needs: the task, a fresh network and its optimiser (internal:
+/// the optimiser adaptor type is Burn plumbing, not API).
+pub(crate) struct Session<B: AutodiffBackend> {
     /// The kiln task (data, recipe).
-    pub task: ClassifierTask<B>,
+    pub(crate) task: ClassifierTask<B>,
     /// The freshly initialised network.
-    pub net: Net<B>,
+    pub(crate) net: Net<B>,
     /// AdamW with the recipe's constant learning rate.
-    pub optim:
+    pub(crate) optim:
         Standard<burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Net<B>, B>, ConstantLr>,
     /// Labels and pointer targets.
-    pub prepared: Prepared,
+    pub(crate) prepared: Prepared,
 }
 
 impl<B: AutodiffBackend> Session<B> {
     /// Validates the inputs, splits off the validation set and builds the network.
-    pub fn new(
+    pub(crate) fn new(
         spec: &ModelSpec,
         config: &TrainConfig,
         data: &WindowSet,
@@ -510,7 +511,7 @@ impl<B: AutodiffBackend> Session<B> {
 
     /// [`Session::new`] with a caller-supplied validation set instead of the `val_split` of
     /// `data` (all of `data` trains; `validation` must be labelled with the training labels).
-    pub fn with_validation(
+    pub(crate) fn with_validation(
         spec: &ModelSpec,
         config: &TrainConfig,
         data: &WindowSet,

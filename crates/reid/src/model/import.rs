@@ -6,7 +6,7 @@
 //! pre-1.6 pickle like torchvision's `resnet50-19c8e357.pth`, tar). A Lightning checkpoint of the
 //! reference holds objects that reader rejects (yacs `CfgNode` hyper-parameters, a `Counter` in
 //! the scheduler state, callback states keyed by class); such zip files are read with the
-//! tolerant unpickler of [`super::pickle`] instead ([`ReaderKind::ZipPickle`]).
+//! tolerant unpickler of [`kiln::pickle`] instead ([`ReaderKind::ZipPickle`]).
 //!
 //! The model's parameters are then filled **by name**: each Burn parameter path is turned into
 //! the reference's key ([`torch_key`]: enum-variant segments dropped, `instance_norm` → `IN`,
@@ -41,7 +41,7 @@ use burn_store::pytorch::reader::PickleValue;
 use serde::{Deserialize, Serialize};
 
 use super::ReidModel;
-use super::pickle::{PyValue, TensorRef, TorchZip};
+use kiln::pickle::{PyValue, TensorRef, TorchZip};
 use super::resnet::{Arch, BlockKind, ResNetConfig};
 
 /// Which reader parsed a file.
@@ -49,7 +49,7 @@ use super::resnet::{Arch, BlockKind, ResNetConfig};
 pub enum ReaderKind {
     /// burn-store's `PytorchReader`.
     BurnStore,
-    /// The tolerant zip unpickler of [`super::pickle`] (files burn-store rejects).
+    /// The tolerant zip unpickler of [`kiln::pickle`] (files burn-store rejects).
     ZipPickle,
 }
 

@@ -19,7 +19,6 @@
 //! [`ReidModel::frozen_params`].
 
 pub mod import;
-pub mod pickle;
 pub mod resnet;
 
 use anyhow::{Context, Result, bail};
