@@ -43,11 +43,8 @@ use crate::data::{
     LoaderOptions, PkSampler, ReidDataset, Sample, TrainBatch, TrainLoader, TrainTransform,
     load_dataset,
 };
-use crate::eval::{
-    CentroidMode, EmbeddingSet, EvalLabels, EvalMetrics, EvalReport, FeatureMatrix, GalleryCamids,
-    RetrievalOptions, evaluate, evaluate_centroids,
-};
-use crate::infer::{CheckpointTask, Embedded};
+use crate::eval::{EvalReport, Evaluator, embedding_set, evaluate_protocol, metrics_row};
+use crate::infer::CheckpointTask;
 use crate::loss::{LossConfig, LossInputs, base_model_loss, ctl_model_loss};
 use crate::model::{ReidModel, ReidModelConfig, load_imagenet_weights};
 
@@ -186,113 +183,6 @@ where
         self.sgd = self.sgd.clone().load_record(rec);
         self.lr.load_state::<B>(sections, device)
     }
-}
-
-/// Everything needed to embed and evaluate query + gallery of a dataset.
-#[derive(Clone)]
-pub struct Evaluator {
-    cfg: ReidConfig,
-    val: Arc<[Sample]>,
-    num_query: usize,
-    options: RetrievalOptions,
-    progress: bool,
-}
-
-impl Evaluator {
-    /// The evaluator of a configuration's dataset.
-    pub fn new(cfg: &ReidConfig, dataset: &ReidDataset, progress: bool) -> Result<Self> {
-        Ok(Self {
-            cfg: cfg.clone(),
-            val: dataset.val().into(),
-            num_query: dataset.num_query(),
-            options: crate::infer::retrieval_options(cfg)?,
-            progress,
-        })
-    }
-
-    /// Eval-mode embeddings of query then gallery.
-    pub fn embed<B: Backend>(
-        &self,
-        model: &ReidModel<B>,
-        device: &B::Device,
-    ) -> Result<(Embedded, Embedded)> {
-        let all =
-            crate::infer::embed_samples(model, self.val.clone(), &self.cfg, self.progress, device)?;
-        split(all, self.num_query)
-    }
-
-    /// The retrieval options.
-    pub fn options(&self) -> &RetrievalOptions {
-        &self.options
-    }
-}
-
-fn split(all: Embedded, num_query: usize) -> Result<(Embedded, Embedded)> {
-    let dim = all.features.dim();
-    let data = all.features.into_vec();
-    let (q, g) = data.split_at(num_query * dim);
-    Ok((
-        Embedded {
-            features: FeatureMatrix::new(q.to_vec(), dim)?,
-            pids: all.pids[..num_query].to_vec(),
-            camids: all.camids[..num_query].to_vec(),
-        },
-        Embedded {
-            features: FeatureMatrix::new(g.to_vec(), dim)?,
-            pids: all.pids[num_query..].to_vec(),
-            camids: all.camids[num_query..].to_vec(),
-        },
-    ))
-}
-
-fn set(e: &Embedded) -> EmbeddingSet<'_> {
-    EmbeddingSet {
-        features: &e.features,
-        pids: &e.pids,
-        camids: &e.camids,
-    }
-}
-
-/// One protocol: without centroids, or with them (mode B when `MODEL.KEEP_CAMID_CENTROIDS`,
-/// else mode A), as the reference's validation does.
-pub fn evaluate_protocol(
-    query: &Embedded,
-    gallery: &Embedded,
-    use_centroids: bool,
-    keep_camid_centroids: bool,
-    bug_compat: bool,
-    options: &RetrievalOptions,
-) -> Result<EvalMetrics> {
-    if !use_centroids {
-        let labels = EvalLabels {
-            q_pids: &query.pids,
-            q_camids: &query.camids,
-            g_pids: &gallery.pids,
-            g_camids: GalleryCamids::Single(&gallery.camids),
-        };
-        return evaluate(&query.features, &gallery.features, &labels, options);
-    }
-    let mode = if keep_camid_centroids {
-        CentroidMode::PerCamera { bug_compat }
-    } else {
-        CentroidMode::PerIdentity
-    };
-    evaluate_centroids(set(query), set(gallery), mode, options)
-}
-
-/// The reference's logged validation scalars.
-pub fn metrics_row(m: &EvalMetrics) -> Row {
-    [
-        ("mAP", m.map),
-        ("Top-1", m.top1),
-        ("Top-5", m.top5),
-        ("Top-10", m.top10),
-        ("Top-20", m.top20),
-        ("Top-50", m.top50),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 /// The kiln task of a reid training run.
@@ -639,8 +529,8 @@ pub fn fit_model<B: AutodiffBackend>(
     let before = if options.evaluate_before && resume.is_none() {
         let (q, g) = evaluator.embed(&model.valid(), device)?;
         Some(EvalReport::compute(
-            set(&q),
-            set(&g),
+            embedding_set(&q),
+            embedding_set(&g),
             evaluator.options(),
             options.bug_compat,
         )?)
@@ -709,7 +599,12 @@ pub fn fit_model<B: AutodiffBackend>(
     // Like the reference after `fit`: test the last-epoch model with centroids flipped; report
     // all protocols.
     let (q, g) = evaluator.embed(&outcome.model.valid(), device)?;
-    let test = EvalReport::compute(set(&q), set(&g), evaluator.options(), options.bug_compat)?;
+    let test = EvalReport::compute(
+        embedding_set(&q),
+        embedding_set(&g),
+        evaluator.options(),
+        options.bug_compat,
+    )?;
     let summary = RunSummary {
         run_dir: dir.clone(),
         seed,
@@ -869,7 +764,12 @@ impl BackendJob for TestJob {
         println!("model: {} ({})", loaded.source, loaded.config.name);
         let evaluator = Evaluator::new(cfg, &dataset, self.progress)?;
         let (q, g) = evaluator.embed(&loaded.model, &device)?;
-        let report = EvalReport::compute(set(&q), set(&g), evaluator.options(), self.bug_compat)?;
+        let report = EvalReport::compute(
+            embedding_set(&q),
+            embedding_set(&g),
+            evaluator.options(),
+            self.bug_compat,
+        )?;
         let out = if cfg.output_dir.is_empty() {
             PathBuf::from(cfg.derived_log_dir())
         } else {

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod centroids;
+pub mod evaluator;
 pub mod metrics;
 pub mod report;
 pub mod retrieval;
@@ -39,6 +40,7 @@ pub use centroids::{
     CentroidGallery, CentroidMode, build_centroids, centroids_per_camera, centroids_per_identity,
     evaluate_against, evaluate_centroids,
 };
+pub use evaluator::{Evaluator, embedding_set, evaluate_protocol, metrics_row};
 pub use metrics::{
     DEFAULT_MAX_RANK, EvalLabels, EvalMetrics, GalleryCamids, QueryOutcome, TOP_K, aggregate,
     argsort, eval_func, eval_rankings, query_outcome_from_distances, query_outcome_from_ranking,

@@ -41,8 +41,8 @@ use burn_store::pytorch::reader::PickleValue;
 use serde::{Deserialize, Serialize};
 
 use super::ReidModel;
-use kiln::pickle::{PyValue, TensorRef, TorchZip};
 use super::resnet::{Arch, BlockKind, ResNetConfig};
+use kiln::pickle::{PyValue, TensorRef, TorchZip};
 
 /// Which reader parsed a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
