@@ -154,6 +154,25 @@ struct TimeSteps {
     precision: Precision,
 }
 
+impl TimeSteps {
+    fn new(
+        spec: &ModelSpec,
+        config: &crate::train::TrainConfig,
+        data: &WindowSet,
+        args: &BenchArgs,
+        precision: Precision,
+    ) -> Self {
+        Self {
+            spec: spec.clone(),
+            config: config.clone(),
+            data: data.clone(),
+            steps: args.steps,
+            warmup: args.warmup,
+            precision,
+        }
+    }
+}
+
 impl DistJob for TimeSteps {
     type Output = StepTimes;
     fn run<B: AutodiffBackend>(self, device: B::Device, dist: Option<Dist>) -> Result<StepTimes> {
@@ -264,14 +283,7 @@ pub fn run(
         for precision in precisions(args, &train, device) {
             for &d in &devices {
                 eprintln!("timing {name} on burn-{d} in precision {precision} ...");
-                let job = TimeSteps {
-                    spec: spec.clone(),
-                    config: train.clone(),
-                    data: data.clone(),
-                    steps: args.steps,
-                    warmup: args.warmup,
-                    precision,
-                };
+                let job = TimeSteps::new(&spec, &train, &data, args, precision);
                 rows.push(time_model(&name, d, job, None)?);
             }
         }
@@ -371,14 +383,7 @@ fn run_worker(
     let mut out = Vec::new();
     for (name, spec, train) in variants(cfg, &args.models)? {
         for precision in precisions(args, &train, device) {
-            let job = TimeSteps {
-                spec: spec.clone(),
-                config: train.clone(),
-                data: data.clone(),
-                steps: args.steps,
-                warmup: args.warmup,
-                precision,
-            };
+            let job = TimeSteps::new(&spec, &train, &data, args, precision);
             out.push(time_model(&name, device, job, Some(dist.clone()))?);
         }
     }

@@ -27,14 +27,9 @@ fn tiny_config(root: &Path) -> ReidConfig {
         root,
         &SyntheticSpec {
             train_ids: 4,
-            test_ids: 3,
-            cameras: 2,
             train_per_camera: 3,
-            query_per_camera: 1,
-            gallery_per_camera: 2,
             distractors: 1,
-            height: 32,
-            width: 16,
+            ..SyntheticSpec::default()
         },
         1,
     )
