@@ -3,15 +3,13 @@
 //!
 //! ```no_run
 //! use burn::backend::{Autodiff, Flex};
-//! use moola::{Classifier, data, model::ModelSpec, train::TrainConfig};
+//! use moola::{Classifier, data};
 //!
 //! let train = data::read_any("datasets/BasicMotions/BasicMotions_TRAIN.ts".as_ref())?;
 //! let test = data::read_any("datasets/BasicMotions/BasicMotions_TEST.ts".as_ref())?;
-//! let mut clf = Classifier::<Autodiff<Flex>>::new(
-//!     ModelSpec::from_name("simple_lstm")?,
-//!     TrainConfig::for_model("simple_lstm"),
-//!     Default::default(),
-//! );
+//! // The reference architecture and recipe of a model, by name (or `Classifier::new(spec,
+//! // recipe, device)` for your own).
+//! let mut clf = Classifier::<Autodiff<Flex>>::for_model("simple_lstm", Default::default())?;
 //! clf.fit(&train)?;
 //! let labels = clf.predict(&test)?;
 //! let proba = clf.predict_proba(&test)?; // rows sum to 1, columns in sorted-label order
@@ -96,6 +94,16 @@ impl<B: AutodiffBackend> Classifier<B> {
             run: RunOptions::default(),
             fitted: None,
         }
+    }
+
+    /// The reference architecture and training recipe of the model `name` (`simple_lstm`,
+    /// `cnn_transformer` or `rwkv_ts`): the name is given once.
+    pub fn for_model(name: &str, device: B::Device) -> Result<Self> {
+        Ok(Self::new(
+            ModelSpec::from_name(name)?,
+            TrainConfig::for_model(name),
+            device,
+        ))
     }
 
     /// The seed of every random stream of `fit` (initialisation, splits, shuffling,

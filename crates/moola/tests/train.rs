@@ -250,3 +250,14 @@ fn early_stopping_stops_and_restores() {
     assert!(report.stopped_early && report.epochs < 200, "{report:?}");
     assert!(report.best_val_loss.is_some());
 }
+
+#[test]
+fn for_model_takes_the_reference_spec_and_recipe_by_name() {
+    let clf = Classifier::<B>::for_model("rwkv_ts", Default::default()).unwrap();
+    assert_eq!(clf.spec(), &ModelSpec::from_name("rwkv_ts").unwrap());
+    assert_eq!(clf.config(), &TrainConfig::for_model("rwkv_ts"));
+    let err = Classifier::<B>::for_model("resnet", Default::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("resnet"), "{err}");
+}
