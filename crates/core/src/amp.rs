@@ -48,7 +48,7 @@ use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{Linear, PaddingConfig1d, PaddingConfig2d};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::{ConvOptions, PaddedConvOptions};
+use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{DType, ElementConversion, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -311,16 +311,7 @@ pub fn conv1d_layer<B: Backend>(layer: &Conv1d<B>, x: Tensor<B, 3>) -> Tensor<B,
         PaddingConfig1d::Same => same_padding(layer.kernel_size, layer.stride, x.dims()[2]),
         PaddingConfig1d::Explicit(left, right) => (left, right),
     };
-    // Uneven padding (a causal convolution's `k − 1` on the left) is applied here, in f32, as
-    // zeros: burn-flex's half-precision convolution mishandles asymmetric padding.
-    let (x, pad) = if left == right {
-        (x, left)
-    } else {
-        let [b, c, _] = x.dims();
-        let (device, dtype) = (x.device(), x.dtype());
-        let zeros = |n: usize| back(Tensor::<B, 3>::zeros([b, c, n], &device), dtype);
-        (Tensor::cat(vec![zeros(left), x, zeros(right)], 2), 0)
-    };
+    let (x, [pad]) = pad_unevenly(x, [(left, right)]);
     let options = ConvOptions::new([layer.stride], [pad], [layer.dilation], layer.groups);
     let out = x.dtype();
     let y = burn::tensor::module::conv1d(
@@ -330,6 +321,20 @@ pub fn conv1d_layer<B: Backend>(layer: &Conv1d<B>, x: Tensor<B, 3>) -> Tensor<B,
         options,
     );
     back(y, out)
+}
+
+/// Uneven padding (a causal convolution's `k − 1` on the left, "same" with an even kernel) is
+/// applied to `x` here, in its own dtype, as zeros; returns the padded input and the symmetric
+/// padding left for the convolution. burn-flex's half-precision convolutions mishandle
+/// asymmetric padding.
+fn pad_unevenly<B: Backend, const D: usize, const N: usize>(
+    x: Tensor<B, D>,
+    pads: [(usize, usize); N],
+) -> (Tensor<B, D>, [usize; N]) {
+    if pads.iter().all(|(a, b)| a == b) {
+        return (x, pads.map(|(a, _)| a));
+    }
+    (x.pad(pads, PadMode::Constant(0.0)), [0; N])
 }
 
 /// [`burn::nn::conv::Conv2d::forward`] under the autocast policy.
@@ -346,13 +351,8 @@ pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
         ),
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
     };
-    let options = PaddedConvOptions::asymmetric(
-        layer.stride,
-        [top, left],
-        [bottom, right],
-        layer.dilation,
-        layer.groups,
-    );
+    let (x, padding) = pad_unevenly(x, [(top, bottom), (left, right)]);
+    let options = ConvOptions::new(layer.stride, padding, layer.dilation, layer.groups);
     let out = x.dtype();
     let y = burn::tensor::module::conv2d(
         half(x, h),
@@ -520,4 +520,52 @@ fn scale_and_check<B: AutodiffBackend, M: AutodiffModule<B>>(
     v.bad
         .map(|b| b.into_scalar().elem::<f32>() != 0.0)
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
+    use burn::tensor::Distribution;
+
+    fn max_rel_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+        let a: Vec<f32> = a.into_data().to_vec().unwrap();
+        let b: Vec<f32> = b.into_data().to_vec().unwrap();
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+            / scale
+    }
+
+    #[test]
+    fn convolutions_with_uneven_padding_run_in_half_precision() {
+        let device = Default::default();
+        // Causal 1-D (k − 1 zeros on the left) and "same" 2-D with an even kernel.
+        let conv1 = Conv1dConfig::new(3, 4, 3)
+            .with_padding(PaddingConfig1d::Explicit(2, 0))
+            .init::<Flex>(&device);
+        let conv2 = Conv2dConfig::new([3, 4], [2, 2])
+            .with_padding(PaddingConfig2d::Same)
+            .init::<Flex>(&device);
+        let x1 = Tensor::<Flex, 3>::random([2, 3, 9], Distribution::Normal(0.0, 1.0), &device);
+        let x2 = Tensor::<Flex, 4>::random([2, 3, 5, 6], Distribution::Normal(0.0, 1.0), &device);
+        for precision in [Precision::Bf16Mixed, Precision::F16Mixed] {
+            let (y1, y2) = autocast(precision, || {
+                (
+                    conv1d_layer(&conv1, x1.clone()),
+                    conv2d_layer(&conv2, x2.clone()),
+                )
+            });
+            assert_eq!(y1.dims(), [2, 4, 9]);
+            assert_eq!(y2.dims(), [2, 4, 5, 6]);
+            assert_eq!(y1.dtype(), DType::F32);
+            let d1 = max_rel_diff(conv1.forward(x1.clone()), y1);
+            let d2 = max_rel_diff(conv2.forward(x2.clone()), y2);
+            assert!(d1 > 0.0 && d1 < 2e-2, "{precision} conv1d: {d1}");
+            assert!(d2 > 0.0 && d2 < 2e-2, "{precision} conv2d: {d2}");
+        }
+    }
 }
