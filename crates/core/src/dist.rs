@@ -382,6 +382,9 @@ impl Dist {
                     format!("dist: node 0 cannot start the orchestrator on port {port}")
                 })?);
             }
+            ensure_data_port_free(data_port).with_context(|| {
+                format!("dist: rank {rank} of {world_size} cannot serve its tensors")
+            })?;
             let deadline = Instant::now() + timeout;
             wait_for_orchestrator(&host, port, deadline).with_context(|| {
                 format!(
@@ -939,6 +942,79 @@ fn ensure_orchestrator(port: u16) -> Result<OrchestratorMonitor> {
     }
     running.insert(port, monitor.clone());
     Ok(monitor)
+}
+
+/// Data ports this process has already checked (its local workers share one data service).
+static DATA_PORTS: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+
+/// Checks, once per process and port, that this node's data service can listen on `port`.
+/// burn-collective binds it in a background task and only logs a failure, so a port taken by
+/// another program (or by an outgoing connection's ephemeral port) would otherwise surface as a
+/// registration that never completes.
+fn ensure_data_port_free(port: u16) -> Result<()> {
+    let mut checked = DATA_PORTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if checked.contains(&port) {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| {
+        format!(
+            "the data port {port} is in use (choose another with --data-port, e.g. one below \
+             the ephemeral range {}-{})",
+            ephemeral_ports().0,
+            ephemeral_ports().1
+        )
+    })?;
+    checked.insert(port);
+    Ok(())
+}
+
+/// The range the OS draws outgoing connections' local ports from (Linux:
+/// `/proc/sys/net/ipv4/ip_local_port_range`; elsewhere the IANA range 49152-65535).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
+            match (it.next(), it.next()) {
+                (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+                _ => None,
+            }
+        })
+        .unwrap_or((49152, 65535))
+}
+
+/// `n` distinct ports that nothing listens on now, for an orchestrator and data services on
+/// this machine. They are drawn at random from below the ephemeral range, so that an outgoing
+/// connection opened meanwhile (e.g. a worker reaching the orchestrator) cannot take one before
+/// the service that was given it binds it (a port from binding port 0 can, since it is itself
+/// ephemeral).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    use rand::Rng;
+    let (lo, _) = ephemeral_ports();
+    let (min, max) = (10_000u16, lo.max(10_100));
+    let mut rng = rand::rng();
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(200).max(200) {
+        if ports.len() == n {
+            break;
+        }
+        let p = rng.random_range(min..max);
+        if !ports.contains(&p)
+            && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
+            ports.push(p);
+        }
+    }
+    ensure!(
+        ports.len() == n,
+        "dist: found only {} of {n} free ports in {min}-{max}",
+        ports.len()
+    );
+    Ok(ports)
 }
 
 /// Waits until the orchestrator accepts TCP connections (burn-collective would otherwise retry

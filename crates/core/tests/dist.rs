@@ -30,15 +30,9 @@ const CHILD_LIMIT: Duration = Duration::from_secs(120);
 // Parent side
 // ---------------------------------------------------------------------------------------------
 
-/// `n` distinct free TCP ports on 127.0.0.1.
+/// `n` distinct free TCP ports, outside the ephemeral range.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    kiln::dist::free_ports(n).expect("free ports")
 }
 
 struct Finished {
@@ -304,6 +298,33 @@ fn bad_configs_are_errors() {
     let device = Default::default();
     let e = Dist::init::<B>(&DistConfig::default(), 1, &device).unwrap_err();
     assert!(format!("{e:#}").contains("local_rank 1"), "{e:#}");
+}
+
+#[test]
+fn a_taken_data_port_is_an_error_not_a_hang() {
+    let ports = free_ports(2);
+    // Another program listens on this node's data port.
+    let _taken = TcpListener::bind(("0.0.0.0", ports[1])).unwrap();
+    let cfg = DistConfig {
+        num_nodes: 2,
+        node_rank: 1,
+        orchestrator: format!("127.0.0.1:{}", ports[0]),
+        start_orchestrator: false,
+        data_port: ports[1],
+        timeout_secs: 30.0,
+        ..DistConfig::default()
+    };
+    let start = Instant::now();
+    let e = format!(
+        "{:#}",
+        Dist::init::<B>(&cfg, 0, &Default::default()).unwrap_err()
+    );
+    assert!(
+        e.contains(&format!("data port {} is in use", ports[1])),
+        "{e}"
+    );
+    // Before any wait for the (absent) orchestrator.
+    assert!(start.elapsed() < Duration::from_secs(10), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -401,9 +401,8 @@ fn run_nodes(args: &BenchArgs, single: &[Timing]) -> Result<Vec<Timing>> {
         );
     }
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // The orchestrator's port, then one data port per worker.
+    let ports = kiln::dist::free_ports(args.nodes + 1)?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for rank in 0..args.nodes {
@@ -416,7 +415,8 @@ fn run_nodes(args: &BenchArgs, single: &[Timing]) -> Result<Vec<Timing>> {
             .args(["--warmup", &args.warmup.to_string()])
             .args(["--num-nodes", &args.nodes.to_string()])
             .args(["--node-rank", &rank.to_string()])
-            .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+            .args(["--orchestrator", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--data-port", &ports[rank + 1].to_string()])
             .arg("--no-torch")
             .arg("--quiet")
             .arg("--worker-json")

@@ -71,12 +71,10 @@ fn weights<Bk: Backend, M: Module<Bk>>(m: &M) -> Vec<f32> {
     c.0
 }
 
+/// A port that nothing listens on now, below the ephemeral range (for an orchestrator or a
+/// node's data service; the default data port, orchestrator port + 1 + rank, could be taken).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    kiln::dist::free_ports(1).unwrap()[0]
 }
 
 fn spawn_worker(rank: usize, port: u16, out: &Path) -> Child {
@@ -96,7 +94,7 @@ fn spawn_worker_with(rank: usize, port: u16, out: &Path, env: &[(&str, String)])
         .env(ROLE, "worker")
         .env("MOOLA_DDP_RANK", rank.to_string())
         .env("MOOLA_DDP_PORT", port.to_string())
-        .env("DDP_DATA_PORT", free_data_port().to_string())
+        .env("DDP_DATA_PORT", free_port().to_string())
         .env("MOOLA_DDP_OUT", out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -253,7 +251,7 @@ fn cli_node(rank: usize, port: u16, out: &Path, extra: &[&str]) -> Child {
         .args(["--num-nodes", "2", "--node-rank", &rank.to_string()])
         .args(["--orchestrator", &format!("127.0.0.1:{port}")])
         .args(["--dist-timeout", "10"])
-        .args(["--data-port", &free_data_port().to_string()])
+        .args(["--data-port", &free_port().to_string()])
         .args([
             "simple_lstm.model.hidden_size",
             "8",
@@ -356,16 +354,6 @@ fn peers_with_different_configurations_refuse_to_train() {
             "{log}"
         );
     }
-}
-
-/// A port that is free now, for a node's data service (the default, orchestrator port + 1 +
-/// rank, could be taken on a busy machine).
-fn free_data_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn read_weights(path: &Path) -> Vec<f32> {

@@ -127,11 +127,7 @@ fn two_process_ctl_training_lowers_the_loss_with_identical_replicas() {
     }
     let dir = tempfile::tempdir().unwrap();
     write_data(&dir.path().join("data"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = kiln::dist::free_ports(1).unwrap()[0];
     let workers = [
         spawn_worker(0, port, dir.path()),
         spawn_worker(1, port, dir.path()),
@@ -178,9 +174,5 @@ fn two_process_ctl_training_lowers_the_loss_with_identical_replicas() {
 /// A port that is free now, for a node's data service (the default, orchestrator port + 1 +
 /// rank, could be taken on a busy machine).
 fn free_data_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    kiln::dist::free_ports(1).unwrap()[0]
 }
