@@ -28,6 +28,7 @@ pub mod import;
 pub mod loss;
 pub mod model;
 pub mod nn;
+pub mod pretrain;
 pub mod train;
 
 pub use classifier::{Classifier, FitReport};

@@ -1,0 +1,1 @@
+//! Masked BiLSTM autoencoder pre-training (in progress).

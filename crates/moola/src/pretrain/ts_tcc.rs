@@ -1,0 +1,1 @@
+//! TS-TCC contrastive pre-training (in progress).
