@@ -85,6 +85,47 @@ pub trait Callback: Send {
     }
 }
 
+impl Callback for Box<dyn Callback> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn on_epoch_end(&mut self, ctx: &EpochEnd<'_>, actions: &mut Actions) -> Result<()> {
+        (**self).on_epoch_end(ctx, actions)
+    }
+    fn on_fit_end(&mut self, actions: &mut Actions) {
+        (**self).on_fit_end(actions)
+    }
+    fn state(&self) -> serde_json::Value {
+        (**self).state()
+    }
+    fn load_state(&mut self, state: serde_json::Value) -> Result<()> {
+        (**self).load_state(state)
+    }
+}
+
+/// Builds a fresh [`Callback`] for every fit of a run that may fit several times (one per
+/// cross-validation fold, a refit after resume): a recipe's way to take callbacks from its caller.
+#[derive(Clone)]
+pub struct CallbackFactory(std::sync::Arc<dyn Fn() -> Box<dyn Callback> + Send + Sync>);
+
+impl CallbackFactory {
+    /// A factory calling `make` once per fit.
+    pub fn new<C: Callback + 'static>(make: impl Fn() -> C + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(move || Box::new(make())))
+    }
+
+    /// A fresh callback.
+    pub fn build(&self) -> Box<dyn Callback> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for CallbackFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallbackFactory({})", self.build().name())
+    }
+}
+
 /// Stops training when a monitored metric has not improved for `patience` epochs, and optionally
 /// restores the best weights at the end (moola's `EarlyStopping` with `load_best_model`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -113,6 +113,19 @@ impl<B: AutodiffBackend> Classifier<B> {
         self
     }
 
+    /// Adds a callback to every later `fit` (after the recipe's early stopping and
+    /// checkpointing): `make` builds a fresh one per fit. It sees each epoch's metrics and may
+    /// stop training or ask for checkpoints through [`kiln::callbacks::Actions`].
+    pub fn with_callback<C: kiln::callbacks::Callback + 'static>(
+        mut self,
+        make: impl Fn() -> C + Send + Sync + 'static,
+    ) -> Self {
+        self.run
+            .callbacks
+            .push(kiln::callbacks::CallbackFactory::new(make));
+        self
+    }
+
     /// Trains on `train` and early-stops / selects on `validation` (instead of the recipe's
     /// `val_split` of the training data).
     pub fn fit_with_validation(
@@ -127,8 +140,11 @@ impl<B: AutodiffBackend> Classifier<B> {
     }
 
     /// Writes run files (metrics log, checkpoints) to `run` during `fit`.
+    /// Callbacks added with [`with_callback`](Self::with_callback) are kept.
     pub fn with_run_options(mut self, run: RunOptions) -> Self {
+        let added = std::mem::take(&mut self.run.callbacks);
         self.run = run;
+        self.run.callbacks.splice(0..0, added);
         self
     }
 

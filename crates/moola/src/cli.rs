@@ -452,7 +452,7 @@ impl kiln::backend::DistJob for TrainJob {
             resume_from: args.resume,
             progress,
             dist,
-            validation: None,
+            ..RunOptions::default()
         });
         let fit = clf.fit(&train_set)?;
         if !main {

@@ -150,6 +150,9 @@ pub struct RunOptions {
     /// Validation set for early stopping and checkpoint selection, instead of the recipe's
     /// `val_split` of the training data.
     pub validation: Option<WindowSet>,
+    /// Callbacks run after the recipe's own (early stopping, checkpointing), one fresh instance
+    /// per fit.
+    pub callbacks: Vec<kiln::callbacks::CallbackFactory>,
 }
 
 /// Labels, pointer targets and the shape of a labelled set, ready for training.
@@ -645,6 +648,9 @@ pub fn fit<B: AutodiffBackend>(
         }
     } else if run.run_dir.is_some() {
         trainer = trainer.with_callback(ModelCheckpoint::last_only());
+    }
+    for make in &run.callbacks {
+        trainer = trainer.with_callback(make.build());
     }
     let outcome = trainer.fit(&mut task, net, &mut optim, device)?;
     Ok(Fitted {

@@ -261,3 +261,55 @@ fn for_model_takes_the_reference_spec_and_recipe_by_name() {
         .unwrap();
     assert!(err.to_string().contains("resnet"), "{err}");
 }
+
+/// A caller's callback: records the epochs and training losses it sees, stops after `stop_after`.
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, f64)>>>,
+    stop_after: usize,
+}
+
+impl kiln::callbacks::Callback for Recorder {
+    fn name(&self) -> String {
+        "recorder".into()
+    }
+    fn on_epoch_end(
+        &mut self,
+        ctx: &kiln::callbacks::EpochEnd<'_>,
+        actions: &mut kiln::callbacks::Actions,
+    ) -> anyhow::Result<()> {
+        let loss = ctx.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
+        let mut seen = self.seen.lock().unwrap();
+        seen.push((ctx.epoch, loss));
+        actions.stop |= seen.len() >= self.stop_after;
+        Ok(())
+    }
+}
+
+#[test]
+fn callbacks_of_the_caller_see_every_epoch_and_can_stop_each_fit() {
+    let _guard = kiln::seed::global_lock();
+    let data = trend_windows(24, 30, 9);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = seen.clone();
+    let mut clf = Classifier::<B>::new(tiny_lstm(), quick(10), Default::default())
+        .with_callback(move || Recorder {
+            seen: shared.clone(),
+            stop_after: 3,
+        })
+        // Replacing the run options keeps the callback.
+        .with_run_options(moola::train::RunOptions::default());
+    let report = clf.fit(&data).unwrap();
+    assert_eq!(report.epochs, 3, "{report:?}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(seen.iter().all(|(_, l)| l.is_finite()), "{seen:?}");
+    }
+    // A second fit gets a fresh callback (its count starts again at zero).
+    seen.lock().unwrap().clear();
+    assert_eq!(clf.fit(&data).unwrap().epochs, 3);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
