@@ -1,7 +1,7 @@
 //! Inference plumbing shared by `test`, `create-embeddings`, `get-similar`, `visrank` and the
-//! validation of training: loading a model for evaluation and turning image batches into
-//! post-BNNeck eval-mode embeddings (as the reference's validation step and
-//! `create_embeddings.py` compute them).
+//! validation of training: loading a model for evaluation (a `reid train` checkpoint or the
+//! reference's Lightning `.ckpt`). Embedding lives in [`crate::eval::embed`] and is re-exported
+//! here for the tools.
 
 use std::path::{Path, PathBuf};
 
@@ -10,9 +10,11 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ReidConfig;
-use crate::data::{EvalBatch, EvalLoader, LoaderOptions, Sample, TestTransform};
-use crate::eval::{FeatureMatrix, RetrievalOptions};
 use crate::model::{ReidModel, ReidModelConfig, load_reference_checkpoint};
+
+pub use crate::eval::embed::{
+    Embedded, distance_func, embed_batches, embed_samples, retrieval_options,
+};
 
 /// The task state this crate stores in its kiln checkpoints (`meta.task`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,60 +127,6 @@ fn check_same(want: &ReidModelConfig, got: &ReidModelConfig, path: &Path) -> Res
     Ok(())
 }
 
-/// Embeddings with the identities and cameras of their images.
-#[derive(Debug, Clone)]
-pub struct Embedded {
-    /// `[n, emb]` post-BN embeddings (not normalised).
-    pub features: FeatureMatrix,
-    /// Person / product id of each row.
-    pub pids: Vec<i64>,
-    /// Camera id of each row.
-    pub camids: Vec<i64>,
-}
-
-/// Post-BNNeck embeddings of every batch, in order. Run it on an inner (non-autodiff) backend
-/// model so that the BatchNorms use their running statistics (eval mode).
-pub fn embed_batches<B: Backend>(
-    model: &ReidModel<B>,
-    batches: impl Iterator<Item = Result<EvalBatch>>,
-    total: Option<usize>,
-    progress: bool,
-    device: &B::Device,
-) -> Result<Embedded> {
-    let bar = kiln::progress::bar(total, "embedding", progress);
-    let started = std::time::Instant::now();
-    let mut data = Vec::new();
-    let mut pids = Vec::new();
-    let mut camids = Vec::new();
-    let mut dim = model.emb_size();
-    for batch in batches {
-        let batch = batch?;
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(batch.images, [batch.n, 3, batch.height, batch.width]),
-            device,
-        );
-        let emb = model.embed(x);
-        dim = emb.dims()[1];
-        let values: Vec<f32> = emb
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| anyhow::anyhow!("cannot read embeddings: {e:?}"))?;
-        data.extend(values);
-        pids.extend(batch.pids);
-        camids.extend(batch.camids);
-        let rate = pids.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("{rate:.1} images/s"));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(Embedded {
-        features: FeatureMatrix::new(data, dim)?,
-        pids,
-        camids,
-    })
-}
-
 /// `MODEL.PRETRAIN_PATH`, checked to name an existing file.
 pub fn checkpoint_path(cfg: &ReidConfig) -> Result<PathBuf> {
     let raw = cfg.model.pretrain_path.trim();
@@ -196,41 +144,4 @@ pub fn checkpoint_path(cfg: &ReidConfig) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// `SOLVER.DISTANCE_FUNC` (training triplet distance and evaluation distance).
-pub fn distance_func(cfg: &ReidConfig) -> Result<crate::loss::DistanceFunc> {
-    cfg.solver
-        .distance_func
-        .parse()
-        .context("SOLVER.DISTANCE_FUNC")
-}
-
-/// Evaluation's ranking options: `TEST.FEAT_NORM` and `SOLVER.DISTANCE_FUNC`.
-pub fn retrieval_options(cfg: &ReidConfig) -> Result<RetrievalOptions> {
-    Ok(RetrievalOptions {
-        feat_norm: cfg.test.feat_norm,
-        distance: distance_func(cfg)?,
-        ..RetrievalOptions::default()
-    })
-}
-
-/// Embeddings of `samples` (in order) with the test transform and `TEST.IMS_PER_BATCH`, on the
-/// backend of `model`. Run it on an inner (non-autodiff) backend for eval-mode embeddings.
-pub fn embed_samples<B: Backend>(
-    model: &ReidModel<B>,
-    samples: impl Into<std::sync::Arc<[Sample]>>,
-    cfg: &ReidConfig,
-    progress: bool,
-    device: &B::Device,
-) -> Result<Embedded> {
-    let transform = TestTransform::from_config(&cfg.input)?;
-    let loader = EvalLoader::new(
-        samples.into(),
-        transform,
-        cfg.test.ims_per_batch,
-        &LoaderOptions::from_config(cfg),
-    )?;
-    let total = loader.num_batches();
-    embed_batches(model, loader, Some(total), progress, device)
 }

@@ -8,13 +8,13 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use kiln::metric_log::Row;
 
+use super::embed::{Embedded, embed_samples, retrieval_options};
 use super::{
     CentroidMode, EmbeddingSet, EvalLabels, EvalMetrics, FeatureMatrix, GalleryCamids,
     RetrievalOptions, evaluate, evaluate_centroids,
 };
 use crate::config::ReidConfig;
 use crate::data::{ReidDataset, Sample};
-use crate::infer::Embedded;
 use crate::model::ReidModel;
 
 /// Everything needed to embed and evaluate query + gallery of a dataset.
@@ -34,7 +34,7 @@ impl Evaluator {
             cfg: cfg.clone(),
             val: dataset.val().into(),
             num_query: dataset.num_query(),
-            options: crate::infer::retrieval_options(cfg)?,
+            options: retrieval_options(cfg)?,
             progress,
         })
     }
@@ -45,8 +45,7 @@ impl Evaluator {
         model: &ReidModel<B>,
         device: &B::Device,
     ) -> Result<(Embedded, Embedded)> {
-        let all =
-            crate::infer::embed_samples(model, self.val.clone(), &self.cfg, self.progress, device)?;
+        let all = embed_samples(model, self.val.clone(), &self.cfg, self.progress, device)?;
         split(all, self.num_query)
     }
 

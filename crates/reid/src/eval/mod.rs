@@ -11,6 +11,8 @@
 //! * [`centroids`]: the centroid galleries, mode A and mode B (with the reference's camera-id
 //!   bug on request);
 //! * [`report`]: the three protocols side by side, as JSON and as a table.
+//! * [`embed`]: a model's eval-mode embeddings of an image set (the input of all of the above);
+//! * [`evaluator`]: embedding + the validation and test protocols, as training and `reid test` run them.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -31,6 +33,7 @@
 //! ```
 
 pub mod centroids;
+pub mod embed;
 pub mod evaluator;
 pub mod metrics;
 pub mod report;
