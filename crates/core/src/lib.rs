@@ -15,6 +15,8 @@
 //! * [`optim`]: automatic ([`Standard`](optim::Standard)) and manual optimisation policies on
 //!   Burn's optimisers and learning-rate schedulers;
 //! * [`checkpoint`]: atomic model files (Burn records) and checkpoint files, with shape checks;
+//!   [`artifact`]: the one convention for a model on disk (a card to build it + its weights, in
+//!   a model file pair or a training checkpoint);
 //! * [`config`]: the yacs-style configuration (typed defaults, YAML, `KEY VALUE` overrides) on
 //!   figment;
 //! * [`backend`]: `--device cpu|cuda` → a concrete Burn backend, with a clear error when CUDA is
@@ -24,6 +26,7 @@
 //!   [`io`]: atomic writes; [`progress`]: progress bars and logging.
 
 pub mod amp;
+pub mod artifact;
 pub mod backend;
 pub mod bench;
 pub mod callbacks;

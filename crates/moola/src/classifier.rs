@@ -29,7 +29,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use crate::data::{LabelMap, WindowSet};
-use crate::model::{self, CARD_FORMAT, InnerWindow, ModelCard, ModelSpec, Net};
+use crate::model::{self, InnerWindow, ModelCard, ModelSpec, Net};
 use crate::train::{self, RunOptions, TrainConfig};
 
 /// Inference batch size (outputs do not depend on it in eval mode).
@@ -190,15 +190,12 @@ impl<B: AutodiffBackend> Classifier<B> {
             final_train_acc,
             num_params: kiln::checkpoint::parameter_count(&net),
         };
-        let card = ModelCard {
-            format: CARD_FORMAT.to_string(),
-            spec: self.spec.clone(),
-            input_dim: data.n_features,
-            n_classes: fitted.prepared.labels.len(),
-            seq_len: data.seq_len,
-            classes: fitted.prepared.labels.classes().to_vec(),
-            source: None,
-        };
+        let card = ModelCard::new(
+            &self.spec,
+            data.n_features,
+            data.seq_len,
+            fitted.prepared.labels.classes().to_vec(),
+        );
         self.fitted = Some(TrainedNet { net, card });
         Ok(report)
     }

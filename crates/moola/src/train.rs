@@ -255,6 +255,9 @@ pub struct ClassifierTask<B: AutodiffBackend> {
     config: TrainConfig,
     focal_alpha: Option<Vec<f32>>,
     device: B::Device,
+    /// The card of the network being trained, stored as the task state of every checkpoint so
+    /// that a checkpoint loads like a saved model ([`kiln::artifact`]).
+    card: crate::model::ModelCard,
 }
 
 fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
@@ -471,6 +474,10 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
         ]
         .into())
     }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.card).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// What a fit produced.
@@ -593,6 +600,12 @@ impl<B: AutodiffBackend> Session<B> {
             config: config.clone(),
             focal_alpha,
             device: device.clone(),
+            card: crate::model::ModelCard::new(
+                spec,
+                data.n_features,
+                data.seq_len,
+                prep.labels.classes().to_vec(),
+            ),
         };
         let optim = AdamWConfig::new()
             .with_beta_1(0.9)

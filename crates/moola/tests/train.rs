@@ -313,3 +313,42 @@ fn callbacks_of_the_caller_see_every_epoch_and_can_stop_each_fit() {
     assert_eq!(clf.fit(&data).unwrap().epochs, 3);
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
+
+#[test]
+fn a_training_checkpoint_loads_like_a_saved_model() {
+    let _guard = kiln::seed::global_lock();
+    let data = trend_windows(24, 30, 5);
+    let mut cfg = quick(2);
+    cfg.val_split = 0.0; // the last checkpoint then holds the final weights
+    let dir = tempfile::tempdir().unwrap();
+    let mut clf = Classifier::<B>::new(tiny_lstm(), cfg, Default::default()).with_run_options(
+        moola::train::RunOptions {
+            run_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        },
+    );
+    clf.fit(&data).unwrap();
+    let ckpt = walk(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "last.ckpt"))
+        .expect("a last.ckpt in the run directory");
+    let loaded = Classifier::<B>::load(&ckpt, TrainConfig::default(), Default::default()).unwrap();
+    assert_eq!(loaded.card(), clf.card());
+    assert_eq!(
+        loaded.predict_proba(&data).unwrap(),
+        clf.predict_proba(&data).unwrap()
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

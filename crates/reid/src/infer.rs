@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -54,40 +54,19 @@ pub fn load_model<B: Backend>(
         bail!("checkpoint {} does not exist", path.display());
     }
     if is_kiln_checkpoint(path)? {
-        let (meta, sections) = kiln::checkpoint::read_checkpoint(path)?;
-        let task: CheckpointTask =
-            serde_json::from_value(meta.task.clone()).with_context(|| {
-                format!(
-                    "{} is a kiln checkpoint but not of a reid model",
-                    path.display()
-                )
+        // This project's checkpoints follow kiln's model-file convention: the task state is the
+        // card the model is rebuilt from, the `model` section its weights.
+        let (model, task, source) =
+            kiln::artifact::load::<B, ReidModel<B>, CheckpointTask>(path, device, |task| {
+                if let Some(want) = expected {
+                    check_same(want, &task.model, path)?;
+                }
+                task.model.init::<B>(device)
             })?;
-        if let Some(want) = expected {
-            check_same(want, &task.model, path)?;
-        }
-        let model = task.model.init::<B>(device)?;
-        let bytes = sections
-            .get("model")
-            .cloned()
-            .with_context(|| format!("{} has no model section", path.display()))?;
-        let record =
-            kiln::checkpoint::record_from_bytes::<B, _>(bytes, device).with_context(|| {
-                format!(
-                    "{} does not hold {} weights",
-                    path.display(),
-                    task.model.name
-                )
-            })?;
-        let model = kiln::checkpoint::load_checked(model, record, &path.display().to_string())?
-            .with_frozen_bnneck_bias();
         Ok(LoadedModel {
-            model,
+            model: model.with_frozen_bnneck_bias(),
             config: task.model,
-            source: format!(
-                "{} (reid checkpoint after {} epochs)",
-                path.display(),
-                meta.epochs_completed
-            ),
+            source: source.to_string(),
         })
     } else {
         let (model, info) = load_reference_checkpoint::<B>(path, device)?;

@@ -170,58 +170,59 @@ pub struct ModelCard {
 /// The current sidecar format tag.
 pub const CARD_FORMAT: &str = "moola-burn/1";
 
-/// The weight and sidecar paths of a model path (`x` or `x.mpk` → `x.mpk`, `x.json`).
-pub fn model_paths(path: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let stem = if path.extension().is_some_and(|e| e == "mpk" || e == "json") {
-        path.with_extension("")
-    } else {
-        path.to_path_buf()
-    };
-    let mut weights = stem.clone().into_os_string();
-    weights.push(".mpk");
-    let mut card = stem.into_os_string();
-    card.push(".json");
-    (weights.into(), card.into())
+impl ModelCard {
+    /// The card of a network of `spec` trained on windows of `seq_len` × `input_dim` with
+    /// `classes` (in index order).
+    pub fn new(spec: &ModelSpec, input_dim: usize, seq_len: usize, classes: Vec<String>) -> Self {
+        Self {
+            format: CARD_FORMAT.to_string(),
+            spec: spec.clone(),
+            input_dim,
+            n_classes: classes.len(),
+            seq_len,
+            classes,
+            source: None,
+        }
+    }
 }
 
-/// Saves weights (Burn record) and sidecar (JSON), both atomically.
+/// The weight and sidecar paths of a model path (`x`, `x.mpk` or `x.json` → `x.mpk`, `x.json`).
+pub use kiln::artifact::paths as model_paths;
+
+/// Saves a classifier as a model file: weights (Burn record) and card (JSON), both atomically
+/// (the [`kiln::artifact`] convention).
 pub fn save<B: Backend>(
     net: &Net<B>,
     card: &ModelCard,
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let (weights, card_path) = model_paths(path);
-    kiln::checkpoint::save_module(net, &weights)?;
-    kiln::io::write_json(&card_path, card)
+    kiln::artifact::save(net, card, path)
 }
 
-/// Loads a model saved by [`save`] (or produced by `moola import`).
+/// Loads a classifier saved by [`save`] or produced by `moola import`, or the model of a
+/// `moola train` checkpoint (`*.ckpt`, whose task state is the card).
 pub fn load<B: Backend>(
     path: &std::path::Path,
     device: &B::Device,
 ) -> anyhow::Result<(Net<B>, ModelCard)> {
-    use anyhow::Context;
-    let (weights, card_path) = model_paths(path);
-    let card: ModelCard = kiln::io::read_json(&card_path)
-        .with_context(|| format!("cannot load the model card of {}", path.display()))?;
-    if card.format != CARD_FORMAT {
-        anyhow::bail!(
-            "{}: unsupported model format `{}` (expected {CARD_FORMAT})",
-            card_path.display(),
-            card.format
-        );
-    }
-    if card.classes.len() != card.n_classes {
-        anyhow::bail!(
-            "{}: {} class labels for n_classes = {}",
-            card_path.display(),
-            card.classes.len(),
-            card.n_classes
-        );
-    }
-    let net = card
-        .spec
-        .init::<B>(card.input_dim, card.n_classes, card.seq_len, device)?;
-    let net = kiln::checkpoint::load_module(net, &weights, device)?;
+    let (net, card, _) = kiln::artifact::load::<B, Net<B>, ModelCard>(path, device, |card| {
+        if card.format != CARD_FORMAT {
+            anyhow::bail!(
+                "{}: unsupported model format `{}` (expected {CARD_FORMAT})",
+                path.display(),
+                card.format
+            );
+        }
+        if card.classes.len() != card.n_classes {
+            anyhow::bail!(
+                "{}: {} class labels for n_classes = {}",
+                path.display(),
+                card.classes.len(),
+                card.n_classes
+            );
+        }
+        card.spec
+            .init::<B>(card.input_dim, card.n_classes, card.seq_len, device)
+    })?;
     Ok((net, card))
 }
