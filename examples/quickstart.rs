@@ -152,6 +152,7 @@ fn reid_quickstart(out: &Path) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    kiln::alloc::retain_freed_memory();
     kiln::progress::init_logging("warn");
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let out = Path::new("artifacts/quickstart");

@@ -23,8 +23,10 @@
 //!   missing;
 //! * [`metrics`]: classification metrics (accuracy, P/R/F1, ECE, Brier, log-loss, confusion);
 //! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
-//!   [`io`]: atomic writes; [`progress`]: progress bars and logging.
+//!   [`io`]: atomic writes; [`progress`]: progress bars and logging; [`alloc`]: allocator
+//!   tuning for training processes.
 
+pub mod alloc;
 pub mod amp;
 pub mod artifact;
 pub mod backend;

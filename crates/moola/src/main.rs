@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser};
 
 fn main() {
     kiln::cli::reset_sigpipe();
+    kiln::alloc::retain_freed_memory();
     // Flags may follow the trailing `KEY VALUE` overrides, as yacs users write them.
     let args = kiln::cli::hoist_flags(&moola::cli::Cli::command(), std::env::args().collect());
     let cli = moola::cli::Cli::parse_from(args);
