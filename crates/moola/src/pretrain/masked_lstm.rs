@@ -1,1 +1,0 @@
-//! Masked BiLSTM autoencoder pre-training (in progress).
