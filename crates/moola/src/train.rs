@@ -75,9 +75,52 @@ pub struct TrainConfig {
     /// Numeric precision: `auto` (the reference's `use_amp=True`: `16-mixed` on CUDA, `32` on
     /// CPU), `32`, `16-mixed` or `bf16-mixed` (see `kiln::amp`).
     pub precision: PrecisionSetting,
+    /// A pre-trained encoder to start from, and how it is unfrozen.
+    pub encoder: EncoderTransfer,
     /// Seed of every random stream (set from the run configuration's top-level `seed`).
     #[serde(skip)]
     pub seed: u64,
+}
+
+/// Starting a classifier's encoder from a pre-trained one (the reference's
+/// `load_pretrained_encoder` + `freeze_encoder` and its unfreeze schedules).
+///
+/// * SimpleLSTM takes the forward direction of a masked BiLSTM autoencoder's encoder
+///   (`moola pretrain --method masked-lstm`); its `lstm.*` is frozen and unfrozen at epoch
+///   `unfreeze_after` with the learning rate multiplied by `unfreeze_lr_factor`.
+/// * The CNN-Transformer takes a TS-TCC encoder (`moola pretrain --method ts-tcc`), key for
+///   key; it is frozen and unfrozen in stages at the epochs of `unfreeze_schedule`.
+///
+/// Unlike the reference, where a refit rebuilds the network and drops the loaded weights, the
+/// encoder is loaded into every network `fit` builds (every fold of a cross-validation too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EncoderTransfer {
+    /// The encoder file (this project's, from `moola pretrain`); `None`: train from scratch.
+    pub path: Option<std::path::PathBuf>,
+    /// Freeze the loaded encoder at the start (the reference's `freeze_encoder=True`).
+    pub freeze: bool,
+    /// SimpleLSTM: the epoch at which the frozen LSTM becomes trainable (0: never; the
+    /// reference's OOF pipeline uses 10).
+    pub unfreeze_after: usize,
+    /// SimpleLSTM: learning-rate multiplier applied when the LSTM is unfrozen (the reference's
+    /// `MASKED_LSTM_UNFREEZE_LR_REDUCTION`, 0.3).
+    pub unfreeze_lr_factor: f64,
+    /// CNN-Transformer: the epochs of the three unfreeze stages (last transformer layer, all
+    /// transformer layers, everything); the reference's 10, 20, 30.
+    pub unfreeze_schedule: Vec<usize>,
+}
+
+impl Default for EncoderTransfer {
+    fn default() -> Self {
+        Self {
+            path: None,
+            freeze: true,
+            unfreeze_after: 10,
+            unfreeze_lr_factor: 0.3,
+            unfreeze_schedule: vec![10, 20, 30],
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -99,6 +142,7 @@ impl Default for TrainConfig {
             pointer_beta_warmup_epochs: 50,
             multitask_mix_inputs: true,
             precision: PrecisionSetting::Auto,
+            encoder: EncoderTransfer::default(),
             seed: kiln::seed::DEFAULT_SEED,
         }
     }
@@ -131,6 +175,10 @@ impl TrainConfig {
         }
         if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             bail!("learning_rate must be positive, got {}", self.learning_rate);
+        }
+        let f = self.encoder.unfreeze_lr_factor;
+        if f.is_nan() || f <= 0.0 {
+            bail!("encoder.unfreeze_lr_factor must be positive, got {f}");
         }
         Ok(())
     }
@@ -478,6 +526,78 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(&self.card).unwrap_or(serde_json::Value::Null)
     }
+
+    fn on_epoch_start(
+        &mut self,
+        net: Net<B>,
+        info: &EpochInfo,
+        lr: &mut dyn kiln::optim::LrControl,
+    ) -> Result<Net<B>> {
+        let transfer = &self.config.encoder;
+        if transfer.path.is_none() || !transfer.freeze {
+            return Ok(net);
+        }
+        // Trainability follows from the epoch alone, so a resumed run sets it right too (the
+        // learning-rate factor is part of the optimiser's checkpoint).
+        Ok(match net {
+            Net::SimpleLstm(m) => {
+                let open = transfer.unfreeze_after > 0 && info.epoch >= transfer.unfreeze_after;
+                if transfer.unfreeze_after > 0 && info.epoch == transfer.unfreeze_after {
+                    tracing::info!(
+                        "epoch {}: unfreezing the pre-trained LSTM, learning rate × {}",
+                        info.epoch,
+                        transfer.unfreeze_lr_factor
+                    );
+                    lr.scale_lr(transfer.unfreeze_lr_factor);
+                }
+                Net::SimpleLstm(if open {
+                    crate::pretrain::masked_lstm::unfreeze_encoder(m)
+                } else {
+                    crate::pretrain::masked_lstm::freeze_encoder(m)
+                })
+            }
+            other => other,
+        })
+    }
+}
+
+/// Loads the pre-trained encoder of `transfer` (if any) into a freshly built network.
+fn transfer_encoder<B: AutodiffBackend>(
+    net: Net<B>,
+    transfer: &EncoderTransfer,
+    device: &B::Device,
+) -> Result<Net<B>> {
+    let Some(path) = &transfer.path else {
+        return Ok(net);
+    };
+    let what = || {
+        format!(
+            "cannot start from the pre-trained encoder {}",
+            path.display()
+        )
+    };
+    match net {
+        Net::SimpleLstm(m) => {
+            let (encoder, _) =
+                crate::pretrain::masked_lstm::load_encoder::<B>(path, device).with_context(what)?;
+            let (m, report) =
+                crate::pretrain::masked_lstm::transfer_encoder(m, &encoder, transfer.freeze)
+                    .with_context(what)?;
+            tracing::info!(
+                "pre-trained encoder {}: {} tensors copied, {} skipped{}",
+                path.display(),
+                report.copied.len(),
+                report.skipped.len(),
+                if report.frozen { ", LSTM frozen" } else { "" }
+            );
+            Ok(Net::SimpleLstm(m))
+        }
+        Net::CnnTransformer(_) => bail!(
+            "{}: the CNN-Transformer's TS-TCC encoder is not wired yet",
+            what()
+        ),
+        Net::RwkvTs(_) => bail!("{}: RWKV-TS has no pre-trained encoder", what()),
+    }
 }
 
 /// What a fit produced.
@@ -573,6 +693,7 @@ impl<B: AutodiffBackend> Session<B> {
         );
         kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
         let net: Net<B> = spec.init(data.n_features, n_classes, data.seq_len, device)?;
+        let net = transfer_encoder(net, &config.encoder, device)?;
         tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&net));
         let val = match validation {
             Some(v) => {
