@@ -33,6 +33,17 @@ Outputs (``<name>.pt`` + ``<name>.json``):
   final ``h_n``/``c_n`` [4, 2, 6].
 * ``broken_{missing,extra,shape}.pt``: ``simple_lstm_1l`` with ``ln.bias`` removed, an extra
   ``extra_head.weight``, and ``ln.weight`` of the wrong shape.
+* ``simple_lstm_numpy_labels.pt``: ``simple_lstm_1l``'s weights and hyper-parameters with the
+  metadata the reference's ``save`` writes after ``fit`` on NumPy arrays: labels from
+  ``np.unique(np.array(['up', 'down']))`` (``np.str_`` keys of ``label_to_idx`` and values of
+  ``idx_to_label``), ``n_classes``/``input_dim`` as ``np.int64``. Its probabilities are those of
+  ``simple_lstm_1l.json`` (classes ``down``, ``up``).
+* ``encoder_bilstm.pt``: an encoder checkpoint, ``{'encoder_state_dict': <bilstm.pt's state
+  dict>, 'hyperparams': {'input_dim': np.int64(4), 'hidden_dim': 6, 'num_layers': 2,
+  'dropout': np.float64(0.2)}}`` (outputs: ``bilstm.json``).
+
+The last two are built from the committed ``simple_lstm_1l.pt`` and ``bilstm.pt``, so
+``--derived-only`` writes just them, leaving the other fixtures as they are.
 
 Each JSON holds ``input`` [B, 105, 4] (OHLC-like random walks of moderate magnitude, float32),
 the eval-mode softmax ``probs`` [B, C] and, with pointer heads, the sigmoid ``start_probs`` /
@@ -159,12 +170,42 @@ def write_case(out_dir: pathlib.Path, name: str, model, n_classes, hyperparams, 
     print(f"{name}: {doc['n_params']} params, max prob {probs.max():.3f}, torch f32 vs f64 {diff:.2e}")
 
 
+def write_numpy_labels(out_dir: pathlib.Path) -> None:
+    """``simple_lstm_1l.pt`` re-saved with NumPy label maps and counts (see the docstring)."""
+    ckpt = torch.load(out_dir / "simple_lstm_1l.pt", weights_only=True)
+    labels = np.unique(np.array(["up", "down"]))  # array(['down', 'up'], dtype='<U4')
+    ckpt["label_to_idx"] = {label: i for i, label in enumerate(labels)}
+    ckpt["idx_to_label"] = {i: label for i, label in enumerate(labels)}
+    ckpt["n_classes"] = np.int64(len(labels))
+    ckpt["input_dim"] = np.int64(ckpt["input_dim"])
+    assert all(type(k) is np.str_ for k in ckpt["label_to_idx"])
+    torch.save(ckpt, out_dir / "simple_lstm_numpy_labels.pt")
+    print(f"simple_lstm_numpy_labels: labels {list(map(str, labels))} ({labels.dtype})")
+
+
+def write_derived(out_dir: pathlib.Path) -> None:
+    """The fixtures built from committed ones: NumPy label maps, an encoder checkpoint."""
+    write_numpy_labels(out_dir)
+    state = torch.load(out_dir / "bilstm.pt", weights_only=True)
+    hyperparams = {"input_dim": np.int64(4), "hidden_dim": 6, "num_layers": 2, "dropout": np.float64(0.2)}
+    torch.save({"encoder_state_dict": state, "hyperparams": hyperparams}, out_dir / "encoder_bilstm.pt")
+    print(f"encoder_bilstm: {len(state)} tensors")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     root = pathlib.Path(__file__).resolve().parents[2]
     parser.add_argument("--out", type=pathlib.Path, default=root / "crates/moola/tests/fixtures/parity")
+    parser.add_argument(
+        "--derived-only", action="store_true",
+        help="only write simple_lstm_numpy_labels.pt and encoder_bilstm.pt from the existing "
+        "simple_lstm_1l.pt and bilstm.pt",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.derived_only:
+        write_derived(args.out)
+        return
     torch.backends.mha.set_fastpath_enabled(False)
     torch.manual_seed(1337)
     gen = torch.Generator().manual_seed(7)
@@ -251,6 +292,8 @@ def main() -> None:
     shape = dict(state)
     shape["ln.weight"] = torch.ones(17)
     save_checkpoint(args.out / "broken_shape.pt", lstm1, 2, hp, state=shape)
+
+    write_derived(args.out)
 
     total = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({total / 1024:.0f} KiB)")

@@ -236,7 +236,7 @@ mod tests {
         assert!(source.to_string().contains("after 4 epochs"), "{source}");
 
         // A card that builds another architecture is an error naming the parameter.
-        crate::io::write_json(&dir.path().join("m.json"), &Card { d_in: 5, d_out: 2 }).unwrap();
+        crate::io::write_json(dir.path().join("m.json"), &Card { d_in: 5, d_out: 2 }).unwrap();
         let err = load::<Flex, _, Card>(&dir.path().join("m"), &device, build).unwrap_err();
         assert!(format!("{err:#}").contains("weight"), "{err:#}");
 

@@ -8,8 +8,10 @@
 //!   `strategy` settings;
 //! * [`amp`]: mixed precision (`16-mixed`, `bf16-mixed`): the autocast op policy and the
 //!   dynamic loss scaler;
-//! * [`pickle`]: a tolerant reader of PyTorch zip checkpoints that executes nothing (Lightning
-//!   checkpoints with yacs `CfgNode`s, `Counter`s and other objects burn-store refuses);
+//! * [`torch`]: PyTorch `torch.save` files (every format) and their strict, by-name loading into
+//!   any Burn module under a per-model key rule; [`pickle`]: its tolerant unpickler, which
+//!   executes nothing (Lightning checkpoints with yacs `CfgNode`s, `Counter`s, NumPy scalars and
+//!   other objects burn-store refuses);
 //! * [`dist`] and [`sync`]: data-parallel training over devices and nodes on burn-collective
 //!   (gradient all-reduce, rank-0 weight and buffer broadcast);
 //! * [`optim`]: automatic ([`Standard`](optim::Standard)) and manual optimisation policies on
@@ -48,6 +50,7 @@ pub mod progress;
 pub mod seed;
 pub mod step;
 pub mod sync;
+pub mod torch;
 pub mod trainer;
 
 pub use amp::{GradScaler, autocast};

@@ -1,19 +1,36 @@
-//! A tolerant reader for PyTorch zip checkpoints (`torch.save` since PyTorch 1.6), for the files
-//! that burn-store's reader rejects.
+//! A tolerant pickle reader that executes nothing: the low-level unpickler of [`crate::torch`],
+//! which reads PyTorch zip checkpoints (`torch.save` since PyTorch 1.6) that burn-store's reader
+//! rejects, and the metadata of every checkpoint.
 //!
 //! burn-store's pickle reader needs every object in the file to be a plain container or a tensor.
 //! A PyTorch-Lightning checkpoint of the reference holds more: its `hyper_parameters` are yacs
 //! `CfgNode` objects (dict subclasses, pickled as `NEWOBJ` + `SETITEMS` + `BUILD`), the
-//! scheduler state holds a `collections.Counter`, and the callback states are keyed by a class.
+//! scheduler state holds a `collections.Counter`, and the callback states are keyed by a class;
+//! a classifier checkpoint written after `fit` on NumPy arrays holds NumPy scalars (`np.str_`
+//! labels, `np.int64` counts) and `numpy.dtype` objects.
 //! This module runs the pickle program with a small stack machine that keeps any object it does
 //! not know as an opaque [`PyValue::Object`] (class, constructor arguments, state, dict and list
-//! items), and turns `torch._utils._rebuild_tensor_v2` calls into [`TensorRef`]s whose bytes are
-//! read from the archive's `data/<key>` entries (through burn-store's [`LazyDataSource`]).
+//! items), and interprets a few calls:
 //!
-//! Limitations: memoised containers are snapshots taken when they are memoised, so a container
-//! that is referenced twice *and* filled after its first reference reads as it was then (PyTorch
-//! state dicts and Lightning checkpoints do not do this for anything read here); the text-mode
-//! opcodes of pickle protocol 0 and out-of-band buffers are rejected with a clear error.
+//! * `torch._utils._rebuild_tensor_v2` (and the parameter wrappers) → [`TensorRef`], whose bytes
+//!   are read from the archive's `data/<key>` entries (through burn-store's [`LazyDataSource`]);
+//! * `collections.OrderedDict` → [`PyValue::Dict`];
+//! * NumPy scalars, `numpy.core.multiarray.scalar(dtype, bytes)` (NumPy 2:
+//!   `numpy._core.multiarray.scalar`), of kind `U` → [`PyValue::Str`] (trailing NULs stripped),
+//!   `S` → [`PyValue::Bytes`], `i`/`u` → [`PyValue::Int`], `f` → [`PyValue::Float`], `b` →
+//!   [`PyValue::Bool`]; the byte order comes from the dtype's `BUILD` state (`<`, `>`, `|`) and
+//!   is little-endian when the state is absent. Other NumPy objects (arrays rebuilt by
+//!   `numpy.core.multiarray._reconstruct`, dtypes) stay opaque objects;
+//! * protocol 2's `_codecs.encode(text, 'latin1')` and `bytes()` → [`PyValue::Bytes`], `set(…)`
+//!   → [`PyValue::List`].
+//!
+//! Memoised objects are values, not references: the memo keeps a copy, which is refreshed each
+//! time the object is mutated (`BUILD`, `SETITEM(S)`, `APPEND(S)`) while it is the top of the
+//! stack — how pickle fills every object — so a later `GET` sees the finished object.
+//!
+//! Limitations: self-referencing objects are not supported (a reference to an object still being
+//! built reads as it was then); the text-mode opcodes of pickle protocol 0 and out-of-band
+//! buffers are rejected with a clear error.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -121,6 +138,28 @@ impl PyValue {
             PyValue::Int(i) => Some(*i),
             _ => None,
         }
+    }
+
+    /// The number, if this is an int or a float.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            PyValue::Int(i) => Some(*i as f64),
+            PyValue::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The bool, if this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            PyValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The Python type of this value, in words (`"str"`, `"dict"`, `"object"`...), for messages.
+    pub fn type_name(&self) -> &'static str {
+        kind(self)
     }
 
     /// Every tensor of a (nested) dict, with dotted keys, in file order.
@@ -302,6 +341,10 @@ struct Machine<'a> {
     stack: Vec<PyValue>,
     marks: Vec<usize>,
     memo: HashMap<u32, PyValue>,
+    /// `(stack index, memo id)` of the live stack entries that are memoised: mutations of such an
+    /// entry (`BUILD`, `SETITEM(S)`, `APPEND(S)`) are copied to its memo slot, so that a later
+    /// `GET` sees the finished object, as Python's shared references do.
+    memo_at: Vec<(usize, u32)>,
 }
 
 impl<'a> Machine<'a> {
@@ -312,6 +355,7 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            memo_at: Vec::new(),
         }
     }
 
@@ -366,9 +410,38 @@ impl<'a> Machine<'a> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             bail!("stack underflow (pop past a mark) at byte {}", self.pos);
         }
-        self.stack
+        let v = self
+            .stack
             .pop()
-            .ok_or_else(|| anyhow!("stack underflow at byte {}", self.pos))
+            .ok_or_else(|| anyhow!("stack underflow at byte {}", self.pos))?;
+        self.forget_popped();
+        Ok(v)
+    }
+
+    /// Drops the memo links of entries no longer on the stack.
+    fn forget_popped(&mut self) {
+        let len = self.stack.len();
+        self.memo_at.retain(|&(i, _)| i < len);
+    }
+
+    /// Records that the top of the stack is memo entry `id`.
+    fn memoise_top(&mut self, id: u32) -> Result<()> {
+        let v = self.top()?.clone();
+        self.memo.insert(id, v);
+        self.memo_at.push((self.stack.len() - 1, id));
+        Ok(())
+    }
+
+    /// Copies the (just mutated) top of the stack to the memo entries it was stored as.
+    fn sync_top(&mut self) {
+        let Some(top) = self.stack.len().checked_sub(1) else {
+            return;
+        };
+        for &(i, id) in &self.memo_at {
+            if i == top {
+                self.memo.insert(id, self.stack[top].clone());
+            }
+        }
     }
 
     fn pop_mark(&mut self) -> Result<Vec<PyValue>> {
@@ -376,7 +449,9 @@ impl<'a> Machine<'a> {
             .marks
             .pop()
             .ok_or_else(|| anyhow!("no MARK on the stack at byte {}", self.pos))?;
-        Ok(self.stack.split_off(mark))
+        let items = self.stack.split_off(mark);
+        self.forget_popped();
+        Ok(items)
     }
 
     fn top(&mut self) -> Result<&mut PyValue> {
@@ -514,6 +589,7 @@ impl<'a> Machine<'a> {
                         bail!("stack underflow at byte {at}");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
+                    self.forget_popped();
                     self.stack.push(PyValue::Tuple(items));
                 }
                 b't' => {
@@ -536,35 +612,36 @@ impl<'a> Machine<'a> {
                 b'a' => {
                     let v = self.pop()?;
                     append(self.top()?, vec![v], at)?;
+                    self.sync_top();
                 }
                 b'e' | 0x90 => {
                     let items = self.pop_mark()?;
                     append(self.top()?, items, at)?;
+                    self.sync_top();
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     set_items(self.top()?, vec![(k, v)], at)?;
+                    self.sync_top();
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
                     let pairs = pairs(items, at)?;
                     set_items(self.top()?, pairs, at)?;
+                    self.sync_top();
                 }
                 b'q' => {
                     let i = self.u8()?.into();
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memoise_top(i)?;
                 }
                 b'r' => {
                     let i = self.u32()?;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memoise_top(i)?;
                 }
                 0x94 => {
                     let i = u32::try_from(self.memo.len())?;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memoise_top(i)?;
                 }
                 b'h' | b'j' => {
                     let i = if op == b'h' {
@@ -578,6 +655,7 @@ impl<'a> Machine<'a> {
                         .cloned()
                         .ok_or_else(|| anyhow!("memo entry {i} missing at byte {at}"))?;
                     self.stack.push(v);
+                    self.memo_at.push((self.stack.len() - 1, i));
                 }
                 b'0' => {
                     self.pop()?;
@@ -615,6 +693,7 @@ impl<'a> Machine<'a> {
                     // state carry nothing this reader needs.
                     if let PyValue::Object { state: slot, .. } = self.top()? {
                         *slot = Some(Box::new(state));
+                        self.sync_top();
                     }
                 }
                 other => bail!(
@@ -782,8 +861,118 @@ fn reduce(callable: PyValue, args: PyValue, at: usize) -> Result<PyValue> {
             }
             Ok(dict)
         }
+        // Protocol 2 writes `bytes` as `_codecs.encode(latin-1 text, 'latin1')`, empty ones as
+        // `bytes()`, and sets as `set([items])`.
+        ("_codecs", "encode") => match arg_list {
+            [PyValue::Str(text), PyValue::Str(encoding)]
+                if matches!(encoding.as_str(), "latin1" | "latin-1" | "iso-8859-1") =>
+            {
+                match text.chars().map(|c| u8::try_from(u32::from(c))).collect() {
+                    Ok(bytes) => Ok(PyValue::Bytes(bytes)),
+                    Err(_) => Ok(object(callable, args)),
+                }
+            }
+            _ => Ok(object(callable, args)),
+        },
+        ("__builtin__" | "builtins", "bytes" | "bytearray") => match arg_list {
+            [] => Ok(PyValue::Bytes(Vec::new())),
+            [PyValue::Bytes(b)] => Ok(PyValue::Bytes(b.clone())),
+            _ => Ok(object(callable, args)),
+        },
+        ("__builtin__" | "builtins", "set" | "frozenset") => match arg_list {
+            [] => Ok(PyValue::List(Vec::new())),
+            [PyValue::List(items) | PyValue::Tuple(items)] => Ok(PyValue::List(items.clone())),
+            _ => Ok(object(callable, args)),
+        },
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => match arg_list {
+            [dtype, PyValue::Bytes(data)] => {
+                Ok(numpy_scalar(dtype, data).unwrap_or_else(|| object(callable, args)))
+            }
+            _ => Ok(object(callable, args)),
+        },
         _ => Ok(object(callable, args)),
     }
+}
+
+/// A NumPy scalar (`numpy.core.multiarray.scalar(dtype, bytes)`) as a plain value, or `None`
+/// when its dtype is not one of `U` (str), `S` (bytes), `i`/`u` (int), `f` (float), `b` (bool).
+///
+/// The dtype is a `numpy.dtype(descr, align, copy)` object; its `BUILD` state
+/// `(version, byte order, …)` gives the byte order (`<` little, `>` big, `|` not applicable).
+/// Without a state (or with `=`) little-endian is assumed, like every platform PyTorch runs on.
+fn numpy_scalar(dtype: &PyValue, data: &[u8]) -> Option<PyValue> {
+    let PyValue::Object {
+        class, args, state, ..
+    } = dtype
+    else {
+        return None;
+    };
+    if !matches!(&**class, PyValue::Global { module, name } if module == "numpy" && name == "dtype")
+    {
+        return None;
+    }
+    let descr = match &**args {
+        PyValue::Tuple(items) | PyValue::List(items) => items.first()?.as_str()?,
+        _ => return None,
+    };
+    let state_order = match state.as_deref() {
+        Some(PyValue::Tuple(items)) => items.get(1).and_then(PyValue::as_str),
+        _ => None,
+    };
+    let (descr_order, descr) = match descr.chars().next()? {
+        c @ ('<' | '>' | '|' | '=') => (Some(c), &descr[1..]),
+        _ => (None, descr),
+    };
+    let big = descr_order == Some('>') || (descr_order.is_none() && state_order == Some(">"));
+    let kind = descr.chars().next()?;
+    // Bytes per item; a `U` descr counts UCS-4 characters.
+    let size: usize = descr[kind.len_utf8()..].parse().ok()?;
+    let size = if kind == 'U' { size * 4 } else { size };
+    if data.len() != size {
+        return None;
+    }
+    // The value's bytes, most significant last.
+    let mut le = data.to_vec();
+    if big && kind != 'U' && kind != 'S' {
+        le.reverse();
+    }
+    Some(match (kind, size) {
+        ('U', _) => {
+            let text: Option<String> = data
+                .chunks_exact(4)
+                .map(|c| {
+                    let c: [u8; 4] = c.try_into().ok()?;
+                    let code = if big {
+                        u32::from_be_bytes(c)
+                    } else {
+                        u32::from_le_bytes(c)
+                    };
+                    char::from_u32(code)
+                })
+                .collect();
+            PyValue::Str(text?.trim_end_matches('\0').to_string())
+        }
+        ('S', _) => {
+            let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            PyValue::Bytes(data[..end].to_vec())
+        }
+        ('b', 1) => PyValue::Bool(data[0] != 0),
+        ('i', 1 | 2 | 4 | 8) => {
+            let fill = if le[size - 1] & 0x80 != 0 { 0xff } else { 0 };
+            let mut buf = [fill; 8];
+            buf[..size].copy_from_slice(&le);
+            PyValue::Int(i64::from_le_bytes(buf))
+        }
+        ('u', 1 | 2 | 4 | 8) => {
+            let mut buf = [0; 8];
+            buf[..size].copy_from_slice(&le);
+            PyValue::Int(i64::try_from(u64::from_le_bytes(buf)).ok()?)
+        }
+        ('f', 2) => PyValue::Float(burn::tensor::f16::from_le_bytes(le.try_into().ok()?).to_f64()),
+        ('f', 4) => PyValue::Float(f32::from_le_bytes(le.try_into().ok()?).into()),
+        ('f', 8) => PyValue::Float(f64::from_le_bytes(le.try_into().ok()?)),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -828,6 +1017,93 @@ mod tests {
             }
         );
         assert!(state.is_some());
+    }
+
+    /// `pickle.dumps({np.str_('up'): 0}, protocol=2)` (NumPy 2, `pickletools.optimize`d): a
+    /// label map of a reference checkpoint written after `fit` on NumPy arrays.
+    const NUMPY_STR_KEY: &[u8] = b"\x80\x02}cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\nX\x02\x00\x00\x00U2\x89\x88\x87R(K\x03X\x01\x00\x00\x00<NNNK\x08K\x04K\x08tbc_codecs\nencode\nX\x08\x00\x00\x00u\x00\x00\x00p\x00\x00\x00X\x06\x00\x00\x00latin1\x86R\x86RK\x00s.";
+
+    /// `pickle.dumps([np.int64(-5), np.float64(2.5), np.int64(7)], protocol=2)` (optimised): the
+    /// second `int64` reuses the memoised dtype object, whose `BUILD` came after it was memoised.
+    const NUMPY_NUMBERS: &[u8] = b"\x80\x02](cnumpy._core.multiarray\nscalar\nq\x00cnumpy\ndtype\nq\x01X\x02\x00\x00\x00i8\x89\x88\x87Rq\x02(K\x03X\x01\x00\x00\x00<q\x03NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbc_codecs\nencode\nq\x04X\x10\x00\x00\x00\xc3\xbb\xc3\xbf\xc3\xbf\xc3\xbf\xc3\xbf\xc3\xbf\xc3\xbf\xc3\xbfX\x06\x00\x00\x00latin1q\x05\x86R\x86Rh\x00h\x01X\x02\x00\x00\x00f8\x89\x88\x87R(K\x03h\x03NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbh\x04X\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x04@h\x05\x86R\x86Rh\x00h\x02h\x04X\x08\x00\x00\x00\x07\x00\x00\x00\x00\x00\x00\x00h\x05\x86R\x86Re.";
+
+    /// `np.int32(258)` with its dtype's byte order edited to big-endian (`>`, bytes `00 00 01 02`).
+    const NUMPY_BIG_ENDIAN: &[u8] = b"\x80\x02cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\nX\x02\x00\x00\x00i4\x89\x88\x87R(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbc_codecs\nencode\nX\x04\x00\x00\x00\x00\x00\x01\x02X\x06\x00\x00\x00latin1\x86R\x86R.";
+
+    /// `pickle.dumps(np.array(['a', 'bb']), protocol=2)` (optimised).
+    const NUMPY_ARRAY: &[u8] = b"\x80\x02cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85c_codecs\nencode\nq\x00X\x01\x00\x00\x00bX\x06\x00\x00\x00latin1q\x01\x86R\x87R(K\x01K\x02\x85cnumpy\ndtype\nX\x02\x00\x00\x00U2\x89\x88\x87R(K\x03X\x01\x00\x00\x00<NNNK\x08K\x04K\x08tb\x89h\x00X\x10\x00\x00\x00a\x00\x00\x00\x00\x00\x00\x00b\x00\x00\x00b\x00\x00\x00h\x01\x86Rtb.";
+
+    /// `[np.bool_(True), np.bytes_(b'ab'), np.float32(1.5), np.uint8(200)]` (optimised).
+    const NUMPY_OTHERS: &[u8] = b"\x80\x02](cnumpy._core.multiarray\nscalar\nq\x00cnumpy\ndtype\nq\x01X\x02\x00\x00\x00b1\x89\x88\x87R(K\x03X\x01\x00\x00\x00|q\x02NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbc_codecs\nencode\nq\x03X\x01\x00\x00\x00\x01X\x06\x00\x00\x00latin1q\x04\x86R\x86Rh\x00h\x01X\x02\x00\x00\x00S2\x89\x88\x87R(K\x03h\x02NNNK\x02K\x01K\x00tbh\x03X\x02\x00\x00\x00abh\x04\x86R\x86Rh\x00h\x01X\x02\x00\x00\x00f4\x89\x88\x87R(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbh\x03X\x05\x00\x00\x00\x00\x00\xc3\x80?h\x04\x86R\x86Rh\x00h\x01X\x02\x00\x00\x00u1\x89\x88\x87R(K\x03h\x02NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbh\x03X\x02\x00\x00\x00\xc3\x88h\x04\x86R\x86Re.";
+
+    #[test]
+    fn numpy_str_keys_become_plain_strings() {
+        let v = parse(NUMPY_STR_KEY).unwrap();
+        assert_eq!(
+            v,
+            PyValue::Dict(vec![(PyValue::Str("up".into()), PyValue::Int(0))])
+        );
+        assert_eq!(v.get("up"), Some(&PyValue::Int(0)));
+        // NumPy 1.x writes `numpy.core.multiarray.scalar`.
+        let at = NUMPY_STR_KEY
+            .windows(12)
+            .position(|w| w == b"numpy._core.")
+            .unwrap();
+        let mut old = NUMPY_STR_KEY[..at].to_vec();
+        old.extend_from_slice(b"numpy.core.");
+        old.extend_from_slice(&NUMPY_STR_KEY[at + 12..]);
+        let v = parse(&old).unwrap();
+        assert_eq!(v.get("up"), Some(&PyValue::Int(0)));
+    }
+
+    #[test]
+    fn numpy_numbers_become_plain_numbers() {
+        assert_eq!(
+            parse(NUMPY_NUMBERS).unwrap(),
+            PyValue::List(vec![PyValue::Int(-5), PyValue::Float(2.5), PyValue::Int(7)])
+        );
+        assert_eq!(parse(NUMPY_BIG_ENDIAN).unwrap(), PyValue::Int(258));
+        assert_eq!(
+            parse(NUMPY_OTHERS).unwrap(),
+            PyValue::List(vec![
+                PyValue::Bool(true),
+                PyValue::Bytes(b"ab".to_vec()),
+                PyValue::Float(1.5),
+                PyValue::Int(200)
+            ])
+        );
+    }
+
+    #[test]
+    fn numpy_arrays_stay_opaque_without_failing() {
+        let v = parse(NUMPY_ARRAY).unwrap();
+        let PyValue::Object { class, state, .. } = &v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            **class,
+            PyValue::Global {
+                module: "numpy._core.multiarray".into(),
+                name: "_reconstruct".into()
+            }
+        );
+        assert!(state.is_some());
+    }
+
+    #[test]
+    fn memoised_containers_see_later_mutations() {
+        // `x = [1]; pickle.dumps([x, x], protocol=2)`, hand-assembled: the inner list is
+        // memoised empty, filled, then fetched again.
+        let p = [
+            0x80, 2, b']', b'(', b']', b'q', 1, b'K', 1, b'a', b'h', 1, b'e', b'.',
+        ];
+        assert_eq!(
+            parse(&p).unwrap(),
+            PyValue::List(vec![
+                PyValue::List(vec![PyValue::Int(1)]),
+                PyValue::List(vec![PyValue::Int(1)])
+            ])
+        );
     }
 
     #[test]

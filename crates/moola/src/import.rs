@@ -10,49 +10,96 @@
 //! predict_pointers   (CNN-Transformer only)
 //! ```
 //!
-//! [`import_torch_checkpoint`] reads the metadata with burn-store's `PytorchReader`, detects the
-//! model (from the hyper-parameter names, else from the tensor names; or takes it from
-//! [`ImportOptions::model`]), rebuilds the [`ModelSpec`] and [`ModelCard`] (classes in index
-//! order), builds the network and fills it through `PytorchStore` with the key-remapping table
-//! below. burn-store transposes `Linear` weights and maps LayerNorm `weight`/`bias` to
-//! `gamma`/`beta`; everything else is stored in PyTorch layout and only renamed:
+//! [`import_torch_checkpoint`] opens it with [`kiln::torch::TorchFile`] (weights: the
+//! `model_state_dict` entry), reads the metadata from the tolerantly decoded top-level dict, so
+//! that labels and counts saved as NumPy scalars (`np.str_` labels of a `<U` label array,
+//! `np.int64` counts: what the reference's `save` writes after `fit` on NumPy arrays) read as
+//! plain strings and numbers, detects the model (from the hyper-parameter names, else from the
+//! tensor names; or takes it from [`ImportOptions::model`]), rebuilds the [`ModelSpec`] and
+//! [`ModelCard`] (classes in index order), builds the network and fills it with
+//! [`kiln::torch::Import`] under this crate's key rule, [`torch_key`]:
 //!
-//! | PyTorch key | Burn parameter |
+//! | Burn parameter | PyTorch key |
 //! |---|---|
-//! | `lstm.{weight,bias}_{ih,hh}_l{k}` | `lstm.layers.{k}.forward_dir.{weight,bias}_{ih,hh}` |
-//! | `lstm.{weight,bias}_{ih,hh}_l{k}_reverse` | `lstm.layers.{k}.reverse_dir.{…}` |
-//! | `classifier.{n}.*` (SimpleLSTM's `nn.Sequential`) | `classifier_{n}.*` |
-//! | every other key | the same path |
+//! | `….layers.{k}.forward_dir.{weight,bias}_{ih,hh}` of an [`Lstm`](crate::nn::Lstm) | `….{weight,bias}_{ih,hh}_l{k}` |
+//! | `….layers.{k}.reverse_dir.{…}` | `….{weight,bias}_{ih,hh}_l{k}_reverse` |
+//! | SimpleLSTM's `classifier_{n}.*` | `classifier.{n}.*` (its `nn.Sequential`) |
+//! | LayerNorm `gamma` / `beta` | `weight` / `bias` |
+//! | Linear `weight` `[in, out]` | `weight` `[out, in]` (transposed) |
+//! | every other parameter | the same path (enum variant dropped) |
 //!
 //! Import is strict: every tensor of the checkpoint must be used and every parameter of the
-//! model filled, with the expected shape, in float32. A missing, unexpected or mis-shaped tensor is
-//! an error that names its PyTorch key. The only tensors not loaded are BatchNorm's
+//! model filled, with the expected shape, in float32. A missing, unexpected or mis-shaped tensor
+//! is an error that names its PyTorch key. The only tensors not loaded are BatchNorm's
 //! `num_batches_tracked` (a training counter) and RWKV's `blocks.{i}.window_mask` buffers, which
 //! the model derives from its inner window; their values are checked against it instead.
 //!
-//! Limitation: burn-store's pickle reader does not understand NumPy objects. Checkpoints whose
-//! labels are NumPy strings (`np.str_`, from a `<U` label array) cannot be read; the reference's
-//! CLI reads labels from a pandas object column, which pickles as plain `str`.
+//! [`read_encoder_checkpoint`] opens a reference encoder checkpoint (`encoder_state_dict` +
+//! `hyperparams`) the same way, for the pre-trainers.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_store::pytorch::PytorchReader;
-use burn_store::pytorch::reader::PickleValue;
-use burn_store::{ApplyError, BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PytorchStore};
+use kiln::torch::{
+    Import, KeyMapping, Mismatch, ParamPath, PyValue, RenameTable, TorchFile, TorchKey,
+};
 
 use crate::model::rwkv_ts::window_mask_values;
 use crate::model::{
     CARD_FORMAT, CnnTransformerConfig, InnerWindow, ModelCard, ModelSpec, Net, RwkvTsConfig,
     SimpleLstmConfig,
 };
-use crate::nn::lstm_key_remaps;
 
 /// The key of the state dict inside a reference checkpoint.
 pub const STATE_DICT_KEY: &str = "model_state_dict";
+
+/// The key of the encoder's state dict inside a reference encoder checkpoint.
+pub const ENCODER_STATE_DICT_KEY: &str = "encoder_state_dict";
+
+/// Per-segment renames of moola's networks: `(container type, Burn name, PyTorch name)`.
+const RENAMES: RenameTable = RenameTable::new(&[
+    ("Struct:LayerNorm", "gamma", "weight"),
+    ("Struct:LayerNorm", "beta", "bias"),
+    // SimpleLSTM's nn.Sequential head (Linear, ReLU, Dropout, Linear).
+    ("Struct:SimpleLstm", "classifier_0", "classifier.0"),
+    ("Struct:SimpleLstm", "classifier_3", "classifier.3"),
+]);
+
+/// The reference's state-dict key of a parameter of any moola network (the key rule of the
+/// module docs' table): the [`Lstm`](crate::nn::Lstm) rule
+/// `layers.{k}.{forward,reverse}_dir.{name}` → `{name}_l{k}[_reverse]` (also for a bare `Lstm`,
+/// whose keys are then `weight_ih_l0`...), then the renames (LayerNorm, SimpleLSTM's
+/// classifier), Linear weights transposed.
+pub fn torch_key(path: &ParamPath) -> TorchKey {
+    let lstm = path
+        .iter()
+        .position(|(name, container)| name == "layers" && container == "Struct:Lstm");
+    if let Some(i) = lstm
+        && let [_, (k, _), (dir, _), (name, _)] = &path[i..]
+        && let Some(suffix) = match dir.as_str() {
+            "forward_dir" => Some(""),
+            "reverse_dir" => Some("_reverse"),
+            _ => None,
+        }
+    {
+        let mut parts = RENAMES.segments(&path[..i]);
+        let last = format!("{name}_l{k}{suffix}");
+        parts.push(&last);
+        return TorchKey {
+            key: parts.join("."),
+            transpose: false,
+        };
+    }
+    RENAMES.torch_key(path)
+}
+
+/// The reference key of every parameter of a module under [`torch_key`], with its shape in
+/// PyTorch order, in visit order.
+pub fn torch_keys<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    kiln::torch::torch_keys::<B, M>(module, &torch_key)
+}
 
 /// Options of [`import_torch_checkpoint_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,24 +135,21 @@ pub fn import_torch_checkpoint_with<B: Backend>(
     device: &B::Device,
 ) -> Result<(Net<B>, ModelCard)> {
     let shown = path.display();
-    let meta = read_metadata(path)?;
-    let tensors = PytorchReader::with_top_level_key(path, STATE_DICT_KEY)
-        .map_err(|e| anyhow!("{shown}: cannot read `{STATE_DICT_KEY}`: {e}"))?
-        .into_tensors();
-    let shapes: BTreeMap<String, (Vec<usize>, DType)> = tensors
-        .iter()
-        .map(|(k, s)| (k.clone(), (s.shape.to_vec(), s.dtype)))
-        .collect();
-    if let Some((key, (_, dtype))) = shapes
-        .iter()
-        .find(|(k, (_, d))| *d != DType::F32 && !k.ends_with(".num_batches_tracked"))
+    let file = TorchFile::open_entry(path, STATE_DICT_KEY)
+        .context("not a readable moola classifier checkpoint")?;
+    let meta = read_metadata(&file)?;
+    if let Some((key, dtype)) = file
+        .keys()
+        .filter(|k| !k.ends_with(".num_batches_tracked"))
+        .filter_map(|k| file.dtype(k).map(|d| (k, d)))
+        .find(|(_, d)| *d != DType::F32)
     {
         bail!("{shown}: tensor `{key}` is {dtype:?}; only float32 checkpoints are supported");
     }
 
     let name = match &options.model {
         Some(name) => name.clone(),
-        None => detect_model(&meta.hyperparams, shapes.keys())
+        None => detect_model(&meta.hyperparams, file.keys())
             .with_context(|| format!("{shown}: cannot tell which model this checkpoint holds"))?
             .to_string(),
     };
@@ -120,135 +164,104 @@ pub fn import_torch_checkpoint_with<B: Backend>(
         classes: meta.classes.clone(),
         source: Some(format!("pytorch:{shown}")),
     };
-    let mut net = spec
+    let net = spec
         .init::<B>(card.input_dim, card.n_classes, card.seq_len, device)
         .with_context(|| format!("{shown}: cannot build the {name} network"))?;
 
-    // The model's tensors in PyTorch layout and naming (before the remapping table).
-    let expected: BTreeMap<String, Vec<usize>> = net
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
-        .into_iter()
-        .map(|s| (s.full_path(), s.shape.to_vec()))
-        .collect();
-
-    let remaps = key_remaps();
-    let remapper = KeyRemapper::from_patterns(remaps.clone())
-        .map_err(|e| anyhow!("internal key-remapping table: {e}"))?;
-    let mut store = PytorchStore::from_file(path)
-        .with_top_level_key(STATE_DICT_KEY)
-        .remap(remapper.clone())
-        .map_indices_contiguous(false)
-        .allow_partial(true)
-        .validate(false);
-    let result = net
-        .load_from(&mut store)
-        .map_err(|e| anyhow!("{shown}: cannot load the state dict: {e}"))?;
-
-    // Remapped key → PyTorch key, to name tensors as the checkpoint does.
-    let snapshots: Vec<_> = tensors
-        .into_iter()
-        .map(|(key, mut snapshot)| {
-            snapshot.path_stack = Some(key.split('.').map(str::to_string).collect());
-            snapshot
-        })
-        .collect();
-    let (remapped, names) = remapper.remap(snapshots);
-    let original: HashMap<String, String> = names.into_iter().collect();
-    let torch_name = |key: &str| original.get(key).cloned().unwrap_or_else(|| torch_key(key));
-
-    let mut problems = Vec::new();
-    for error in &result.errors {
-        match error {
-            ApplyError::ShapeMismatch { path, .. } => {
-                let key = burn_param_to_key(path);
-                let torch = torch_name(&key);
-                problems.push(format!(
-                    "tensor `{torch}` has shape {}, the model expects {}",
-                    shape_text(shapes.get(&torch).map(|(s, _)| s)),
-                    shape_text(expected.get(&key)),
-                ));
-            }
-            other => problems.push(other.to_string()),
-        }
-    }
-    for (path, _) in &result.missing {
-        let key = burn_param_to_key(path);
-        problems.push(format!(
-            "tensor `{}` {} is missing",
-            torch_name(&key),
-            shape_text(expected.get(&key)),
-        ));
-    }
+    // RWKV's window masks are derived from the model's window: check them, do not load them.
     let window = net_window(&net);
-    // burn-store reports a LayerNorm tensor it found under its PyTorch name (`weight`/`bias`
-    // for `gamma`/`beta`) as both applied and unused: count the applied ones as used.
-    // The same holds for one that failed the shape check (reported above).
-    let applied: std::collections::HashSet<String> = result
-        .applied
-        .iter()
-        .map(|p| burn_param_to_key(p))
-        .chain(result.errors.iter().filter_map(|e| match e {
-            ApplyError::ShapeMismatch { path, .. } => Some(burn_param_to_key(path)),
-            _ => None,
-        }))
-        .collect();
-    for key in &result.unused {
-        let torch = original.get(key).cloned().unwrap_or_else(|| key.clone());
-        if applied.contains(key) || torch.ends_with(".num_batches_tracked") {
-            continue;
-        }
-        if name == "rwkv_ts" && torch.starts_with("blocks.") && torch.ends_with(".window_mask") {
-            let snapshot = remapped
-                .iter()
-                .find(|s| s.full_path() == *key)
-                .expect("unused keys come from the checkpoint");
-            let data = snapshot
-                .to_data()
-                .map_err(|e| anyhow!("{shown}: cannot read `{torch}`: {e:?}"))?;
-            let values: Vec<f32> = data
-                .to_vec()
-                .map_err(|e| anyhow!("{shown}: cannot read `{torch}`: {e:?}"))?;
-            check_window_mask(&torch, &values, window, options.seq_len)
-                .with_context(|| format!("{shown}: unexpected RWKV window mask"))?;
-            continue;
-        }
-        problems.push(format!(
-            "unexpected tensor `{torch}` (no such model parameter)"
+    let is_window_mask =
+        |k: &str| name == "rwkv_ts" && k.starts_with("blocks.") && k.ends_with(".window_mask");
+    for key in file.keys().filter(|k| is_window_mask(k)) {
+        let values: Vec<f32> = file
+            .read_f32(key)?
+            .to_vec()
+            .map_err(|e| anyhow!("{shown}: cannot read `{key}`: {e:?}"))?;
+        check_window_mask(key, &values, window, options.seq_len)
+            .with_context(|| format!("{shown}: unexpected RWKV window mask"))?;
+    }
+
+    let target = format!("the {name} network built from its hyperparams");
+    let loaded = Import::new(&file, &torch_key)
+        .file_keys(|k| {
+            (!k.ends_with(".num_batches_tracked") && !is_window_mask(k)).then(|| k.to_string())
+        })
+        .target(target.clone())
+        .apply(net);
+    match loaded {
+        Ok((net, _)) => Ok((net, card)),
+        Err(mismatch) => bail!("{shown} does not match {target}:{}", problems(&mismatch)),
+    }
+}
+
+/// The lines of a [`Mismatch`], each naming a tensor by its PyTorch key.
+fn problems(m: &Mismatch) -> String {
+    let mut lines = Vec::new();
+    for (key, found, want) in &m.mis_shaped {
+        lines.push(format!(
+            "tensor `{key}` has shape {found:?}, the model expects {want:?}"
         ));
     }
-    if !problems.is_empty() {
-        bail!(
-            "{shown} does not match the {name} network built from its hyperparams:\n  {}",
-            problems.join("\n  ")
-        );
+    for (key, shape) in &m.missing {
+        lines.push(format!("tensor `{key}` {shape:?} is missing"));
     }
-    Ok((net, card))
+    for (key, _) in &m.unexpected {
+        lines.push(format!(
+            "unexpected tensor `{key}` (no such model parameter)"
+        ));
+    }
+    for (key, error) in &m.unreadable {
+        lines.push(format!("tensor `{key}` cannot be read: {error}"));
+    }
+    lines.iter().map(|l| format!("\n  {l}")).collect()
+}
+
+/// A reference encoder checkpoint: `torch.save({'encoder_state_dict', 'hyperparams'})`.
+#[derive(Debug)]
+pub struct EncoderCheckpoint {
+    /// The file, with the tensors of `encoder_state_dict` as its weights.
+    pub file: TorchFile,
+    /// The `hyperparams` dict (NumPy scalars decoded as plain values), when the file has one;
+    /// the rest of the top-level dict is [`TorchFile::metadata`].
+    pub hyperparams: Option<PyValue>,
+}
+
+/// Opens a reference encoder checkpoint: its `encoder_state_dict` tensors and its `hyperparams`
+/// dict. Load the weights with [`kiln::torch::Import`] under [`torch_key`] (a bare `nn.LSTM`
+/// state dict fills an [`Lstm`](crate::nn::Lstm) directly) or a rule of the encoder's own.
+pub fn read_encoder_checkpoint(path: &Path) -> Result<EncoderCheckpoint> {
+    let shown = path.display();
+    let file = TorchFile::open_entry(path, ENCODER_STATE_DICT_KEY)
+        .context("not a readable encoder checkpoint")?;
+    let hyperparams = match file.meta("hyperparams") {
+        Some(hp @ PyValue::Dict(_)) => Some(hp.clone()),
+        Some(other) => bail!(
+            "{shown}: `hyperparams` is a {}, expected a dict",
+            other.type_name()
+        ),
+        None => None,
+    };
+    Ok(EncoderCheckpoint { file, hyperparams })
 }
 
 /// Metadata of a checkpoint.
 #[derive(Debug, Clone)]
 struct Metadata {
-    hyperparams: HashMap<String, PickleValue>,
+    hyperparams: PyValue,
     input_dim: usize,
     classes: Vec<String>,
     predict_pointers: bool,
 }
 
-fn read_metadata(path: &Path) -> Result<Metadata> {
-    let shown = path.display();
-    let root = PytorchReader::read_pickle_data(path, None)
-        .map_err(|e| anyhow!("{shown}: not a readable PyTorch checkpoint: {e}"))?;
-    let PickleValue::Dict(root) = root else {
+fn read_metadata(file: &TorchFile) -> Result<Metadata> {
+    let shown = file.path().display();
+    let root = file
+        .metadata()
+        .ok_or_else(|| anyhow!("{shown}: the checkpoint's top-level object cannot be decoded"))?;
+    if root.entries().is_none() {
         bail!(
-            "{shown}: expected a dict saved with torch.save, found {}",
-            kind(&root)
-        );
-    };
-    if !root.contains_key(STATE_DICT_KEY) {
-        let mut keys: Vec<_> = root.keys().cloned().collect();
-        keys.sort();
-        bail!(
-            "{shown}: no `{STATE_DICT_KEY}`: not a moola classifier checkpoint (top-level keys: {keys:?})"
+            "{shown}: expected a dict saved with torch.save, found a {}",
+            root.type_name()
         );
     }
     let field = |key: &str| {
@@ -256,21 +269,24 @@ fn read_metadata(path: &Path) -> Result<Metadata> {
             .ok_or_else(|| anyhow!("{shown}: missing `{key}`"))
     };
     let hyperparams = match field("hyperparams")? {
-        PickleValue::Dict(d) => d.clone(),
-        other => bail!("{shown}: `hyperparams` is {}, expected a dict", kind(other)),
+        hp @ PyValue::Dict(_) => hp.clone(),
+        other => bail!(
+            "{shown}: `hyperparams` is a {}, expected a dict",
+            other.type_name()
+        ),
     };
     let n_classes =
         as_usize(field("n_classes")?).with_context(|| format!("{shown}: `n_classes`"))?;
     let input_dim =
         as_usize(field("input_dim")?).with_context(|| format!("{shown}: `input_dim`"))?;
-    let classes = class_labels(&root, n_classes).with_context(|| format!("{shown}: label maps"))?;
+    let classes = class_labels(root, n_classes).with_context(|| format!("{shown}: label maps"))?;
     let predict_pointers = match root.get("predict_pointers") {
-        None | Some(PickleValue::None) => false,
-        Some(PickleValue::Bool(b)) => *b,
-        Some(PickleValue::Int(i)) => *i != 0,
+        None | Some(PyValue::None) => false,
+        Some(PyValue::Bool(b)) => *b,
+        Some(PyValue::Int(i)) => *i != 0,
         Some(other) => bail!(
-            "{shown}: `predict_pointers` is {}, expected a bool",
-            kind(other)
+            "{shown}: `predict_pointers` is a {}, expected a bool",
+            other.type_name()
         ),
     };
     Ok(Metadata {
@@ -281,18 +297,27 @@ fn read_metadata(path: &Path) -> Result<Metadata> {
     })
 }
 
+/// The entries of dict field `key`.
+fn dict_entries<'a>(root: &'a PyValue, key: &str) -> Result<Option<&'a [(PyValue, PyValue)]>> {
+    match root.get(key) {
+        None => Ok(None),
+        Some(PyValue::Dict(items)) => Ok(Some(items)),
+        Some(other) => bail!("`{key}` is a {}, expected a dict", other.type_name()),
+    }
+}
+
 /// Class labels in index order, from `idx_to_label` (checked against `label_to_idx`).
-fn class_labels(root: &HashMap<String, PickleValue>, n_classes: usize) -> Result<Vec<String>> {
-    let idx_to_label = match root.get("idx_to_label") {
-        Some(PickleValue::Dict(d)) => d,
-        Some(other) => bail!("`idx_to_label` is {}, expected a dict", kind(other)),
-        None => bail!("missing `idx_to_label`"),
-    };
+fn class_labels(root: &PyValue, n_classes: usize) -> Result<Vec<String>> {
+    let idx_to_label =
+        dict_entries(root, "idx_to_label")?.ok_or_else(|| anyhow!("missing `idx_to_label`"))?;
     let mut classes = vec![None; n_classes];
     for (index, label) in idx_to_label {
-        let i: usize = index
-            .parse()
-            .map_err(|_| anyhow!("`idx_to_label` has a non-integer key `{index}`"))?;
+        let i = match index {
+            PyValue::Int(i) => usize::try_from(*i).ok(),
+            PyValue::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| anyhow!("`idx_to_label` has a non-index key {}", value_text(index)))?;
         let slot = classes
             .get_mut(i)
             .ok_or_else(|| anyhow!("`idx_to_label` has index {i}, but n_classes is {n_classes}"))?;
@@ -303,7 +328,7 @@ fn class_labels(root: &HashMap<String, PickleValue>, n_classes: usize) -> Result
         .enumerate()
         .map(|(i, c)| c.ok_or_else(|| anyhow!("`idx_to_label` has no label for index {i}")))
         .collect::<Result<_>>()?;
-    if let Some(PickleValue::Dict(label_to_idx)) = root.get("label_to_idx") {
+    if let Some(label_to_idx) = dict_entries(root, "label_to_idx")? {
         if label_to_idx.len() != n_classes {
             bail!(
                 "`label_to_idx` has {} labels, n_classes is {n_classes}",
@@ -311,8 +336,9 @@ fn class_labels(root: &HashMap<String, PickleValue>, n_classes: usize) -> Result
             );
         }
         for (label, index) in label_to_idx {
+            let label = label_text(label).context("`label_to_idx`")?;
             let i = as_usize(index).with_context(|| format!("`label_to_idx[{label}]`"))?;
-            if classes.get(i) != Some(label) {
+            if classes.get(i) != Some(&label) {
                 bail!("`label_to_idx` maps `{label}` to {i}, which `idx_to_label` contradicts");
             }
         }
@@ -320,74 +346,70 @@ fn class_labels(root: &HashMap<String, PickleValue>, n_classes: usize) -> Result
     Ok(classes)
 }
 
-fn label_text(value: &PickleValue) -> Result<String> {
+/// A label as text (`str`, and NumPy `str_` scalars, as is; numbers and bools as Python prints
+/// them).
+fn label_text(value: &PyValue) -> Result<String> {
     Ok(match value {
-        PickleValue::String(s) => s.clone(),
-        PickleValue::Int(i) => i.to_string(),
-        PickleValue::Float(f) => f.to_string(),
-        PickleValue::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        PyValue::Str(s) => s.clone(),
+        PyValue::Int(i) => i.to_string(),
+        PyValue::Float(f) => f.to_string(),
+        PyValue::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        PyValue::Bytes(b) => {
+            String::from_utf8(b.clone()).map_err(|_| anyhow!("a label is non-UTF-8 bytes {b:?}"))?
+        }
         other => bail!(
-            "a label is {} (NumPy scalars and other objects are not supported)",
-            kind(other)
+            "a label is a {} (only strings, numbers and bools are supported)",
+            other.type_name()
         ),
     })
 }
 
-fn kind(value: &PickleValue) -> &'static str {
+/// A short description of a value for messages.
+fn value_text(value: &PyValue) -> String {
+    label_text(value).unwrap_or_else(|_| format!("of type {}", value.type_name()))
+}
+
+fn as_usize(value: &PyValue) -> Result<usize> {
     match value {
-        PickleValue::None => "None (or an object the reader cannot decode)",
-        PickleValue::Bool(_) => "a bool",
-        PickleValue::Int(_) => "an int",
-        PickleValue::Float(_) => "a float",
-        PickleValue::String(_) => "a string",
-        PickleValue::List(_) => "a list",
-        PickleValue::Dict(_) => "a dict",
-        PickleValue::Bytes(_) => "bytes",
+        PyValue::Int(i) if *i >= 0 => Ok(*i as usize),
+        PyValue::Int(i) => bail!("expected a non-negative int, found {i}"),
+        other => bail!("expected a non-negative int, found a {}", other.type_name()),
     }
 }
 
-fn as_usize(value: &PickleValue) -> Result<usize> {
+fn as_f64(value: &PyValue) -> Result<f64> {
+    value
+        .as_f64()
+        .ok_or_else(|| anyhow!("expected a number, found a {}", value.type_name()))
+}
+
+fn as_bool(value: &PyValue) -> Result<bool> {
     match value {
-        PickleValue::Int(i) if *i >= 0 => Ok(*i as usize),
-        other => bail!("expected a non-negative int, found {}", kind(other)),
+        PyValue::Bool(b) => Ok(*b),
+        PyValue::Int(i) => Ok(*i != 0),
+        other => bail!("expected a bool, found a {}", other.type_name()),
     }
 }
 
-fn as_f64(value: &PickleValue) -> Result<f64> {
+fn as_usize_list(value: &PyValue) -> Result<Vec<usize>> {
     match value {
-        PickleValue::Float(f) => Ok(*f),
-        PickleValue::Int(i) => Ok(*i as f64),
-        other => bail!("expected a number, found {}", kind(other)),
-    }
-}
-
-fn as_bool(value: &PickleValue) -> Result<bool> {
-    match value {
-        PickleValue::Bool(b) => Ok(*b),
-        PickleValue::Int(i) => Ok(*i != 0),
-        other => bail!("expected a bool, found {}", kind(other)),
-    }
-}
-
-fn as_usize_list(value: &PickleValue) -> Result<Vec<usize>> {
-    match value {
-        PickleValue::List(items) => items.iter().map(as_usize).collect(),
-        other => bail!("expected a list of ints, found {}", kind(other)),
+        PyValue::List(items) | PyValue::Tuple(items) => items.iter().map(as_usize).collect(),
+        other => bail!("expected a list of ints, found a {}", other.type_name()),
     }
 }
 
 /// Which model a checkpoint holds: from its hyper-parameter names, else its tensor names.
 fn detect_model<'a>(
-    hyperparams: &HashMap<String, PickleValue>,
-    mut keys: impl Iterator<Item = &'a String>,
+    hyperparams: &PyValue,
+    mut keys: impl Iterator<Item = &'a str>,
 ) -> Result<&'static str> {
-    if hyperparams.contains_key("cnn_channels") {
+    if hyperparams.get("cnn_channels").is_some() {
         return Ok("cnn_transformer");
     }
-    if hyperparams.contains_key("d_model") {
+    if hyperparams.get("d_model").is_some() {
         return Ok("rwkv_ts");
     }
-    if hyperparams.contains_key("hidden_size") {
+    if hyperparams.get("hidden_size").is_some() {
         return Ok("simple_lstm");
     }
     match keys.find(|k| {
@@ -404,21 +426,17 @@ fn detect_model<'a>(
 }
 
 /// A required hyper-parameter.
-fn hp_required<T>(
-    hp: &HashMap<String, PickleValue>,
-    key: &str,
-    parse: impl Fn(&PickleValue) -> Result<T>,
-) -> Result<T> {
+fn hp_required<T>(hp: &PyValue, key: &str, parse: impl Fn(&PyValue) -> Result<T>) -> Result<T> {
     let value = hp.get(key).ok_or_else(|| anyhow!("missing `{key}`"))?;
     parse(value).with_context(|| format!("`{key}`"))
 }
 
 /// An optional hyper-parameter with the reference's default.
 fn hp_or<T>(
-    hp: &HashMap<String, PickleValue>,
+    hp: &PyValue,
     key: &str,
     default: T,
-    parse: impl Fn(&PickleValue) -> Result<T>,
+    parse: impl Fn(&PyValue) -> Result<T>,
 ) -> Result<T> {
     match hp.get(key) {
         Some(value) => parse(value).with_context(|| format!("`{key}`")),
@@ -467,62 +485,6 @@ fn spec_from_hyperparams(name: &str, meta: &Metadata) -> Result<ModelSpec> {
         }
         other => ModelSpec::from_name(other)?,
     })
-}
-
-/// The key-remapping table (PyTorch key → Burn path) applied to every checkpoint.
-pub fn key_remaps() -> Vec<(String, String)> {
-    let mut remaps = lstm_key_remaps("lstm", "lstm");
-    // SimpleLSTM's nn.Sequential head: classifier.0 / classifier.3 → classifier_0 / classifier_3.
-    remaps.push((
-        r"^classifier\.([0-9]+)\.".to_string(),
-        "classifier_${1}.".to_string(),
-    ));
-    remaps
-}
-
-/// The remapped key of a Burn parameter path (LayerNorm `gamma`/`beta` → `weight`/`bias`).
-fn burn_param_to_key(path: &str) -> String {
-    if let Some(stem) = path.strip_suffix(".gamma") {
-        format!("{stem}.weight")
-    } else if let Some(stem) = path.strip_suffix(".beta") {
-        format!("{stem}.bias")
-    } else {
-        path.to_string()
-    }
-}
-
-/// The PyTorch key of a remapped key (the inverse of [`key_remaps`]), for error messages.
-fn torch_key(key: &str) -> String {
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut out: Vec<String> = Vec::with_capacity(parts.len());
-    let mut i = 0;
-    while i < parts.len() {
-        // layers.{k}.{forward,reverse}_dir.{weight,bias}_{ih,hh} → {weight,bias}_{ih,hh}_l{k}[_reverse]
-        if parts[i] == "layers"
-            && i + 3 < parts.len()
-            && parts[i + 1].parse::<usize>().is_ok()
-            && (parts[i + 2] == "forward_dir" || parts[i + 2] == "reverse_dir")
-            && i + 4 == parts.len()
-        {
-            let suffix = if parts[i + 2] == "reverse_dir" {
-                "_reverse"
-            } else {
-                ""
-            };
-            out.push(format!("{}_l{}{suffix}", parts[i + 3], parts[i + 1]));
-            break;
-        }
-        match parts[i].strip_prefix("classifier_") {
-            Some(n) if i == 0 && n.parse::<usize>().is_ok() => out.push(format!("classifier.{n}")),
-            _ => out.push(parts[i].to_string()),
-        }
-        i += 1;
-    }
-    out.join(".")
-}
-
-fn shape_text(shape: Option<&Vec<usize>>) -> String {
-    shape.map_or_else(|| "?".to_string(), |s| format!("{s:?}"))
 }
 
 /// The inner window of a network, if any.
@@ -574,24 +536,99 @@ fn check_window_mask(
 mod tests {
     use super::*;
 
+    fn key(path: &[(&str, &str)]) -> String {
+        let path: Vec<(String, String)> = path
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.to_string()))
+            .collect();
+        torch_key(&path).key
+    }
+
     #[test]
-    fn torch_key_inverts_the_remapping_table() {
+    fn torch_key_maps_burn_paths_to_reference_keys() {
+        let lstm = |layer: &str, dir: &str, name: &str| {
+            key(&[
+                ("SimpleLstm", "Enum:Net"),
+                ("lstm", "Struct:SimpleLstm"),
+                ("layers", "Struct:Lstm"),
+                (layer, "Vec"),
+                (dir, "Struct:LstmLayer"),
+                (name, "Struct:LstmDirection"),
+            ])
+        };
+        assert_eq!(lstm("1", "forward_dir", "weight_ih"), "lstm.weight_ih_l1");
         assert_eq!(
-            torch_key("lstm.layers.1.forward_dir.weight_ih"),
-            "lstm.weight_ih_l1"
-        );
-        assert_eq!(
-            torch_key("lstm.layers.0.reverse_dir.bias_hh"),
+            lstm("0", "reverse_dir", "bias_hh"),
             "lstm.bias_hh_l0_reverse"
         );
-        assert_eq!(torch_key("classifier_3.weight"), "classifier.3.weight");
-        assert_eq!(torch_key("classifier.weight"), "classifier.weight");
         assert_eq!(
-            torch_key("transformer.layers.1.linear1.bias"),
+            key(&[
+                ("classifier_3", "Struct:SimpleLstm"),
+                ("weight", "Struct:Linear")
+            ]),
+            "classifier.3.weight"
+        );
+        assert!(
+            torch_key(&[
+                ("classifier_3".into(), "Struct:SimpleLstm".into()),
+                ("weight".into(), "Struct:Linear".into())
+            ])
+            .transpose
+        );
+        assert_eq!(
+            key(&[
+                ("classifier", "Struct:CnnTransformer"),
+                ("weight", "Struct:Linear")
+            ]),
+            "classifier.weight"
+        );
+        assert_eq!(
+            key(&[
+                ("transformer", "Struct:CnnTransformer"),
+                ("layers", "Struct:TransformerEncoder"),
+                ("1", "Vec"),
+                ("linear1", "Struct:TransformerEncoderLayer"),
+                ("bias", "Struct:Linear"),
+            ]),
             "transformer.layers.1.linear1.bias"
         );
-        assert_eq!(burn_param_to_key("ln.gamma"), "ln.weight");
-        assert_eq!(burn_param_to_key("ln.beta"), "ln.bias");
+        assert_eq!(
+            key(&[("ln", "Struct:SimpleLstm"), ("gamma", "Struct:LayerNorm")]),
+            "ln.weight"
+        );
+        assert_eq!(
+            key(&[("ln", "Struct:SimpleLstm"), ("beta", "Struct:LayerNorm")]),
+            "ln.bias"
+        );
+        // A bare LSTM state dict.
+        assert_eq!(
+            key(&[
+                ("layers", "Struct:Lstm"),
+                ("0", "Vec"),
+                ("reverse_dir", "Struct:LstmLayer"),
+                ("weight_hh", "Struct:LstmDirection"),
+            ]),
+            "weight_hh_l0_reverse"
+        );
+    }
+
+    /// Every parameter of every network has a distinct reference key.
+    #[test]
+    fn every_network_has_distinct_reference_keys() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        for spec in ["simple_lstm", "cnn_transformer", "rwkv_ts"] {
+            let net = ModelSpec::from_name(spec)
+                .unwrap()
+                .init::<B>(4, 3, InnerWindow::REFERENCE_LEN, &device)
+                .unwrap();
+            let keys = torch_keys::<B, _>(&net);
+            let distinct: std::collections::BTreeSet<_> = keys.iter().map(|(k, _)| k).collect();
+            assert_eq!(distinct.len(), keys.len(), "{spec}: {keys:?}");
+            for (k, _) in &keys {
+                assert!(!k.contains("gamma") && !k.contains("_dir."), "{spec}: {k}");
+            }
+        }
     }
 
     #[test]

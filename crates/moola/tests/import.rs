@@ -304,3 +304,57 @@ fn bidirectional_lstm_matches_pytorch() {
     );
     assert!(diffs.iter().all(|d| *d < TOLERANCE), "{diffs:?}");
 }
+
+/// A checkpoint whose metadata the reference's `save` wrote after `fit` on NumPy arrays
+/// (`np.str_` labels, `np.int64` counts; `simple_lstm_1l`'s weights) imports with plain-string
+/// classes and `simple_lstm_1l`'s probabilities.
+#[test]
+fn numpy_labels_and_counts_import_as_plain_values() {
+    let device = Default::default();
+    let expected = load_expected("simple_lstm_1l");
+    let (net, card) =
+        import_torch_checkpoint::<B>(&fixture("simple_lstm_numpy_labels.pt"), &device)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(card.spec.name(), "simple_lstm");
+    assert_eq!(card.classes, vec!["down".to_string(), "up".to_string()]);
+    assert_eq!((card.n_classes, card.input_dim), (2, 4));
+    let out = net.forward(input_tensor(&expected.input, &device));
+    let worst = max_abs_diff(softmax(out.logits, 1), &expected.probs);
+    assert!(worst < TOLERANCE, "max |Δp| = {worst:e}");
+}
+
+/// The same bare bidirectional LSTM state dict through kiln's strict loader and moola's key
+/// rule ([`moola::import::torch_key`]: `weight_ih_l{k}[_reverse]` ↔
+/// `layers.{k}.{forward,reverse}_dir.weight_ih`), also read from an encoder checkpoint.
+#[test]
+fn bidirectional_lstm_loads_through_the_key_rule() {
+    use kiln::torch::{Import, TorchFile};
+    use moola::nn::LstmConfig;
+
+    let device = Default::default();
+    let text = std::fs::read_to_string(fixture("bilstm.json")).unwrap();
+    let expected: BiLstmExpected = serde_json::from_str(&text).unwrap();
+    let lstm = LstmConfig::new(4, 6)
+        .with_num_layers(2)
+        .with_bidirectional(true)
+        .init::<B>(&device);
+    // The bare state dict, and the same tensors as the `encoder_state_dict` of an encoder
+    // checkpoint (with NumPy hyper-parameters).
+    let encoder = moola::import::read_encoder_checkpoint(&fixture("encoder_bilstm.pt")).unwrap();
+    assert_eq!(encoder.file.entry(), Some("encoder_state_dict"));
+    let hp = encoder.hyperparams.as_ref().unwrap();
+    assert_eq!(hp.get("input_dim").and_then(|v| v.as_int()), Some(4));
+    assert_eq!(hp.get("dropout").and_then(|v| v.as_f64()), Some(0.2));
+    for file in [TorchFile::open(fixture("bilstm.pt")).unwrap(), encoder.file] {
+        let (lstm, applied) = Import::new(&file, &moola::import::torch_key)
+            .apply(lstm.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(applied.loaded, 16);
+        assert!(applied.untouched.is_empty() && applied.excluded.is_empty());
+        let (out, state) = lstm.forward_with_state(input_tensor(&expected.input, &device), None);
+        let worst = max_abs_diff3(out, &expected.output)
+            .max(max_abs_diff3(state.h, &expected.h_n))
+            .max(max_abs_diff3(state.c, &expected.c_n));
+        assert!(worst < TOLERANCE, "{}: {worst}", file.path().display());
+    }
+}

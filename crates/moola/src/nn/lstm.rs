@@ -7,7 +7,9 @@
 //! * **Layout**: each direction of each layer stores `weight_ih [4H, in]`, `weight_hh [4H, H]`,
 //!   `bias_ih [4H]`, `bias_hh [4H]` exactly as PyTorch does, so importing a checkpoint is a
 //!   renaming: `weight_ih_l{k}` → `layers.{k}.forward_dir.weight_ih`, `weight_ih_l{k}_reverse` →
-//!   `layers.{k}.reverse_dir.weight_ih` (see [`lstm_key_remaps`]).
+//!   `layers.{k}.reverse_dir.weight_ih`. The checkpoint importer's key rule
+//!   ([`crate::import::torch_key`], for `kiln::torch`) does this renaming for an `Lstm` anywhere
+//!   in a module; [`lstm_key_remaps`] gives it as `burn_store::KeyRemapper` patterns.
 //! * **Init**: PyTorch's default, `U(−1/√H, 1/√H)` for every tensor.
 //!
 //! ## Speed
