@@ -98,17 +98,12 @@ impl CnnTransformerConfig {
         self.window.or(InnerWindow::default_for(seq_len))
     }
 
-    /// Checks the hyper-parameters against the data dimensions; returns the effective window.
-    pub fn validate(
-        &self,
-        input_dim: usize,
-        n_classes: usize,
-        seq_len: usize,
-    ) -> anyhow::Result<Option<InnerWindow>> {
-        if input_dim == 0 || n_classes == 0 {
-            bail!(
-                "cnn_transformer: input_dim ({input_dim}) and n_classes ({n_classes}) must be positive"
-            );
+    /// Checks the hyper-parameters of the encoder layers (CNN blocks, relative positions,
+    /// transformer) against the input dimensions; the part of [`Self::validate`] that the TS-TCC
+    /// encoder shares.
+    pub fn validate_encoder(&self, input_dim: usize, seq_len: usize) -> anyhow::Result<()> {
+        if input_dim == 0 {
+            bail!("cnn_transformer: input_dim must be positive");
         }
         if seq_len == 0 || seq_len > REL_POS_MAX_LEN {
             bail!(
@@ -139,6 +134,22 @@ impl CnnTransformerConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("cnn_transformer: dropout {} is not in [0, 1)", self.dropout);
         }
+        Ok(())
+    }
+
+    /// Checks the hyper-parameters against the data dimensions; returns the effective window.
+    pub fn validate(
+        &self,
+        input_dim: usize,
+        n_classes: usize,
+        seq_len: usize,
+    ) -> anyhow::Result<Option<InnerWindow>> {
+        if input_dim == 0 || n_classes == 0 {
+            bail!(
+                "cnn_transformer: input_dim ({input_dim}) and n_classes ({n_classes}) must be positive"
+            );
+        }
+        self.validate_encoder(input_dim, seq_len)?;
         let window = self.effective_window(seq_len);
         if let Some(w) = window
             && (w.is_empty() || w.end > seq_len)
@@ -168,6 +179,40 @@ impl CnnTransformerConfig {
     ) -> anyhow::Result<CnnTransformer<B>> {
         let window = self.validate(input_dim, n_classes, seq_len)?;
         let d = self.d_model().expect("validated");
+        let EncoderLayers {
+            cnn_blocks,
+            rel_pos_enc,
+            transformer,
+        } = self.init_encoder_layers(input_dim, device)?;
+        let pointer = || {
+            self.predict_pointers
+                .then(|| LinearConfig::new(d, 1).init(device))
+        };
+        Ok(CnnTransformer {
+            cnn_blocks,
+            rel_pos_enc,
+            transformer,
+            output_norm: LayerNormConfig::new(d).init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            classifier: LinearConfig::new(d, n_classes).init(device),
+            pointer_start_head: pointer(),
+            pointer_end_head: pointer(),
+            window,
+        })
+    }
+
+    /// Builds the encoder layers for `input_dim` features: the CNN blocks, the transformer and
+    /// the relative-position table (the configuration must have passed
+    /// [`Self::validate_encoder`]). The CNN-Transformer and the TS-TCC encoder are both built
+    /// from these.
+    pub fn init_encoder_layers<B: Backend>(
+        &self,
+        input_dim: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<EncoderLayers<B>> {
+        let d = self
+            .d_model()
+            .context("cnn_transformer: cnn_channels must not be empty")?;
         let mut cnn_blocks = Vec::with_capacity(self.cnn_channels.len());
         let mut channels_in = input_dim;
         for &channels_out in &self.cnn_channels {
@@ -185,22 +230,33 @@ impl CnnTransformerConfig {
             .with_num_layers(self.transformer_layers)
             .init(device)
             .context("cnn_transformer: building the transformer")?;
-        let pointer = || {
-            self.predict_pointers
-                .then(|| LinearConfig::new(d, 1).init(device))
-        };
-        Ok(CnnTransformer {
+        Ok(EncoderLayers {
             cnn_blocks,
             rel_pos_enc: RelativePositionalEncoding::new(d, REL_POS_MAX_LEN, device),
             transformer,
-            output_norm: LayerNormConfig::new(d).init(device),
-            dropout: DropoutConfig::new(self.dropout).init(),
-            classifier: LinearConfig::new(d, n_classes).init(device),
-            pointer_start_head: pointer(),
-            pointer_end_head: pointer(),
-            window,
         })
     }
+}
+
+/// The encoder layers the CNN-Transformer shares with the TS-TCC encoder (same names, so an
+/// encoder's weights map one-to-one onto the classifier's).
+#[derive(Debug)]
+pub struct EncoderLayers<B: Backend> {
+    /// Multi-scale causal CNN blocks (`cnn_blocks.{i}`).
+    pub cnn_blocks: Vec<CnnBlock<B>>,
+    /// Relative-position table (`rel_pos_enc`).
+    pub rel_pos_enc: RelativePositionalEncoding<B>,
+    /// Post-norm transformer encoder (`transformer.layers.{i}`).
+    pub transformer: TransformerEncoder<B>,
+}
+
+/// `[B, T, F] → [B, T, d]` through the CNN blocks (transposed to channels-first and back).
+pub fn cnn_forward<B: Backend>(blocks: &[CnnBlock<B>], x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let mut h = x.swap_dims(1, 2); // [B, F, T]
+    for block in blocks {
+        h = block.forward(h);
+    }
+    h.swap_dims(1, 2) // [B, T, d]
 }
 
 /// Causal 1-D convolution: left padding `k − 1`, convolution, dropout.
@@ -414,11 +470,7 @@ impl<B: Backend> CnnTransformer<B> {
                 w.end
             );
         }
-        let mut h = x.swap_dims(1, 2); // [B, F, T]
-        for block in &self.cnn_blocks {
-            h = block.forward(h);
-        }
-        let mut h = h.swap_dims(1, 2); // [B, T, d]
+        let mut h = cnn_forward(&self.cnn_blocks, x); // [B, T, d]
         let d = h.dims()[2];
         if let Some(w) = self.window {
             h = h * Self::window_weights(w, steps, &device);

@@ -1,1 +1,0 @@
-//! TS-TCC contrastive pre-training (in progress).
