@@ -271,40 +271,6 @@ fn max_abs_diff3(got: Tensor<B, 3>, want: &[Vec<Vec<f64>>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// A bare bidirectional 2-layer `nn.LSTM` state dict (the masked-autoencoder encoder's key
-/// style) loads through the remapping table and reproduces PyTorch's outputs and final states.
-#[test]
-fn bidirectional_lstm_matches_pytorch() {
-    use burn_store::{KeyRemapper, ModuleSnapshot, PytorchStore};
-    use moola::nn::{LstmConfig, lstm_key_remaps};
-
-    let device = Default::default();
-    let text = std::fs::read_to_string(fixture("bilstm.json")).unwrap();
-    let expected: BiLstmExpected = serde_json::from_str(&text).unwrap();
-    let mut lstm = LstmConfig::new(4, 6)
-        .with_num_layers(2)
-        .with_bidirectional(true)
-        .with_dropout(0.2)
-        .init::<B>(&device);
-    let mut store = PytorchStore::from_file(fixture("bilstm.pt"))
-        .remap(KeyRemapper::from_patterns(lstm_key_remaps("", "")).unwrap());
-    let result = lstm.load_from(&mut store).unwrap();
-    assert_eq!(result.applied.len(), 16, "{result}");
-    assert!(result.unused.is_empty(), "{result}");
-
-    let (out, state) = lstm.forward_with_state(input_tensor(&expected.input, &device), None);
-    let diffs = [
-        max_abs_diff3(out, &expected.output),
-        max_abs_diff3(state.h, &expected.h_n),
-        max_abs_diff3(state.c, &expected.c_n),
-    ];
-    println!(
-        "bilstm: max |Δ| output/h_n/c_n = {:.3e} / {:.3e} / {:.3e}",
-        diffs[0], diffs[1], diffs[2]
-    );
-    assert!(diffs.iter().all(|d| *d < TOLERANCE), "{diffs:?}");
-}
-
 /// A checkpoint whose metadata the reference's `save` wrote after `fit` on NumPy arrays
 /// (`np.str_` labels, `np.int64` counts; `simple_lstm_1l`'s weights) imports with plain-string
 /// classes and `simple_lstm_1l`'s probabilities.

@@ -12,8 +12,7 @@ use moola::model::{SimpleLstm, SimpleLstmConfig};
 use moola::pretrain::masked_lstm::{
     BiLstmMaskedAutoencoderConfig, EncoderCard, MaskStrategy, MaskedLstmEncoder,
     MaskedLstmPretrainConfig, PretrainHistory, TimeSeriesAugmenter, load_encoder,
-    load_pretrained_encoder, pretrain, reference_key_remaps, save_encoder, transfer_encoder,
-    unfreeze_encoder,
+    load_pretrained_encoder, pretrain, save_encoder, transfer_encoder, unfreeze_encoder,
 };
 use moola::train::RunOptions;
 use rand::Rng;
@@ -449,27 +448,47 @@ fn encoder_cards_are_checked() {
     kiln::io::write_json(dir.path().join("enc.json"), &wrong).unwrap();
     let err = load_encoder::<B>(&path, &device).unwrap_err();
     assert!(format!("{err:#}").contains("shape"), "{err:#}");
-    // Reference key table: bare nn.LSTM names onto encoder_lstm.layers.{k}.{dir}.
-    let pairs = burn_store::KeyRemapper::from_patterns(reference_key_remaps())
-        .unwrap()
-        .to_regex_pairs();
-    let apply = |key: &str| -> String {
-        for (re, to) in &pairs {
-            if re.is_match(key) {
-                return re.replace(key, to.as_str()).to_string();
-            }
+}
+
+#[test]
+fn the_reference_encoder_file_loads() {
+    // `{encoder_state_dict: <bare nn.LSTM(4, 6, 2, bidirectional) keys>, hyperparams: {...}}`
+    // as the reference's `save_encoder` writes it (NumPy scalars in the hyper-parameters),
+    // from tools/parity/moola_fixtures.py; `bilstm.pt` is the same LSTM's bare state dict.
+    let _lock = kiln::seed::global_lock();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+    let device = Default::default();
+    let (encoder, card) = load_encoder::<B>(&fixtures.join("encoder_bilstm.pt"), &device).unwrap();
+    assert_eq!(
+        (
+            card.hyperparams.input_dim,
+            card.hyperparams.hidden_dim,
+            card.hyperparams.num_layers
+        ),
+        (4, 6, 2)
+    );
+    assert_eq!(card.hyperparams.dropout, 0.2);
+    assert!(card.source.unwrap().contains("encoder_bilstm.pt"));
+    let bare = kiln::torch::TorchFile::open(fixtures.join("bilstm.pt")).unwrap();
+    for k in 0..2 {
+        for (dir, ours) in [
+            ("", &encoder.encoder_lstm.layers[k].forward_dir),
+            (
+                "_reverse",
+                encoder.encoder_lstm.layers[k].reverse_dir.as_ref().unwrap(),
+            ),
+        ] {
+            let want: Vec<f32> = bare
+                .read_f32(&format!("weight_hh_l{k}{dir}"))
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            assert_eq!(values(ours.weight_hh.val()), want, "layer {k}{dir}");
         }
-        key.to_string()
-    };
-    assert_eq!(
-        apply("weight_ih_l1_reverse"),
-        "encoder_lstm.layers.1.reverse_dir.weight_ih"
-    );
-    assert_eq!(
-        apply("bias_hh_l0"),
-        "encoder_lstm.layers.0.forward_dir.bias_hh"
-    );
-    assert_eq!(apply("mask_token"), "mask_token");
+    }
+    // A file that is neither kind is a clear error naming it.
+    let err = load_encoder::<B>(&fixtures.join("simple_lstm_1l.pt"), &device).unwrap_err();
+    assert!(format!("{err:#}").contains("simple_lstm_1l.pt"), "{err:#}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //!   renaming: `weight_ih_l{k}` → `layers.{k}.forward_dir.weight_ih`, `weight_ih_l{k}_reverse` →
 //!   `layers.{k}.reverse_dir.weight_ih`. The checkpoint importer's key rule
 //!   ([`crate::import::torch_key`], for `kiln::torch`) does this renaming for an `Lstm` anywhere
-//!   in a module; [`lstm_key_remaps`] gives it as `burn_store::KeyRemapper` patterns.
+//!   in a module.
 //! * **Init**: PyTorch's default, `U(−1/√H, 1/√H)` for every tensor.
 //!
 //! ## Speed
@@ -325,42 +325,3 @@ impl<B: Backend> Lstm<B> {
     }
 }
 
-/// Key remapping rules from a PyTorch `nn.LSTM` state dict under `prefix` (e.g. `"lstm"`, or
-/// `""` for a bare LSTM state dict) to an [`Lstm`] field at `target` (e.g. `"lstm"`).
-///
-/// Returns `(regex, replacement)` pairs for `burn_store::KeyRemapper`; the `_reverse` rule comes
-/// first so that the plain rule never sees a reverse key.
-pub fn lstm_key_remaps(prefix: &str, target: &str) -> Vec<(String, String)> {
-    let from = if prefix.is_empty() {
-        "^".to_string()
-    } else {
-        format!("^{}\\.", regex_escape(prefix))
-    };
-    let to = if target.is_empty() {
-        String::new()
-    } else {
-        format!("{target}.")
-    };
-    vec![
-        (
-            format!("{from}(weight|bias)_(ih|hh)_l([0-9]+)_reverse$"),
-            format!("{to}layers.$3.reverse_dir.${{1}}_$2"),
-        ),
-        (
-            format!("{from}(weight|bias)_(ih|hh)_l([0-9]+)$"),
-            format!("{to}layers.$3.forward_dir.${{1}}_$2"),
-        ),
-    ]
-}
-
-/// Escapes regex metacharacters of a literal key prefix.
-pub(crate) fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        if "\\.+*?()|[]{}^$".contains(ch) {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}

@@ -15,7 +15,7 @@ pub mod lstm;
 pub mod transformer;
 
 pub use attention::{AttentionMask, MultiheadAttention, MultiheadAttentionConfig};
-pub use lstm::{Lstm, LstmConfig, LstmDirection, LstmLayer, LstmState, lstm_key_remaps};
+pub use lstm::{Lstm, LstmConfig, LstmDirection, LstmLayer, LstmState};
 pub use transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderLayer};
 
 /// PyTorch's default initialiser of `nn.Linear`/`nn.Conv*` weights and biases:

@@ -6,10 +6,14 @@
 //! `learning_rate`, `batch_size`). Here that is `<path>.mpk` (a Burn record of
 //! [`MaskedLstmEncoder`]: `encoder_lstm.*` and `mask_token`) plus `<path>.json` (an
 //! [`EncoderCard`]), like the classifiers' `.mpk` + card.
-//! The reference's bare `nn.LSTM` keys map onto the record by a renaming table
-//! ([`reference_key_remaps`]): `weight_ih_l{k}` → `encoder_lstm.layers.{k}.forward_dir.weight_ih`,
-//! `weight_ih_l{k}_reverse` → `encoder_lstm.layers.{k}.reverse_dir.weight_ih` (same for
-//! `weight_hh`, `bias_ih`, `bias_hh`), `mask_token` → `mask_token`.
+//! The file follows kiln's model-file convention ([`kiln::artifact`]).
+//!
+//! [`load_encoder`] also reads the reference's own encoder file (a `torch.save` dict, NumPy
+//! scalars in its hyper-parameters included): `hyperparams` builds the encoder, the bare
+//! `nn.LSTM` keys of `encoder_state_dict` fill `encoder_lstm` under moola's key rule
+//! ([`crate::import::torch_key`]: `weight_ih_l{k}[_reverse]` ↔
+//! `layers.{k}.{forward_dir|reverse_dir}.weight_ih`), strictly, and the top-level `mask_token`
+//! (when present) fills the mask token.
 //!
 //! **Transfer** ([`load_pretrained_encoder`], the reference's `SimpleLSTM.load_pretrained_encoder`
 //! after its key-mapping fix): only the forward direction is copied (SimpleLSTM is
@@ -29,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{BiLstmMaskedAutoencoder, BiLstmMaskedAutoencoderConfig, MaskStrategy};
 use crate::model::SimpleLstm;
-use crate::model::model_paths;
-use crate::nn::{Lstm, LstmDirection, lstm_key_remaps};
+use crate::nn::{Lstm, LstmDirection};
+use kiln::torch::PyValue;
 
 /// The transferable part of a trained [`BiLstmMaskedAutoencoder`]: its bidirectional encoder
 /// and its mask token (the reference's encoder checkpoint minus the metadata).
@@ -159,13 +163,6 @@ impl EncoderCard {
     }
 }
 
-/// Renaming rules from the reference's encoder checkpoint keys (bare `nn.LSTM` names of
-/// `encoder_state_dict`, plus `mask_token`) to [`MaskedLstmEncoder`]'s record paths, as
-/// `(regex, replacement)` pairs for `burn_store::KeyRemapper`.
-pub fn reference_key_remaps() -> Vec<(String, String)> {
-    lstm_key_remaps("", "encoder_lstm")
-}
-
 /// Saves an encoder: weights `<path>.mpk`, card `<path>.json` (both written atomically).
 pub fn save_encoder<B: Backend>(
     encoder: &MaskedLstmEncoder<B>,
@@ -191,31 +188,93 @@ pub fn save_encoder<B: Backend>(
             encoder.num_layers()
         );
     }
-    let (weights, card_path) = model_paths(path);
-    kiln::checkpoint::save_module(encoder, &weights)?;
-    kiln::io::write_json(&card_path, card)
+    kiln::artifact::save(encoder, card, path)
 }
 
-/// Loads an encoder saved by [`save_encoder`] (shapes are checked against the card).
+/// Loads an encoder saved by [`save_encoder`] (shapes are checked against the card), or the
+/// reference's `torch.save` encoder file (see the module docs).
 pub fn load_encoder<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(MaskedLstmEncoder<B>, EncoderCard)> {
-    let (weights, card_path) = model_paths(path);
-    let card: EncoderCard = kiln::io::read_json(&card_path)
-        .with_context(|| format!("cannot load the encoder card of {}", path.display()))?;
-    if card.format != ENCODER_CARD_FORMAT {
-        bail!(
-            "{}: unsupported encoder format `{}` (expected {ENCODER_CARD_FORMAT})",
-            card_path.display(),
-            card.format
-        );
+    let card_path = kiln::artifact::paths(path).1;
+    if !card_path.is_file() && path.is_file() && !kiln::checkpoint::is_checkpoint(path)? {
+        return load_reference_encoder(path, device);
     }
-    let config = BiLstmMaskedAutoencoderConfig::from(&card.hyperparams);
-    let encoder = MaskedLstmEncoder::init(&config, device)
-        .with_context(|| format!("{}: invalid hyperparams", card_path.display()))?;
-    let encoder = kiln::checkpoint::load_module(encoder, &weights, device)?;
+    let (encoder, card, _) =
+        kiln::artifact::load::<B, MaskedLstmEncoder<B>, EncoderCard>(path, device, |card| {
+            if card.format != ENCODER_CARD_FORMAT {
+                bail!(
+                    "{}: unsupported encoder format `{}` (expected {ENCODER_CARD_FORMAT})",
+                    card_path.display(),
+                    card.format
+                );
+            }
+            let config = BiLstmMaskedAutoencoderConfig::from(&card.hyperparams);
+            MaskedLstmEncoder::init(&config, device)
+                .with_context(|| format!("{}: invalid hyperparams", card_path.display()))
+        })?;
     Ok((encoder, card))
+}
+
+/// Reads the reference's encoder file (`MaskedLSTMPretrainer.save_encoder`).
+fn load_reference_encoder<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<(MaskedLstmEncoder<B>, EncoderCard)> {
+    let shown = path.display();
+    let ckpt = crate::import::read_encoder_checkpoint(path).with_context(|| {
+        format!("{shown} is neither an encoder of `moola pretrain` nor the reference's")
+    })?;
+    let hp = ckpt
+        .hyperparams
+        .as_ref()
+        .with_context(|| format!("{shown}: the encoder file has no `hyperparams`"))?;
+    let int = |key: &str| -> Result<usize> {
+        hp.get(key)
+            .and_then(PyValue::as_int)
+            .and_then(|v| usize::try_from(v).ok())
+            .with_context(|| format!("{shown}: `hyperparams.{key}` is missing or not a count"))
+    };
+    let hyperparams = EncoderHyperparams {
+        input_dim: int("input_dim")?,
+        hidden_dim: int("hidden_dim")?,
+        num_layers: int("num_layers")?,
+        dropout: hp.get("dropout").and_then(PyValue::as_f64).unwrap_or(0.2),
+    };
+    let config = BiLstmMaskedAutoencoderConfig::from(&hyperparams);
+    let MaskedLstmEncoder {
+        encoder_lstm,
+        mask_token,
+    } = MaskedLstmEncoder::<B>::init(&config, device)
+        .with_context(|| format!("{shown}: invalid hyperparams"))?;
+    let (encoder_lstm, _) = kiln::torch::Import::new(&ckpt.file, &crate::import::torch_key)
+        .apply(encoder_lstm)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let whole = kiln::torch::TorchFile::open(path)?;
+    let mask_token = if whole.contains("mask_token") {
+        let data = whole.read_f32("mask_token")?;
+        let want = [1, 1, hyperparams.input_dim];
+        if data.shape.as_slice() != want {
+            bail!(
+                "{shown}: `mask_token` has shape {:?}, expected {want:?}",
+                data.shape
+            );
+        }
+        Param::from_tensor(Tensor::from_data(data, device))
+    } else {
+        tracing::warn!("{shown} has no `mask_token`; the encoder keeps a fresh one");
+        mask_token
+    };
+    let mut card = EncoderCard::new(hyperparams, None);
+    card.source = Some(format!("pytorch:{shown}"));
+    Ok((
+        MaskedLstmEncoder {
+            encoder_lstm,
+            mask_token,
+        },
+        card,
+    ))
 }
 
 /// What [`transfer_encoder`] copied and skipped.

@@ -59,8 +59,8 @@ pub mod model;
 pub use augment::TimeSeriesAugmenter;
 pub use encoder::{
     ENCODER_CARD_FORMAT, EncoderCard, EncoderHyperparams, EncoderTrainingConfig, MaskedLstmEncoder,
-    TransferReport, freeze_encoder, load_encoder, load_pretrained_encoder, reference_key_remaps,
-    save_encoder, transfer_encoder, unfreeze_encoder,
+    TransferReport, freeze_encoder, load_encoder, load_pretrained_encoder, save_encoder,
+    transfer_encoder, unfreeze_encoder,
 };
 pub use model::{
     BiLstmMaskedAutoencoder, BiLstmMaskedAutoencoderConfig, LossValues, MaskStrategy, MaskedBatch,
