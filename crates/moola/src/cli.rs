@@ -8,6 +8,7 @@
 //!   describe   print a model's architecture and parameter count
 //!   train      fit a model, save it, report held-out metrics
 //!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.csv
+//!   oof        out-of-fold probabilities on persisted folds → oof/<model>/v1/seed_<seed>.npy
 //!   predict    CSV of predictions and per-class probabilities
 //!   import     turn a reference PyTorch checkpoint into this project's format
 //!   bench      one training step per model, side by side with PyTorch
@@ -56,6 +57,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Stratified k-fold cross-validation (fresh model per fold).
     Evaluate(EvaluateArgs),
+    /// Out-of-fold probabilities for stacking, on folds persisted under the artifacts directory.
+    Oof(OofArgs),
     /// Predict labels and per-class probabilities into a CSV.
     Predict(PredictArgs),
     /// Convert a reference PyTorch checkpoint (`torch.save` dict) into this project's format.
@@ -156,6 +159,38 @@ pub struct EvaluateArgs {
     overrides: Overrides,
 }
 
+/// `oof` arguments (the reference's `oof --model --seed --load-pretrained-encoder`, plus the
+/// fold count, the folds' and output's directories and the data file).
+#[derive(Debug, Args)]
+pub struct OofArgs {
+    /// simple_lstm, cnn_transformer or rwkv_ts.
+    #[arg(long)]
+    pub model: String,
+    /// Seed of the folds and of the models (default: the configuration's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of folds (default: the configuration's `cv_folds`).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Directory of the persisted `fold_{i}.json` files (default `<artifacts_dir>/splits/v1`).
+    #[arg(long, alias = "split-dir")]
+    pub splits_dir: Option<PathBuf>,
+    /// Output directory of `seed_<seed>.npy` (default `<artifacts_dir>/oof/<model>/v1`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Labelled data; default `<data_dir>/processed/train.parquet`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// CNN-Transformer pointer heads.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub pointers: Pointers,
+    /// Pre-trained encoder to start every fold's model from (not yet supported).
+    #[arg(long, alias = "load-pretrained-encoder")]
+    pub encoder: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
 /// `predict` arguments.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -199,6 +234,7 @@ impl Command {
             Command::Describe(a) => &a.overrides.opts,
             Command::Train(a) => &a.overrides.opts,
             Command::Evaluate(a) => &a.overrides.opts,
+            Command::Oof(a) => &a.overrides.opts,
             Command::Predict(a) => &a.overrides.opts,
             Command::Import(a) => &a.overrides.opts,
             Command::Bench(a) => &a.overrides.opts,
@@ -249,6 +285,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => launch(
             device,
             EvaluateJob {
+                cfg,
+                args: a,
+                progress,
+            },
+        ),
+        Command::Oof(a) => launch(
+            device,
+            OofJob {
                 cfg,
                 args: a,
                 progress,
@@ -594,6 +638,140 @@ impl BackendJob for EvaluateJob {
         println!(
             "wrote {}/{{metrics.json, confusion_matrix.csv, oof_probabilities.csv}}",
             out.display()
+        );
+        Ok(())
+    }
+}
+
+struct OofJob {
+    cfg: MoolaConfig,
+    args: OofArgs,
+    progress: bool,
+}
+
+/// The model names with an OOF directory under `<artifacts_dir>/oof`, and `model`, sorted.
+fn oof_models(artifacts_dir: &Path, model: &str) -> Vec<String> {
+    let mut models: Vec<String> = std::fs::read_dir(artifacts_dir.join("oof"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    models.push(model.to_string());
+    models.sort();
+    models.dedup();
+    models
+}
+
+impl BackendJob for OofJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let OofJob {
+            mut cfg,
+            args,
+            progress,
+        } = self;
+        let options = crate::oof::OofOptions {
+            encoder: args.encoder.clone(),
+        };
+        options.check()?;
+        if let Some(seed) = args.seed {
+            cfg.seed = seed;
+        }
+        let (seed, k) = (cfg.seed, args.k.unwrap_or(cfg.cv_folds));
+        if k < 2 {
+            bail!("--k must be at least 2, got {k}");
+        }
+        let (spec, train_cfg) = cfg.model(&args.model)?;
+        let data_path = default_data(&cfg, args.data);
+        let all = data::read_any(&data_path)?;
+        let (data, dropped) = crate::oof::oof_rows(all)?;
+        if dropped > 0 {
+            println!(
+                "validate_expansions: {dropped} of {} windows dropped (invalid expansion indices)",
+                data.len() + dropped
+            );
+        }
+        let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+        let labels = LabelMap::fit(data.require_labels()?);
+        let y = labels.encode(data.require_labels()?)?;
+        let artifacts = cfg.paths.artifacts_dir.clone();
+        let splits_dir = args
+            .splits_dir
+            .unwrap_or_else(|| artifacts.join(crate::splits::DEFAULT_SPLITS_SUBDIR));
+        let (folds, source) = crate::splits::get_or_create_folds(&y, k, seed, &splits_dir)?;
+        match &source {
+            crate::splits::FoldSource::Loaded => {
+                println!("folds: loaded {k} from {}", splits_dir.display());
+            }
+            crate::splits::FoldSource::Created => {
+                println!("folds: wrote {k} to {}", splits_dir.display());
+            }
+            crate::splits::FoldSource::Regenerated(why) => println!("folds: {why}"),
+        }
+        let out_path = args
+            .out
+            .unwrap_or_else(|| crate::oof::oof_dir(&artifacts, &args.model))
+            .join(crate::oof::npy_name(seed));
+        println!(
+            "{} OOF: {} windows, {} classes {:?}, {k} folds, seed {seed}",
+            args.model,
+            data.len(),
+            labels.len(),
+            labels.classes()
+        );
+        let classes = labels.classes().to_vec();
+        let result = crate::oof::generate_oof_with(
+            |_fold| {
+                let clf = Classifier::<B>::new(spec.clone(), train_cfg.clone(), device.clone())
+                    .with_run_options(RunOptions {
+                        progress,
+                        ..RunOptions::default()
+                    });
+                Ok(Box::new(clf) as Box<dyn crate::Estimator>)
+            },
+            &data,
+            &folds,
+            &options,
+            |r| {
+                println!(
+                    "fold {}/{}: {} train / {} validation | accuracy {:.4} | per class: {}",
+                    r.fold + 1,
+                    r.k,
+                    r.train_size,
+                    r.val_size,
+                    r.accuracy,
+                    crate::oof::format_per_class(&classes, &r.per_class_accuracy)
+                );
+            },
+        )?;
+        crate::oof::write_npy(&out_path, &result.oof)?;
+        if !result.zero_rows.is_empty() {
+            println!(
+                "warning: {} rows have all-zero probabilities",
+                result.zero_rows.len()
+            );
+        }
+        println!(
+            "out-of-fold accuracy {:.4} (per class: {})",
+            result.accuracy,
+            crate::oof::format_per_class(&result.classes, &result.per_class_accuracy)
+        );
+        println!("out-of-fold: {}", result.report.summary());
+        println!(
+            "wrote {} (float64 [{}, {}], columns {:?})",
+            out_path.display(),
+            result.oof.len(),
+            result.classes.len(),
+            result.classes
+        );
+        let (manifest_path, manifest) =
+            crate::manifest::write_manifest(&artifacts, &oof_models(&artifacts, &args.model))?;
+        println!(
+            "wrote {} ({} artifacts hashed)",
+            manifest_path.display(),
+            manifest.artifacts.len()
         );
         Ok(())
     }

@@ -69,7 +69,9 @@ impl CvResult {
 }
 
 /// Stratified `k`-fold cross-validation of `spec` trained with `config` on `data` (seeded by
-/// `seed`): every fold trains a fresh classifier on the other folds.
+/// `seed`): every fold trains a fresh classifier on the other folds. The folds are
+/// [`crate::splits::make_folds`]'s, the same ones `moola oof` persists for the same rows, `k` and
+/// seed; they are drawn in memory here, not read from or written to disk.
 pub fn cross_validate<B: AutodiffBackend>(
     spec: &ModelSpec,
     config: &TrainConfig,
@@ -81,8 +83,10 @@ pub fn cross_validate<B: AutodiffBackend>(
 ) -> Result<CvResult> {
     let labels = LabelMap::fit(data.require_labels()?);
     let y = labels.encode(data.require_labels()?)?;
-    let mut rng = kiln::seed::rng(seed, "cv_folds", 0);
-    let folds = kiln::data::stratified_kfold(&y, k, &mut rng)?;
+    let folds: Vec<(Vec<usize>, Vec<usize>)> = crate::splits::make_folds(&y, k, seed)?
+        .into_iter()
+        .map(|f| (f.train_idx, f.val_idx))
+        .collect();
     let mut oof = vec![Vec::new(); data.len()];
     let mut details = Vec::new();
     for (k, (tr, va)) in folds.iter().enumerate() {

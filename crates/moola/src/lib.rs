@@ -19,6 +19,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod classical;
 pub mod classifier;
 pub mod cli;
 pub mod config;
@@ -27,9 +28,13 @@ pub mod data;
 pub mod estimator;
 pub mod import;
 pub mod loss;
+pub mod manifest;
 pub mod model;
 pub mod nn;
+pub mod oof;
 pub mod pretrain;
+pub mod splits;
+pub mod stack;
 pub mod train;
 
 pub use classifier::{Classifier, FitReport};
@@ -37,4 +42,6 @@ pub use config::MoolaConfig;
 pub use data::WindowSet;
 pub use estimator::Estimator;
 pub use model::ModelSpec;
+pub use oof::{OofOptions, OofResult, generate_oof};
+pub use splits::{Fold, get_or_create_folds};
 pub use train::TrainConfig;
