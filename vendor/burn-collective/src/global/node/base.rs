@@ -86,6 +86,18 @@ where
         peers: Vec<PeerId>,
         global_params: GlobalRegisterParams,
     ) -> Result<(), GlobalCollectiveError> {
+        // kiln patch: register only once this node's data service accepts connections. The
+        // server task is spawned in `new` and binds asynchronously; on a busy machine a peer
+        // that finished registering could otherwise connect (and fail) before it listens.
+        // Registration completes only when every node registered, so after it every data
+        // service is up. Bounded wait: a bind failure surfaces as the caller's timeout.
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], global_params.data_service_port));
+        for _ in 0..3000 {
+            if tokio::net::TcpStream::connect(local).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let req = RemoteRequest::Register {
             node_addr: global_params.node_address,
             num_nodes: global_params.num_nodes,
