@@ -9,6 +9,9 @@
 //!   train      fit a model, save it, report held-out metrics
 //!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.csv
 //!   oof        out-of-fold probabilities on persisted folds → oof/<model>/v1/seed_<seed>.npy
+//!   pretrain   self-supervised encoder pre-training (masked-lstm | ts-tcc) on unlabelled windows
+//!   stack      random-forest stack on the OOF files → models/stack/{stack.json, metrics.json}
+//!   audit      the stack's acceptance rule (exit 1 on fail)
 //!   predict    CSV of predictions and per-class probabilities
 //!   import     turn a reference PyTorch checkpoint into this project's format
 //!   bench      one training step per model, side by side with PyTorch
@@ -59,6 +62,19 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Out-of-fold probabilities for stacking, on folds persisted under the artifacts directory.
     Oof(OofArgs),
+    /// Pre-train an encoder on unlabelled windows (masked BiLSTM autoencoder or TS-TCC).
+    Pretrain(PretrainArgs),
+    /// The reference's `pretrain-bilstm`: `pretrain --method masked-lstm`.
+    #[command(name = "pretrain-bilstm", hide = true)]
+    PretrainBilstm(PretrainArgs),
+    /// The reference's `pretrain-tcc`: `pretrain --method ts-tcc`.
+    #[command(name = "pretrain-tcc", hide = true)]
+    PretrainTcc(PretrainArgs),
+    /// Train the stacking meta-learner on the OOF probabilities of the base models.
+    #[command(alias = "stack-train")]
+    Stack(StackArgs),
+    /// Check the stack against the acceptance rule (exit status 1 when it fails).
+    Audit(AuditArgs),
     /// Predict labels and per-class probabilities into a CSV.
     Predict(PredictArgs),
     /// Convert a reference PyTorch checkpoint (`torch.save` dict) into this project's format.
@@ -136,6 +152,100 @@ pub struct TrainArgs {
     /// CNN-Transformer pointer heads.
     #[arg(long, value_enum, default_value = "auto")]
     pub pointers: Pointers,
+    /// Start from a pre-trained encoder (`moola pretrain`; sets `<model>.train.encoder.path`).
+    #[arg(
+        long,
+        visible_alias = "pretrained-encoder",
+        alias = "load-pretrained-encoder"
+    )]
+    pub encoder: Option<PathBuf>,
+    /// Freeze the loaded encoder at the start (default true; `<model>.train.encoder.freeze`).
+    #[arg(long)]
+    pub freeze_encoder: Option<bool>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Which encoder `pretrain` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PretrainMethod {
+    /// Masked BiLSTM autoencoder: SimpleLSTM's encoder.
+    MaskedLstm,
+    /// TS-TCC contrastive pre-training: the CNN-Transformer's encoder.
+    TsTcc,
+}
+
+/// `pretrain` arguments (and the reference's `pretrain-bilstm` / `pretrain-tcc` flags).
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// masked-lstm or ts-tcc (implied by `pretrain-bilstm` / `pretrain-tcc`).
+    #[arg(long, value_enum)]
+    pub method: Option<PretrainMethod>,
+    /// Unlabelled windows: .parquet, .ts or an OHLC .csv (every 105-bar window of every
+    /// symbol); labels are ignored. Default `<data_dir>/processed/train.parquet`.
+    #[arg(long, alias = "input")]
+    pub data: Option<PathBuf>,
+    /// Output directory: metrics.csv, history.json, checkpoints and `encoder.{mpk,json}`
+    /// (default `<artifacts_dir>/encoders/<method>`).
+    #[arg(long, alias = "output")]
+    pub out: Option<PathBuf>,
+    /// Maximum epochs (`pretrain.<method>.n_epochs`).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Early-stopping patience.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// masked-lstm: fraction of time steps masked.
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// masked-lstm: random, block or patch.
+    #[arg(long)]
+    pub mask_strategy: Option<crate::pretrain::masked_lstm::MaskStrategy>,
+    /// masked-lstm: patch length of the patch strategy.
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// masked-lstm: LSTM hidden size per direction.
+    #[arg(long)]
+    pub hidden_dim: Option<usize>,
+    /// masked-lstm: multiply the data with the pre-training augmenter first.
+    #[arg(long)]
+    pub augment: bool,
+    /// masked-lstm: augmented copies with `--augment`.
+    #[arg(long, default_value_t = 4)]
+    pub num_augmentations: usize,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `stack` arguments.
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// Seed of the OOF files to stack (default: the configuration's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Base models (default: every model with an OOF file for the seed).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Labelled data the OOF files were made from; default `<data_dir>/processed/train.parquet`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Fold directory (default `<artifacts_dir>/splits/v1`).
+    #[arg(long, alias = "split-dir")]
+    pub splits_dir: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `audit` arguments.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Compare the stack's macro F1 with the bases' weighted F1, as the reference does (default:
+    /// macro against macro).
+    #[arg(long)]
+    pub reference_f1: bool,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -184,7 +294,8 @@ pub struct OofArgs {
     /// CNN-Transformer pointer heads.
     #[arg(long, value_enum, default_value = "auto")]
     pub pointers: Pointers,
-    /// Pre-trained encoder to start every fold's model from (not yet supported).
+    /// Pre-trained encoder (`moola pretrain`) to start every fold's model from (sets
+    /// `<model>.train.encoder.path`).
     #[arg(long, alias = "load-pretrained-encoder")]
     pub encoder: Option<PathBuf>,
     #[command(flatten)]
@@ -235,6 +346,11 @@ impl Command {
             Command::Train(a) => &a.overrides.opts,
             Command::Evaluate(a) => &a.overrides.opts,
             Command::Oof(a) => &a.overrides.opts,
+            Command::Pretrain(a) | Command::PretrainBilstm(a) | Command::PretrainTcc(a) => {
+                &a.overrides.opts
+            }
+            Command::Stack(a) => &a.overrides.opts,
+            Command::Audit(a) => &a.overrides.opts,
             Command::Predict(a) => &a.overrides.opts,
             Command::Import(a) => &a.overrides.opts,
             Command::Bench(a) => &a.overrides.opts,
@@ -272,16 +388,26 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Describe(a) => launch(device, Describe { cfg, args: a }),
-        Command::Train(a) => kiln::backend::launch_workers(
-            device,
-            &cli.runtime.local_devices(),
-            dist,
-            TrainJob {
-                cfg,
-                args: a,
-                progress,
-            },
-        ),
+        Command::Train(a) => {
+            let train = cfg.train_mut(&a.model)?;
+            if let Some(path) = &a.encoder {
+                train.encoder.path = Some(path.clone());
+            }
+            if let Some(freeze) = a.freeze_encoder {
+                train.encoder.freeze = freeze;
+            }
+            train.encoder.check_exists()?;
+            kiln::backend::launch_workers(
+                device,
+                &cli.runtime.local_devices(),
+                dist,
+                TrainJob {
+                    cfg,
+                    args: a,
+                    progress,
+                },
+            )
+        }
         Command::Evaluate(a) => launch(
             device,
             EvaluateJob {
@@ -298,6 +424,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 progress,
             },
         ),
+        Command::Pretrain(a) => {
+            let method = a.method.context(
+                "--method is required: masked-lstm (SimpleLSTM's encoder) or ts-tcc (the \
+                 CNN-Transformer's)",
+            )?;
+            launch(device, PretrainJob::new(cfg, a, method, progress))
+        }
+        Command::PretrainBilstm(a) => launch(
+            device,
+            PretrainJob::new(cfg, a, PretrainMethod::MaskedLstm, progress),
+        ),
+        Command::PretrainTcc(a) => launch(
+            device,
+            PretrainJob::new(cfg, a, PretrainMethod::TsTcc, progress),
+        ),
+        Command::Stack(a) => stack(&cfg, a),
+        Command::Audit(a) => audit(&cfg, a),
         Command::Predict(a) => launch(device, PredictJob { cfg, args: a }),
         Command::Import(a) => launch(device, ImportJob { args: a }),
         Command::Bench(a) => crate::bench::run(&cfg, &a, device, dist),
@@ -672,10 +815,6 @@ impl BackendJob for OofJob {
             args,
             progress,
         } = self;
-        let options = crate::oof::OofOptions {
-            encoder: args.encoder.clone(),
-        };
-        options.check()?;
         if let Some(seed) = args.seed {
             cfg.seed = seed;
         }
@@ -683,7 +822,24 @@ impl BackendJob for OofJob {
         if k < 2 {
             bail!("--k must be at least 2, got {k}");
         }
-        let (spec, train_cfg) = cfg.model(&args.model)?;
+        // A deep model (with its spec and recipe) or a classical baseline.
+        let classical = crate::classical::CLASSICAL_MODELS.contains(&args.model.as_str());
+        let deep = if classical {
+            if args.encoder.is_some() {
+                bail!(
+                    "--encoder applies to the deep models, not to {}",
+                    args.model
+                );
+            }
+            None
+        } else {
+            let (spec, mut train_cfg) = cfg.model(&args.model)?;
+            if let Some(path) = &args.encoder {
+                train_cfg.encoder.path = Some(path.clone());
+            }
+            train_cfg.encoder.check_exists()?;
+            Some((spec, train_cfg))
+        };
         let data_path = default_data(&cfg, args.data);
         let all = data::read_any(&data_path)?;
         let (data, dropped) = crate::oof::oof_rows(all)?;
@@ -693,7 +849,13 @@ impl BackendJob for OofJob {
                 data.len() + dropped
             );
         }
-        let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+        let (deep, data) = match deep {
+            Some((spec, train_cfg)) => {
+                let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+                (Some((spec, train_cfg)), data)
+            }
+            None => (None, data),
+        };
         let labels = LabelMap::fit(data.require_labels()?);
         let y = labels.encode(data.require_labels()?)?;
         let artifacts = cfg.paths.artifacts_dir.clone();
@@ -723,17 +885,22 @@ impl BackendJob for OofJob {
         );
         let classes = labels.classes().to_vec();
         let result = crate::oof::generate_oof_with(
-            |_fold| {
-                let clf = Classifier::<B>::new(spec.clone(), train_cfg.clone(), device.clone())
-                    .with_run_options(RunOptions {
-                        progress,
-                        ..RunOptions::default()
-                    });
-                Ok(Box::new(clf) as Box<dyn crate::Estimator>)
+            |_fold| match &deep {
+                Some((spec, train_cfg)) => {
+                    let clf = Classifier::<B>::new(spec.clone(), train_cfg.clone(), device.clone())
+                        .with_run_options(RunOptions {
+                            progress,
+                            ..RunOptions::default()
+                        });
+                    Ok(Box::new(clf) as Box<dyn crate::Estimator>)
+                }
+                None => Ok(Box::new(crate::classical::ClassicalModel::from_name(
+                    &args.model,
+                    seed,
+                )?) as Box<dyn crate::Estimator>),
             },
             &data,
             &folds,
-            &options,
             |r| {
                 println!(
                     "fold {}/{}: {} train / {} validation | accuracy {:.4} | per class: {}",
@@ -747,6 +914,16 @@ impl BackendJob for OofJob {
             },
         )?;
         crate::oof::write_npy(&out_path, &result.oof)?;
+        // The pooled OOF metrics next to the matrix (what `audit` compares the stack with).
+        kiln::io::write_json(
+            out_path.with_extension("json"),
+            &serde_json::json!({
+                "model": args.model,
+                "seed": seed,
+                "accuracy": result.accuracy,
+                "report": result.report,
+            }),
+        )?;
         if !result.zero_rows.is_empty() {
             println!(
                 "warning: {} rows have all-zero probabilities",
@@ -890,4 +1067,257 @@ impl BackendJob for ImportJob {
         );
         Ok(())
     }
+}
+
+struct PretrainJob {
+    cfg: MoolaConfig,
+    args: PretrainArgs,
+    method: PretrainMethod,
+    progress: bool,
+}
+
+impl PretrainJob {
+    fn new(cfg: MoolaConfig, args: PretrainArgs, method: PretrainMethod, progress: bool) -> Self {
+        Self {
+            cfg,
+            args,
+            method,
+            progress,
+        }
+    }
+}
+
+impl BackendJob for PretrainJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        use crate::pretrain::{masked_lstm, ts_tcc};
+        let PretrainJob {
+            cfg,
+            args,
+            method,
+            progress,
+        } = self;
+        let name = match method {
+            PretrainMethod::MaskedLstm => "masked_lstm",
+            PretrainMethod::TsTcc => "ts_tcc",
+        };
+        if method == PretrainMethod::TsTcc
+            && (args.mask_ratio.is_some()
+                || args.mask_strategy.is_some()
+                || args.patch_size.is_some()
+                || args.hidden_dim.is_some()
+                || args.augment)
+        {
+            bail!(
+                "--mask-ratio, --mask-strategy, --patch-size, --hidden-dim and --augment are masked-lstm options"
+            );
+        }
+        let data_path = default_data(&cfg, args.data);
+        let mut data = data::read_any(&data_path)?;
+        let out = args
+            .out
+            .unwrap_or_else(|| cfg.paths.artifacts_dir.join("encoders").join(name));
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
+        let run = RunOptions {
+            run_dir: Some(out.clone()),
+            progress,
+            ..RunOptions::default()
+        };
+        let encoder_path = out.join("encoder");
+        match method {
+            PretrainMethod::MaskedLstm => {
+                let mut c = cfg.pretrain.masked_lstm.clone();
+                c.seed = cfg.seed;
+                c.n_epochs = args.epochs.unwrap_or(c.n_epochs);
+                c.patience = args.patience.unwrap_or(c.patience);
+                c.batch_size = args.batch_size.unwrap_or(c.batch_size);
+                c.mask_ratio = args.mask_ratio.unwrap_or(c.mask_ratio);
+                c.mask_strategy = args.mask_strategy.unwrap_or(c.mask_strategy);
+                c.patch_size = args.patch_size.unwrap_or(c.patch_size);
+                c.hidden_dim = args.hidden_dim.unwrap_or(c.hidden_dim);
+                if args.augment {
+                    let mut rng = kiln::seed::rng(cfg.seed, "pretrain_augment", 0);
+                    data = masked_lstm::TimeSeriesAugmenter::default().augment_dataset(
+                        &data,
+                        args.num_augmentations,
+                        &mut rng,
+                    );
+                }
+                println!(
+                    "masked-lstm pre-training on {} windows of {}×{} from {}",
+                    data.len(),
+                    data.seq_len,
+                    data.n_features,
+                    data_path.display()
+                );
+                let done = masked_lstm::pretrain::<B>(&c, &data, &device, &run)?;
+                done.save_encoder(&encoder_path)?;
+                let best = done.history.best().map_or_else(
+                    || "no validation".to_string(),
+                    |(e, v)| format!("best val loss {v:.5} at epoch {e}"),
+                );
+                println!(
+                    "{} epochs{}, {best}",
+                    done.epochs,
+                    if done.stopped_early {
+                        " (early stop)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            PretrainMethod::TsTcc => {
+                let mut c = cfg.pretrain.ts_tcc.clone();
+                c.seed = cfg.seed;
+                c.n_epochs = args.epochs.unwrap_or(c.n_epochs);
+                c.early_stopping_patience = args.patience.unwrap_or(c.early_stopping_patience);
+                c.batch_size = args.batch_size.unwrap_or(c.batch_size);
+                println!(
+                    "ts-tcc pre-training on {} windows of {}×{} from {}",
+                    data.len(),
+                    data.seq_len,
+                    data.n_features,
+                    data_path.display()
+                );
+                let done = ts_tcc::pretrain::<B>(&c, &data, &device, &run)?;
+                ts_tcc::save_encoder(&done.model.encoder, &encoder_path)?;
+                let best = done
+                    .history
+                    .val_loss
+                    .get(done.history.best_epoch)
+                    .map_or_else(
+                        || "no validation".to_string(),
+                        |v| {
+                            format!(
+                                "best val loss {v:.5} at epoch {}{}",
+                                done.history.best_epoch,
+                                if done.restored_best {
+                                    " (restored)"
+                                } else {
+                                    ""
+                                }
+                            )
+                        },
+                    );
+                println!(
+                    "{} epochs{}, {best}",
+                    done.epochs,
+                    if done.stopped_early {
+                        " (early stop)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        println!(
+            "wrote {}.{{mpk,json}} and {}/history.json",
+            encoder_path.display(),
+            out.display()
+        );
+        Ok(())
+    }
+}
+
+/// `moola stack`: the stacking meta-learner on the OOF files of one seed.
+fn stack(cfg: &MoolaConfig, args: StackArgs) -> Result<()> {
+    let seed = args.seed.unwrap_or(cfg.seed);
+    let artifacts = &cfg.paths.artifacts_dir;
+    let data_path = default_data(cfg, args.data);
+    // The rows the OOF files hold (the OOF pipeline drops windows with invalid expansions).
+    let (data, _) = crate::oof::oof_rows(data::read_any(&data_path)?)?;
+    let labels = data.require_labels()?.to_vec();
+    let y = LabelMap::fit(&labels).encode(&labels)?;
+    let splits_dir = args
+        .splits_dir
+        .unwrap_or_else(|| artifacts.join(crate::splits::DEFAULT_SPLITS_SUBDIR));
+    let stored = crate::splits::read_folds(&splits_dir).with_context(|| {
+        format!(
+            "the stack needs the folds of the OOF files: run `moola oof` first (no folds in {})",
+            splits_dir.display()
+        )
+    })?;
+    let folds = stored.folds;
+    crate::splits::validate_folds(&folds, y.len(), |i| {
+        crate::splits::fold_path(&splits_dir, i)
+            .display()
+            .to_string()
+    })
+    .context("the folds do not match the data: were the OOF files made from another file?")?;
+    let pairs: Vec<(Vec<usize>, Vec<usize>)> = folds
+        .iter()
+        .map(|f| (f.train_idx.clone(), f.val_idx.clone()))
+        .collect();
+    let models: Vec<&str> = if args.models.is_empty() {
+        crate::stack::STACK_BASE_MODELS.to_vec()
+    } else {
+        args.models.iter().map(String::as_str).collect()
+    };
+    let bases = crate::stack::load_oof_bases(artifacts, seed, &models)?;
+    if bases.is_empty() {
+        bail!(
+            "no OOF files for seed {seed} under {}: run `moola oof --model M` for the base models",
+            artifacts.join("oof").display()
+        );
+    }
+    println!(
+        "stacking {} base models ({}) on {} windows, {} folds, seed {seed}",
+        bases.len(),
+        bases
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        labels.len(),
+        pairs.len()
+    );
+    let config = crate::stack::StackConfig::with_seed(seed);
+    let (model, report) = crate::stack::train_stack(&bases, &labels, &pairs, &config)?;
+    let dir = crate::stack::stack_dir(artifacts);
+    model.save(&dir.join("stack.json"))?;
+    kiln::io::write_json(dir.join("metrics.json"), &report)?;
+    println!(
+        "stack: accuracy {:.4}, macro F1 {:.4} (means over folds), ECE {:.4}, log-loss {:.4}",
+        report.accuracy, report.f1, report.ece, report.logloss
+    );
+    let names: Vec<String> = bases.iter().map(|b| b.name.clone()).collect();
+    let (manifest_path, _) = crate::manifest::write_manifest(artifacts, &names)?;
+    println!(
+        "wrote {}/{{stack.json, metrics.json}} and {}",
+        dir.display(),
+        manifest_path.display()
+    );
+    Ok(())
+}
+
+/// `moola audit`: the acceptance rule on `models/stack/metrics.json`; exit status 1 on failure.
+fn audit(cfg: &MoolaConfig, args: AuditArgs) -> Result<()> {
+    let artifacts = &cfg.paths.artifacts_dir;
+    let stack_metrics = crate::stack::stack_dir(artifacts).join("metrics.json");
+    if !stack_metrics.is_file() {
+        bail!(
+            "no stack metrics at {}: run `moola stack` first",
+            stack_metrics.display()
+        );
+    }
+    let options = crate::stack::AuditOptions {
+        comparison: if args.reference_f1 {
+            crate::stack::F1Comparison::ReferenceWeighted
+        } else {
+            crate::stack::F1Comparison::MacroVsMacro
+        },
+        ..Default::default()
+    };
+    let verdict = crate::stack::audit_files(
+        &stack_metrics,
+        &crate::stack::base_metrics_paths(artifacts, cfg.seed),
+        &options,
+    )?;
+    println!("{verdict}");
+    if !verdict.passed {
+        bail!("the stack fails the acceptance rule");
+    }
+    Ok(())
 }

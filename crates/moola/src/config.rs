@@ -41,6 +41,16 @@ pub struct Paths {
     pub artifacts_dir: PathBuf,
 }
 
+/// Self-supervised pre-training recipes (`moola pretrain`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainSection {
+    /// Masked BiLSTM autoencoder (SimpleLSTM's encoder).
+    pub masked_lstm: crate::pretrain::masked_lstm::MaskedLstmPretrainConfig,
+    /// TS-TCC (the CNN-Transformer's encoder).
+    pub ts_tcc: crate::pretrain::ts_tcc::TsTccPretrainConfig,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +69,8 @@ pub struct MoolaConfig {
     pub cnn_transformer: ModelSection<CnnTransformerConfig>,
     /// RWKV-TS.
     pub rwkv_ts: ModelSection<RwkvTsConfig>,
+    /// Pre-training recipes.
+    pub pretrain: PretrainSection,
 }
 
 impl Default for MoolaConfig {
@@ -88,6 +100,7 @@ impl Default for MoolaConfig {
                 model: RwkvTsConfig::default(),
                 train: TrainConfig::for_model("rwkv_ts"),
             },
+            pretrain: PretrainSection::default(),
         }
     }
 }
@@ -128,6 +141,15 @@ impl MoolaConfig {
         };
         train.seed = self.seed;
         Ok((spec, train))
+    }
+
+    /// The training recipe of the model `name`, to change it in place.
+    pub fn train_mut(&mut self, name: &str) -> Result<&mut TrainConfig> {
+        Ok(match ModelSpec::from_name(name)? {
+            ModelSpec::SimpleLstm(_) => &mut self.simple_lstm.train,
+            ModelSpec::CnnTransformer(_) => &mut self.cnn_transformer.train,
+            ModelSpec::RwkvTs(_) => &mut self.rwkv_ts.train,
+        })
     }
 }
 

@@ -42,6 +42,6 @@ pub use config::MoolaConfig;
 pub use data::WindowSet;
 pub use estimator::Estimator;
 pub use model::ModelSpec;
-pub use oof::{OofOptions, OofResult, generate_oof};
+pub use oof::{OofResult, generate_oof};
 pub use splits::{Fold, get_or_create_folds};
 pub use train::TrainConfig;

@@ -21,7 +21,6 @@
 //!     },
 //!     &windows,
 //!     &folds,
-//!     &oof::OofOptions::default(),
 //! )?;
 //! oof::write_npy(&oof::oof_path("artifacts".as_ref(), "simple_lstm", 1337), &result.oof)?;
 //! # anyhow::Ok(())
@@ -44,10 +43,9 @@
 //!
 //! The reference can start SimpleLSTM from a pre-trained encoder, but its sequence "fit, load the
 //! encoder, fit again" rebuilds the network on the second fit and so discards the encoder, and it
-//! pops the encoder path inside the fold loop, so only the first fold would see it.
-//! [`OofOptions::encoder`] is the hook for doing this properly (load the encoder into every
-//! fold's freshly built network, then fit once); until it is wired to the pre-training module,
-//! setting it is a "not yet supported" error.
+//! pops the encoder path inside the fold loop, so only the first fold would see it. Here the
+//! encoder is part of the classifier's recipe ([`TrainConfig::encoder`](crate::train::TrainConfig)):
+//! every fold's estimator loads it into the network it builds, then fits once.
 
 use std::path::{Path, PathBuf};
 
@@ -58,29 +56,6 @@ use serde::Serialize;
 use crate::Estimator;
 use crate::data::{LabelMap, WindowSet};
 use crate::splits::{Fold, validate_folds};
-
-/// Options of [`generate_oof`].
-#[derive(Debug, Clone, Default)]
-pub struct OofOptions {
-    /// Pre-trained encoder to start every fold's model from (the reference's
-    /// `--load-pretrained-encoder`). **Not yet supported**: `Some` is an error (see the module
-    /// docs). To wire it, give the estimator factory the path (load the encoder after building
-    /// the network and before its only fit) and drop the check in [`OofOptions::check`].
-    pub encoder: Option<PathBuf>,
-}
-
-impl OofOptions {
-    /// Fails on options that are not supported yet, before any work is done.
-    pub fn check(&self) -> Result<()> {
-        if let Some(path) = &self.encoder {
-            bail!(
-                "starting the OOF models from a pre-trained encoder ({}) is not yet supported",
-                path.display()
-            );
-        }
-        Ok(())
-    }
-}
 
 /// Held-out results of one fold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -184,16 +159,11 @@ pub fn format_per_class(classes: &[String], acc: &[Option<f64>]) -> String {
 }
 
 /// [`generate_oof_with`] without a per-fold callback.
-pub fn generate_oof<F>(
-    make: F,
-    data: &WindowSet,
-    folds: &[Fold],
-    options: &OofOptions,
-) -> Result<OofResult>
+pub fn generate_oof<F>(make: F, data: &WindowSet, folds: &[Fold]) -> Result<OofResult>
 where
     F: FnMut(usize) -> Result<Box<dyn Estimator>>,
 {
-    generate_oof_with(make, data, folds, options, |_| {})
+    generate_oof_with(make, data, folds, |_| {})
 }
 
 /// Out-of-fold probabilities of the labelled `data` over `folds` (which must partition the
@@ -209,13 +179,11 @@ pub fn generate_oof_with<F>(
     mut make: F,
     data: &WindowSet,
     folds: &[Fold],
-    options: &OofOptions,
     mut on_fold: impl FnMut(&FoldReport),
 ) -> Result<OofResult>
 where
     F: FnMut(usize) -> Result<Box<dyn Estimator>>,
 {
-    options.check()?;
     let labels = LabelMap::fit(data.require_labels()?);
     let y = labels.encode(data.require_labels()?)?;
     let (n, n_classes, k) = (data.len(), labels.len(), folds.len());
@@ -421,17 +389,5 @@ mod tests {
             ..set
         };
         assert_eq!(oof_rows(unannotated).unwrap().1, 0);
-    }
-
-    #[test]
-    fn encoder_option_is_not_yet_supported() {
-        let opts = OofOptions {
-            encoder: Some("enc.pt".into()),
-        };
-        let err = opts.check().unwrap_err().to_string();
-        assert!(
-            err.contains("not yet supported") && err.contains("enc.pt"),
-            "{err}"
-        );
     }
 }

@@ -614,16 +614,22 @@ pub fn audit_files(
     Ok(audit(&stack, &bases, options))
 }
 
-/// `<artifacts_dir>/models/<model>/metrics.json` for each of [`STACK_BASE_MODELS`], the
-/// reference's layout, for [`audit_files`].
-pub fn base_metrics_paths(artifacts_dir: &Path) -> Vec<(String, PathBuf)> {
+/// The metrics file of each of [`STACK_BASE_MODELS`] for [`audit_files`]: `moola oof`'s report
+/// `<artifacts_dir>/oof/<model>/v1/seed_<seed>.json` when there is one, else the reference's
+/// layout `<artifacts_dir>/models/<model>/metrics.json`.
+pub fn base_metrics_paths(artifacts_dir: &Path, seed: u64) -> Vec<(String, PathBuf)> {
     STACK_BASE_MODELS
         .iter()
         .map(|m| {
-            (
-                m.to_string(),
-                artifacts_dir.join("models").join(m).join("metrics.json"),
-            )
+            // The pooled OOF report `moola oof` writes next to the matrix the stack was trained
+            // on; else `evaluate`'s metrics.json (the file the reference's audit reads).
+            let oof = crate::oof::oof_path(artifacts_dir, m, seed).with_extension("json");
+            let path = if oof.is_file() {
+                oof
+            } else {
+                artifacts_dir.join("models").join(m).join("metrics.json")
+            };
+            (m.to_string(), path)
         })
         .collect()
 }

@@ -111,6 +111,20 @@ pub struct EncoderTransfer {
     pub unfreeze_schedule: Vec<usize>,
 }
 
+impl EncoderTransfer {
+    /// Fails when an encoder is named but its file (or model-file pair) does not exist, so that
+    /// a run can refuse before it writes anything.
+    pub fn check_exists(&self) -> Result<()> {
+        if let Some(path) = &self.path
+            && !path.is_file()
+            && !kiln::artifact::paths(path).1.is_file()
+        {
+            bail!("the pre-trained encoder {} does not exist", path.display());
+        }
+        Ok(())
+    }
+}
+
 impl Default for EncoderTransfer {
     fn default() -> Self {
         Self {
@@ -556,6 +570,21 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
                     crate::pretrain::masked_lstm::freeze_encoder(m)
                 })
             }
+            Net::CnnTransformer(m) => {
+                let stage_epochs = &transfer.unfreeze_schedule;
+                let stage = stage_epochs.iter().filter(|&&e| info.epoch >= e).count();
+                if stage_epochs.contains(&info.epoch) {
+                    tracing::info!(
+                        "epoch {}: unfreezing stage {stage} of the pre-trained encoder",
+                        info.epoch
+                    );
+                }
+                let mut m = crate::pretrain::ts_tcc::freeze_encoder(m);
+                for s in 1..=stage.min(3) {
+                    m = crate::pretrain::ts_tcc::unfreeze_encoder_gradual(m, s)?;
+                }
+                Net::CnnTransformer(m)
+            }
             other => other,
         })
     }
@@ -592,10 +621,16 @@ fn transfer_encoder<B: AutodiffBackend>(
             );
             Ok(Net::SimpleLstm(m))
         }
-        Net::CnnTransformer(_) => bail!(
-            "{}: the CNN-Transformer's TS-TCC encoder is not wired yet",
-            what()
-        ),
+        Net::CnnTransformer(m) => {
+            let m = crate::pretrain::ts_tcc::load_pretrained_encoder_file(m, path, transfer.freeze)
+                .with_context(what)?;
+            tracing::info!(
+                "pre-trained TS-TCC encoder {}{}",
+                path.display(),
+                if transfer.freeze { ", frozen" } else { "" }
+            );
+            Ok(Net::CnnTransformer(m))
+        }
         Net::RwkvTs(_) => bail!("{}: RWKV-TS has no pre-trained encoder", what()),
     }
 }

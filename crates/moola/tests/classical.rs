@@ -484,7 +484,7 @@ fn audit_from_metrics_files() {
         serde_json::json!({"model": "rf", "f1": 0.69, "oof": report}).to_string(),
     )
     .unwrap();
-    let paths: Vec<(String, PathBuf)> = base_metrics_paths(dir.path());
+    let paths: Vec<(String, PathBuf)> = base_metrics_paths(dir.path(), 1337);
     for stack in [&stack_path, &reference_stack] {
         let v = audit_files(stack, &paths, &AuditOptions::default()).unwrap();
         assert_eq!(v.bases.len(), 1, "missing base files are skipped");

@@ -479,3 +479,136 @@ fn errors_exit_non_zero_and_leave_no_output() {
     assert!(err.contains("none.pt"), "{err}");
     assert!(!root.join("m.mpk").exists());
 }
+
+#[test]
+fn pretrain_then_train_from_the_encoder_then_stack_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_parquet(&windows(), &root.join("w.parquet"), FeatureLayout::Flat).unwrap();
+    let arts = ["paths.artifacts_dir", "art"];
+
+    // No method: a clear error.
+    let err = failed(&moola(&["pretrain", "--data", "w.parquet"], root));
+    assert!(err.contains("--method"), "{err}");
+
+    // Masked-LSTM pre-training (the reference's `pretrain-bilstm` flags).
+    let mut args = vec![
+        "--quiet",
+        "pretrain-bilstm",
+        "--input",
+        "w.parquet",
+        "--output",
+        "enc",
+        "--epochs",
+        "2",
+        "--hidden-dim",
+        "8",
+        "--batch-size",
+        "16",
+        "--mask-strategy",
+        "block",
+        "pretrain.masked_lstm.num_layers",
+        "1",
+    ];
+    args.extend_from_slice(&arts);
+    let out = ok(&moola(&args, root));
+    assert!(out.contains("2 epochs"), "{out}");
+    for f in ["encoder.mpk", "encoder.json", "history.json", "metrics.csv"] {
+        assert!(root.join("enc").join(f).exists(), "missing enc/{f}\n{out}");
+    }
+    let history: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("enc/history.json")).unwrap()).unwrap();
+    assert_eq!(history["train_loss"].as_array().unwrap().len(), 2);
+
+    // SimpleLSTM from that encoder; a missing encoder fails before anything is written.
+    let mut args = vec![
+        "--quiet",
+        "train",
+        "--model",
+        "simple_lstm",
+        "--data",
+        "w.parquet",
+        "--out",
+        "run",
+        "--encoder",
+        "missing",
+    ];
+    args.extend_from_slice(TINY);
+    let err = failed(&moola(&args, root));
+    assert!(
+        err.contains("missing") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!root.join("run").exists());
+    let at = args.iter().position(|a| *a == "missing").unwrap();
+    args[at] = "enc/encoder";
+    ok(&moola(&args, root));
+    let config = std::fs::read_to_string(root.join("run/config.yaml")).unwrap();
+    assert!(config.contains("enc/encoder"), "{config}");
+
+    // TS-TCC through `pretrain --method ts-tcc`, tiny encoder.
+    let mut args = vec![
+        "--quiet",
+        "pretrain",
+        "--method",
+        "ts-tcc",
+        "--data",
+        "w.parquet",
+        "--out",
+        "tcc",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "pretrain.ts_tcc.model.cnn_channels",
+        "[4, 8]",
+        "pretrain.ts_tcc.model.cnn_kernels",
+        "[3, 5]",
+        "pretrain.ts_tcc.model.transformer_layers",
+        "1",
+        "pretrain.ts_tcc.model.transformer_heads",
+        "2",
+    ];
+    args.extend_from_slice(&arts);
+    ok(&moola(&args, root));
+    assert!(root.join("tcc/encoder.mpk").exists());
+    // Masked-LSTM options do not apply to TS-TCC.
+    let err = failed(&moola(
+        &["pretrain-tcc", "--data", "w.parquet", "--mask-ratio", "0.2"],
+        root,
+    ));
+    assert!(err.contains("masked-lstm"), "{err}");
+
+    // Two classical bases, the stack on their OOF files, the audit.
+    for model in ["logreg", "xgb"] {
+        let mut args = vec!["--quiet", "oof", "--model", model, "--data", "w.parquet"];
+        args.extend_from_slice(&["cv_folds", "2"]);
+        args.extend_from_slice(&arts);
+        let out = ok(&moola(&args, root));
+        assert!(out.contains("out-of-fold accuracy"), "{out}");
+        let report = root.join(format!("art/oof/{model}/v1/seed_1337.json"));
+        assert!(report.exists(), "{out}");
+    }
+    let mut args = vec!["--quiet", "stack", "--data", "w.parquet"];
+    args.extend_from_slice(&arts);
+    let out = ok(&moola(&args, root));
+    assert!(
+        out.contains("stacking 2 base models (logreg, xgb)"),
+        "{out}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("art/models/stack/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["cv_folds"], 2, "{metrics}");
+    let mut args = vec!["--quiet", "audit"];
+    args.extend_from_slice(&arts);
+    let audit = moola(&args, root);
+    let text = String::from_utf8_lossy(&audit.stdout);
+    // The verdict decides the exit status; the table names the rule either way.
+    assert!(text.contains("ECE"), "{text}");
+    assert_eq!(
+        audit.status.success(),
+        !String::from_utf8_lossy(&audit.stderr).contains("fails the acceptance rule"),
+        "{audit:?}"
+    );
+}

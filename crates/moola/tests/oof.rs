@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use anyhow::Result;
 use moola::data::{FeatureLayout, LabelMap, WindowSet, write_parquet};
-use moola::oof::{OofOptions, generate_oof, generate_oof_with, read_npy, write_npy};
+use moola::oof::{generate_oof, generate_oof_with, read_npy, write_npy};
 use moola::splits::{
     FoldFile, FoldSource, fold_path, get_or_create_folds, make_folds, validate_folds,
 };
@@ -251,7 +251,6 @@ fn oof_fills_every_row_once_with_its_folds_model() {
         },
         &set,
         &folds,
-        &OofOptions::default(),
         |r| reported.push(r.clone()),
     )
     .unwrap();
@@ -308,14 +307,9 @@ fn oof_rejects_a_fold_missing_a_class_and_bad_folds() {
         },
     ];
     let predicted = Rc::new(RefCell::new(0));
-    let err = generate_oof(
-        |_| Ok(Frequencies::boxed(&predicted)),
-        &set,
-        &folds,
-        &OofOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = generate_oof(|_| Ok(Frequencies::boxed(&predicted)), &set, &folds)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("fold 0") && err.contains("lacks class"),
         "{err}"
@@ -324,32 +318,13 @@ fn oof_rejects_a_fold_missing_a_class_and_bad_folds() {
     // Folds that do not cover the rows.
     let mut folds = make_folds(&y, 3, 1).unwrap();
     folds[1].val_idx.pop();
-    let err = generate_oof(
-        |_| Ok(Frequencies::boxed(&predicted)),
-        &set,
-        &folds,
-        &OofOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = generate_oof(|_| Ok(Frequencies::boxed(&predicted)), &set, &folds)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("row") && err.contains("none of the folds"),
         "{err}"
     );
-
-    // The encoder hook is not wired yet.
-    let err = generate_oof(
-        |_| Ok(Frequencies::boxed(&predicted)),
-        &set,
-        &make_folds(&y, 3, 1).unwrap(),
-        &OofOptions {
-            encoder: Some("enc.pt".into()),
-        },
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("not yet supported"), "{err}");
-    assert_eq!(*predicted.borrow(), 0, "nothing was predicted");
 }
 
 #[test]
@@ -357,13 +332,7 @@ fn oof_npy_reads_back_as_float64_matrix() {
     let set = tiny_set(30);
     let folds = make_folds(&encoded(&set), 3, 2).unwrap();
     let predicted = Rc::new(RefCell::new(0));
-    let result = generate_oof(
-        |_| Ok(Frequencies::boxed(&predicted)),
-        &set,
-        &folds,
-        &OofOptions::default(),
-    )
-    .unwrap();
+    let result = generate_oof(|_| Ok(Frequencies::boxed(&predicted)), &set, &folds).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = moola::oof::oof_path(dir.path(), "frequencies", 2);
     assert!(path.ends_with("oof/frequencies/v1/seed_2.npy"));
@@ -550,7 +519,7 @@ fn cli_oof_end_to_end() {
                 "--load-pretrained-encoder",
                 "enc.pt",
             ],
-            "not yet supported",
+            "enc.pt",
         ),
     ] {
         let mut args = args;
@@ -608,13 +577,14 @@ fn cli_oof_end_to_end() {
     assert_eq!(manifest.models, ["simple_lstm"]);
     for rel in [
         "oof/simple_lstm/v1/seed_5.npy",
+        "oof/simple_lstm/v1/seed_5.json",
         "splits/v1/fold_0.json",
         "splits/v1/fold_1.json",
     ] {
         let bytes = std::fs::read(art.join(rel)).unwrap();
         assert_eq!(manifest.artifacts[rel], sha256_hex(&bytes), "{rel}");
     }
-    assert_eq!(manifest.artifacts.len(), 3, "{:?}", manifest.artifacts);
+    assert_eq!(manifest.artifacts.len(), 4, "{:?}", manifest.artifacts);
 
     // A bad fold file: a clear error, and the OOF matrix is left as it was.
     let before = std::fs::read(&npy).unwrap();

@@ -134,3 +134,72 @@ fn a_frozen_encoder_survives_every_fit_and_unfreezes_on_schedule() {
         "{err}"
     );
 }
+
+#[test]
+fn a_ts_tcc_encoder_starts_the_cnn_transformer_and_unfreezes_in_stages() {
+    use moola::pretrain::ts_tcc::{TsTccConfig, TsTccPretrainConfig, save_encoder};
+
+    let _guard = kiln::seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = TsTccConfig {
+        cnn_channels: vec![4, 8],
+        cnn_kernels: vec![3, 5],
+        transformer_layers: 1,
+        transformer_heads: 2,
+        dropout: 0.0,
+        projection_hidden_dim: 8,
+        projection_output_dim: 4,
+    };
+    let device = Default::default();
+    let out = moola::pretrain::ts_tcc::pretrain::<AD>(
+        &TsTccPretrainConfig {
+            model: model.clone(),
+            n_epochs: 1,
+            batch_size: 8,
+            val_split: 0.0,
+            ..TsTccPretrainConfig::default()
+        },
+        &labelled(16, 20, 5),
+        &device,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let path = dir.path().join("tstcc");
+    save_encoder(&out.model.encoder, &path).unwrap();
+    let conv = |net: &Net<Flex>| -> Vec<f32> {
+        let Net::CnnTransformer(m) = net else {
+            panic!("not a CNN-Transformer")
+        };
+        m.cnn_blocks[0].convs[0]
+            .conv
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let (encoder, _) =
+        moola::pretrain::ts_tcc::load_encoder::<Flex>(&path, &Default::default()).unwrap();
+    let pretrained: Vec<f32> = encoder.cnn_blocks[0].convs[0]
+        .conv
+        .weight
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let spec = ModelSpec::CnnTransformer(model.classifier_config());
+    let data = labelled(24, 20, 6);
+    let with_schedule = |schedule: Vec<usize>| {
+        let mut cfg = recipe(Some(path.clone()), 10);
+        cfg.encoder.unfreeze_schedule = schedule;
+        let mut clf = Classifier::<AD>::new(spec.clone(), cfg, Default::default());
+        clf.fit(&data).unwrap();
+        conv(clf.net().unwrap())
+    };
+    // Stages after the run: the CNN stays the encoder's. All three stages open at epoch 1: it
+    // trains.
+    assert_eq!(with_schedule(vec![10, 20, 30]), pretrained);
+    assert_ne!(with_schedule(vec![1, 1, 1]), pretrained);
+    // Only the first two stages (transformer layers) open: the CNN stays frozen.
+    assert_eq!(with_schedule(vec![1, 1, 30]), pretrained);
+}

@@ -42,7 +42,7 @@ use crate::data::WindowSet;
 use crate::train::RunOptions;
 
 /// File name of the history JSON in a run directory.
-pub const HISTORY_FILE: &str = "pretrain_history.json";
+pub const HISTORY_FILE: &str = "history.json";
 
 /// The reference's view augmentation of TS-TCC (`TemporalAugmentation(jitter 0.8/σ0.03,
 /// scaling 0.5/σ0.1, time_warp 0.5/σ0.2)`).
