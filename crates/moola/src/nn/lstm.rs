@@ -324,4 +324,3 @@ impl<B: Backend> Lstm<B> {
         (output, state)
     }
 }
-
