@@ -1,20 +1,30 @@
 //! # moola: classifiers of fixed-length OHLC market windows, on Burn
 //!
-//! A Rust re-implementation of the deep-learning core of HeinekenBottle/moola.
+//! A Rust re-implementation of HeinekenBottle/moola: the deep classifiers, their
+//! self-supervised pre-training, the classical baselines and the out-of-fold stacking pipeline.
 //!
 //! The library in one screen:
 //!
-//! * [`Classifier`]: `new(spec, recipe, device)`, `with_seed`, `fit` / `fit_with_validation`,
-//!   `predict`, `predict_proba`, `predict_with_pointers`, `save`, `load`;
+//! * [`Classifier`]: `new(spec, recipe, device)` / `for_model(name, device)`, `with_seed`,
+//!   `with_callback`, `fit` / `fit_with_validation`, `predict`, `predict_proba`,
+//!   `predict_with_pointers`, `save`, `load` (a model file or a training checkpoint);
 //! * [`ModelSpec`]: SimpleLSTM, CNN-Transformer (with pointer heads) or RWKV-TS and their
-//!   hyper-parameters; [`TrainConfig`]: the reference training recipe, precision included;
+//!   hyper-parameters; [`TrainConfig`]: the reference training recipe, precision and a
+//!   pre-trained encoder ([`train::EncoderTransfer`]) included;
+//! * [`pretrain::masked_lstm`] and [`pretrain::ts_tcc`]: `pretrain` an encoder on unlabelled
+//!   windows, `save_encoder` / `load_encoder`, `load_pretrained_encoder` into SimpleLSTM / the
+//!   CNN-Transformer;
 //! * [`WindowSet`] and [`data::read_any`]: parquet, UCR `.ts` and OHLC CSV windows;
-//! * [`cv::cross_validate`]: stratified k-fold with out-of-fold probabilities;
-//! * [`import::import_torch_checkpoint`]: reference PyTorch checkpoints;
+//! * [`Estimator`]: what the pipelines need of a model; [`classical`]: LogReg, random forest and
+//!   boosted trees on price-action features;
+//! * [`cv::cross_validate`], [`splits`] (persisted folds), [`generate_oof`] (out-of-fold
+//!   probabilities), [`stack`] (the meta-learner and the acceptance audit), [`manifest`];
+//! * [`import::import_torch_checkpoint`]: reference PyTorch checkpoints (through `kiln::torch`);
 //! * [`MoolaConfig`]: the yacs-style run configuration of the command line.
 //!
 //! Modules, from data to command line: [`data`], [`augment`], [`nn`], [`model`], [`loss`],
-//! [`train`] (the kiln task), [`classifier`], [`cv`], [`import`], [`bench`], [`config`], and
+//! [`train`] (the kiln task), [`classifier`], [`pretrain`], [`estimator`], [`classical`],
+//! [`cv`], [`splits`], [`oof`], [`stack`], [`manifest`], [`import`], [`bench`], [`config`], and
 //! [`cli`] on top, which nothing below imports.
 
 pub mod augment;
