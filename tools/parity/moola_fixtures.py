@@ -41,8 +41,12 @@ Outputs (``<name>.pt`` + ``<name>.json``):
 * ``encoder_bilstm.pt``: an encoder checkpoint, ``{'encoder_state_dict': <bilstm.pt's state
   dict>, 'hyperparams': {'input_dim': np.int64(4), 'hidden_dim': 6, 'num_layers': 2,
   'dropout': np.float64(0.2)}}`` (outputs: ``bilstm.json``).
+* ``encoder_tstcc.pt``: a TS-TCC encoder checkpoint as ``TSTCCPretrainer.save_encoder`` writes it,
+  ``{'encoder_state_dict': <cnn_transformer_ptr's cnn_blocks.*, transformer.*, rel_pos_enc.*>,
+  'hyperparams': {'cnn_channels': [8, 12, 12], 'cnn_kernels': [3, 5, 9]}}``.
 
-The last two are built from the committed ``simple_lstm_1l.pt`` and ``bilstm.pt``, so
+The last three are built from the committed ``simple_lstm_1l.pt``, ``bilstm.pt`` and
+``cnn_transformer_ptr.pt``, so
 ``--derived-only`` writes just them, leaving the other fixtures as they are.
 
 Each JSON holds ``input`` [B, 105, 4] (OHLC-like random walks of moderate magnitude, float32),
@@ -190,6 +194,16 @@ def write_derived(out_dir: pathlib.Path) -> None:
     hyperparams = {"input_dim": np.int64(4), "hidden_dim": 6, "num_layers": 2, "dropout": np.float64(0.2)}
     torch.save({"encoder_state_dict": state, "hyperparams": hyperparams}, out_dir / "encoder_bilstm.pt")
     print(f"encoder_bilstm: {len(state)} tensors")
+    # TS-TCC's save_encoder: the CNN-Transformer's encoder keys (same names in TSTCCEncoder),
+    # hyperparams {cnn_channels, cnn_kernels} only (as lists of Python ints).
+    ckpt = torch.load(out_dir / "cnn_transformer_ptr.pt", weights_only=False)
+    encoder = {
+        k: v for k, v in ckpt["model_state_dict"].items()
+        if k.startswith(("cnn_blocks.", "transformer.", "rel_pos_enc."))
+    }
+    hp = {"cnn_channels": [8, 12, 12], "cnn_kernels": [3, 5, 9]}
+    torch.save({"encoder_state_dict": encoder, "hyperparams": hp}, out_dir / "encoder_tstcc.pt")
+    print(f"encoder_tstcc: {len(encoder)} tensors")
 
 
 def main() -> None:
@@ -198,8 +212,8 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=root / "crates/moola/tests/fixtures/parity")
     parser.add_argument(
         "--derived-only", action="store_true",
-        help="only write simple_lstm_numpy_labels.pt and encoder_bilstm.pt from the existing "
-        "simple_lstm_1l.pt and bilstm.pt",
+        help="only write simple_lstm_numpy_labels.pt, encoder_bilstm.pt and encoder_tstcc.pt from "
+        "the existing simple_lstm_1l.pt, bilstm.pt and cnn_transformer_ptr.pt",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

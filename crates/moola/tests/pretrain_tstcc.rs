@@ -726,3 +726,43 @@ fn mixed_precision_pretraining_runs() {
         );
     }
 }
+
+#[test]
+fn the_reference_encoder_file_loads_into_the_classifier() {
+    // `{encoder_state_dict, hyperparams: {cnn_channels, cnn_kernels}}` as the reference's
+    // `TSTCCPretrainer.save_encoder` writes it, holding the encoder of the `cnn_transformer_ptr`
+    // checkpoint (tools/parity/moola_fixtures.py).
+    let _guard = kiln::seed::global_lock();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+    let (encoder, card) =
+        ts_tcc::load_encoder::<B>(&fixtures.join("encoder_tstcc.pt"), &device()).unwrap();
+    assert_eq!(card.cnn_channels, vec![8, 12, 12]);
+    assert_eq!(card.cnn_kernels, vec![3, 5, 9]);
+    assert_eq!((card.input_dim, card.transformer_layers), (4, 2));
+    assert!(card.source.as_deref().unwrap().contains("encoder_tstcc.pt"));
+    // Into a fresh classifier of that architecture: its encoder is the checkpoint's.
+    let (imported, _) = moola::import::import_torch_checkpoint::<B>(
+        &fixtures.join("cnn_transformer_ptr.pt"),
+        &device(),
+    )
+    .unwrap();
+    let moola::model::Net::CnnTransformer(imported) = imported else {
+        panic!("not a CNN-Transformer")
+    };
+    let fresh = card
+        .config()
+        .classifier_config()
+        .init::<B>(4, 2, 105, &device())
+        .unwrap();
+    let loaded = ts_tcc::load_pretrained_encoder(fresh, &encoder, false).unwrap();
+    let weights = |m: &CnnTransformer<B>| -> Vec<f32> {
+        m.transformer.layers[1]
+            .linear1
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    assert_eq!(weights(&loaded), weights(&imported));
+}
