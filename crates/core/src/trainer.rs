@@ -157,6 +157,30 @@ impl<T: 'static> Loader<T> {
     }
 }
 
+impl Loader<Vec<usize>> {
+    /// This rank's shuffled index batches of an epoch over `n` samples (`batch_size` per rank;
+    /// with `labels`, every global batch has the same class mix on each rank): see
+    /// [`distributed_batches`](crate::data::distributed_batches). `seed` is the epoch's data seed
+    /// [`Task::train_loader`] receives.
+    pub fn shuffled(
+        n: usize,
+        batch_size: usize,
+        labels: Option<&[usize]>,
+        info: &EpochInfo,
+        seed: u64,
+    ) -> Self {
+        let mut rng = crate::seed::rng(seed, "shuffle", 0);
+        Self::from_vec(crate::data::distributed_batches(
+            n,
+            batch_size,
+            labels,
+            info.rank,
+            info.world_size,
+            &mut rng,
+        ))
+    }
+}
+
 /// The LightningModule counterpart: data, loss and validation of one training problem.
 pub trait Task<B: AutodiffBackend> {
     /// The trained module.

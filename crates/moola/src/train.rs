@@ -391,15 +391,13 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
     fn train_loader(&mut self, info: &EpochInfo, seed: u64) -> Result<Loader<Vec<usize>>> {
         // Every rank shuffles with the same seed and takes its class-balanced part of each
         // global batch (`batch_size` per rank); one rank is the plain shuffled batching.
-        let mut rng = kiln::seed::rng(seed, "shuffle", 0);
-        Ok(Loader::from_vec(kiln::data::distributed_batches(
+        Ok(Loader::shuffled(
             self.train.len(),
             self.config.batch_size,
             Some(&self.train.y),
-            info.rank,
-            info.world_size,
-            &mut rng,
-        )))
+            info,
+            seed,
+        ))
     }
 
     fn training_step(

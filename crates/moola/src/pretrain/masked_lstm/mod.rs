@@ -314,15 +314,13 @@ impl<B: AutodiffBackend> Task<B> for MaskedLstmPretrainTask<B> {
     type Batch = Vec<usize>;
 
     fn train_loader(&mut self, info: &EpochInfo, seed: u64) -> Result<Loader<Vec<usize>>> {
-        let mut rng = kiln::seed::rng(seed, "shuffle", 0);
-        Ok(Loader::from_vec(kiln::data::distributed_batches(
+        Ok(Loader::shuffled(
             self.n_train(),
             self.config.batch_size,
             None,
-            info.rank,
-            info.world_size,
-            &mut rng,
-        )))
+            info,
+            seed,
+        ))
     }
 
     fn training_step(
