@@ -24,6 +24,8 @@
 //! | `….layers.{k}.forward_dir.{weight,bias}_{ih,hh}` of an [`Lstm`](crate::nn::Lstm) | `….{weight,bias}_{ih,hh}_l{k}` |
 //! | `….layers.{k}.reverse_dir.{…}` | `….{weight,bias}_{ih,hh}_l{k}_reverse` |
 //! | SimpleLSTM's `classifier_{n}.*` | `classifier.{n}.*` (its `nn.Sequential`) |
+//! | the masked autoencoder's `decoder_{n}.*` | `decoder.{n}.*` (its `nn.Sequential`) |
+//! | TS-TCC's `projection_head.projection_{n}.*` | `projection_head.projection.{n}.*` (its `nn.Sequential`) |
 //! | LayerNorm `gamma` / `beta` | `weight` / `bias` |
 //! | Linear `weight` `[in, out]` | `weight` `[out, in]` (transposed) |
 //! | every other parameter | the same path (enum variant dropped) |
@@ -65,13 +67,21 @@ const RENAMES: RenameTable = RenameTable::new(&[
     // SimpleLSTM's nn.Sequential head (Linear, ReLU, Dropout, Linear).
     ("Struct:SimpleLstm", "classifier_0", "classifier.0"),
     ("Struct:SimpleLstm", "classifier_3", "classifier.3"),
+    // The masked autoencoder's nn.Sequential decoder (Linear, ReLU, Dropout, Linear).
+    ("Struct:BiLstmMaskedAutoencoder", "decoder_0", "decoder.0"),
+    ("Struct:BiLstmMaskedAutoencoder", "decoder_3", "decoder.3"),
+    // TS-TCC's nn.Sequential projection head (Linear, LayerNorm, ReLU, Linear).
+    ("Struct:ProjectionHead", "projection_0", "projection.0"),
+    ("Struct:ProjectionHead", "projection_1", "projection.1"),
+    ("Struct:ProjectionHead", "projection_3", "projection.3"),
 ]);
 
 /// The reference's state-dict key of a parameter of any moola network (the key rule of the
 /// module docs' table): the [`Lstm`](crate::nn::Lstm) rule
 /// `layers.{k}.{forward,reverse}_dir.{name}` → `{name}_l{k}[_reverse]` (also for a bare `Lstm`,
-/// whose keys are then `weight_ih_l0`...), then the renames (LayerNorm, SimpleLSTM's
-/// classifier), Linear weights transposed.
+/// whose keys are then `weight_ih_l0`...), then the renames (LayerNorm, the `nn.Sequential`
+/// members of SimpleLSTM's classifier, the masked autoencoder's decoder and TS-TCC's projection
+/// head), Linear weights transposed.
 pub fn torch_key(path: &ParamPath) -> TorchKey {
     let lstm = path
         .iter()

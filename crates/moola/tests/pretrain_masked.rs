@@ -207,11 +207,13 @@ fn early_stopping_stops_and_restores_the_best_weights() {
     let record =
         kiln::checkpoint::record_from_bytes::<AD, _>(sections["model"].clone(), &device).unwrap();
     let best = kiln::checkpoint::load_checked(
-        BiLstmMaskedAutoencoderConfig::new()
-            .with_hidden_dim(8)
-            .with_num_layers(2)
-            .with_dropout(0.1)
-            .init::<AD>(&device),
+        BiLstmMaskedAutoencoderConfig {
+            hidden_dim: 8,
+            num_layers: 2,
+            dropout: 0.1,
+            ..Default::default()
+        }
+        .init::<AD>(&device),
         record,
         "best checkpoint",
     )
@@ -299,9 +301,11 @@ fn mixed_precision_runs() {
 
 fn encoder(hidden: usize, layers: usize) -> MaskedLstmEncoder<AD> {
     let device = Default::default();
-    let config = BiLstmMaskedAutoencoderConfig::new()
-        .with_hidden_dim(hidden)
-        .with_num_layers(layers);
+    let config = BiLstmMaskedAutoencoderConfig {
+        hidden_dim: hidden,
+        num_layers: layers,
+        ..Default::default()
+    };
     MaskedLstmEncoder::init(&config, &device).unwrap()
 }
 
@@ -424,16 +428,20 @@ fn encoder_cards_are_checked() {
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let enc = MaskedLstmEncoder::<B>::init(
-        &BiLstmMaskedAutoencoderConfig::new()
-            .with_hidden_dim(4)
-            .with_num_layers(1),
+        &BiLstmMaskedAutoencoderConfig {
+            hidden_dim: 4,
+            num_layers: 1,
+            ..Default::default()
+        },
         &device,
     )
     .unwrap();
     let card = EncoderCard::new(
-        (&BiLstmMaskedAutoencoderConfig::new()
-            .with_hidden_dim(4)
-            .with_num_layers(1))
+        (&BiLstmMaskedAutoencoderConfig {
+            hidden_dim: 4,
+            num_layers: 1,
+            ..Default::default()
+        })
             .into(),
         None,
     );

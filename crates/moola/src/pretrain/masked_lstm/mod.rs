@@ -64,7 +64,7 @@ pub use encoder::{
 };
 pub use model::{
     BiLstmMaskedAutoencoder, BiLstmMaskedAutoencoderConfig, LossValues, MaskStrategy, MaskedBatch,
-    MaskedLoss, apply_masking, mask_positions,
+    MaskedLoss, apply_masking, mask_positions, mask_with,
 };
 
 /// File name of the history JSON in a run directory.

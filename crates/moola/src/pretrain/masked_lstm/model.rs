@@ -13,7 +13,6 @@
 //! [`crate::nn::Lstm`] for the per-layer renaming), `layer_norm.*`, and the `nn.Sequential`
 //! decoder `decoder.0` / `decoder.3` as `decoder_0` / `decoder_3`.
 
-use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -24,24 +23,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::{Lstm, LstmConfig};
 
-/// Architecture of a [`BiLstmMaskedAutoencoder`] (reference defaults).
-#[derive(Config, Debug, PartialEq)]
+/// Architecture of a [`BiLstmMaskedAutoencoder`] (reference defaults). A serde struct with
+/// defaults, like every model specification of this crate (layer-level building blocks in
+/// [`crate::nn`] use Burn's `Config` derive, as `burn::nn` does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BiLstmMaskedAutoencoderConfig {
     /// Features per time step.
-    #[config(default = 4)]
     pub input_dim: usize,
     /// LSTM hidden size per direction (the encoder outputs twice this).
-    #[config(default = 128)]
     pub hidden_dim: usize,
     /// Stacked bidirectional layers.
-    #[config(default = 2)]
     pub num_layers: usize,
     /// Inter-layer LSTM dropout (when `num_layers > 1`) and decoder dropout.
-    #[config(default = 0.2)]
     pub dropout: f64,
 }
 
+impl Default for BiLstmMaskedAutoencoderConfig {
+    fn default() -> Self {
+        Self {
+            input_dim: 4,
+            hidden_dim: 128,
+            num_layers: 2,
+            dropout: 0.2,
+        }
+    }
+}
+
 impl BiLstmMaskedAutoencoderConfig {
+    /// The reference architecture (`input_dim` 4, `hidden_dim` 128, 2 layers, dropout 0.2).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Checks the sizes and the dropout rate.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.input_dim == 0 || self.hidden_dim == 0 || self.num_layers == 0 {
@@ -335,20 +349,31 @@ pub fn apply_masking<B: Backend>(
     patch_size: usize,
     rng: &mut impl Rng,
 ) -> MaskedBatch<B> {
-    let [b, t, f] = x.dims();
+    let [b, t, _] = x.dims();
     let positions = mask_positions(strategy, b, t, mask_ratio, patch_size, rng);
     let num_masked = positions.iter().filter(|&&m| m).count();
     let device = x.device();
     let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(positions, [b, t]), &device);
-    let x_masked = x.mask_where(
-        mask.clone().unsqueeze_dim::<3>(2).expand([b, t, f]),
-        mask_token.expand([b, t, f]),
-    );
     MaskedBatch {
-        x_masked,
+        x_masked: mask_with(x, mask_token, mask.clone()),
         mask,
         num_masked,
     }
+}
+
+/// `x` `[B, T, F]` with every feature of each step where `mask` `[B, T]` is true replaced by
+/// `mask_token` `[1, 1, F]` (the reference's `x_masked[mask] = mask_token...`): the masking of
+/// [`apply_masking`] for a given mask (differentiable with respect to the token).
+pub fn mask_with<B: Backend>(
+    x: Tensor<B, 3>,
+    mask_token: Tensor<B, 3>,
+    mask: Tensor<B, 2, Bool>,
+) -> Tensor<B, 3> {
+    let [b, t, f] = x.dims();
+    x.mask_where(
+        mask.unsqueeze_dim::<3>(2).expand([b, t, f]),
+        mask_token.expand([b, t, f]),
+    )
 }
 
 #[cfg(test)]
@@ -490,10 +515,12 @@ mod tests {
     fn the_mask_token_receives_gradients() {
         type AD = Autodiff<Flex>;
         let device = Default::default();
-        let model = BiLstmMaskedAutoencoderConfig::new()
-            .with_hidden_dim(4)
-            .with_num_layers(1)
-            .init::<AD>(&device);
+        let model = BiLstmMaskedAutoencoderConfig {
+            hidden_dim: 4,
+            num_layers: 1,
+            ..Default::default()
+        }
+        .init::<AD>(&device);
         let x = Tensor::<AD, 3>::random([2, 14, 4], burn::tensor::Distribution::Default, &device);
         let mut rng = StdRng::seed_from_u64(4);
         let m = apply_masking(
@@ -525,11 +552,13 @@ mod tests {
     #[test]
     fn loss_matches_a_hand_computation() {
         let device = Default::default();
-        let model = BiLstmMaskedAutoencoderConfig::new()
-            .with_input_dim(2)
-            .with_hidden_dim(3)
-            .with_num_layers(1)
-            .init::<B>(&device);
+        let model = BiLstmMaskedAutoencoderConfig {
+            input_dim: 2,
+            hidden_dim: 3,
+            num_layers: 1,
+            ..Default::default()
+        }
+        .init::<B>(&device);
         let (b, t, f) = (2, 3, 2);
         let x: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -1.0, 0.5, 2.0, 0.0, 1.0, 1.0];
         let r: Vec<f32> = vec![1.5, 2.0, 2.0, 4.0, 5.0, 7.0, 0.0, 0.5, 2.0, 3.0, 1.0, 1.0];
@@ -578,10 +607,12 @@ mod tests {
         let out = model.forward(Tensor::zeros([2, 9, 4], &device));
         assert_eq!(out.dims(), [2, 9, 4]);
         assert!(
-            BiLstmMaskedAutoencoderConfig::new()
-                .with_dropout(1.0)
-                .validate()
-                .is_err()
+            BiLstmMaskedAutoencoderConfig {
+                dropout: 1.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
         );
     }
 }
