@@ -271,6 +271,76 @@ mod tests {
         assert!((x[18] - orig[18]).abs() < 1e-4 && (x[19] - orig[19]).abs() < 1e-4);
     }
 
+    /// The reference's `time_warp`, written out independently: knots at `k·(T−1)/5`, the
+    /// warped knot positions the cumulative sum of `Δknot · r_k` (r_0 unused) rescaled to end at
+    /// `T − 1`, each time step mapped through that piecewise-linear warp, then every feature
+    /// linearly interpolated at the warped times.
+    fn independent_time_warp(x: &[f32], t: usize, f: usize, r: &[f64]) -> Vec<f64> {
+        let last = (t - 1) as f64;
+        let knots: Vec<f64> = (0..6).map(|k| k as f64 * last / 5.0).collect();
+        let mut warped_knots = vec![0.0f64];
+        for k in 1..6 {
+            let prev = warped_knots[k - 1];
+            warped_knots.push(prev + (knots[k] - knots[k - 1]) * r[k]);
+        }
+        let scale = last / warped_knots[5];
+        let warped_knots: Vec<f64> = warped_knots.iter().map(|w| w * scale).collect();
+        let mut out = vec![0.0; t * f];
+        for step in 0..t {
+            let s = step as f64;
+            // Segment of the knots holding `s`.
+            let k = (0..5)
+                .find(|&k| s >= knots[k] && s <= knots[k + 1])
+                .unwrap();
+            let frac = (s - knots[k]) / (knots[k + 1] - knots[k]);
+            let w = warped_knots[k] + frac * (warped_knots[k + 1] - warped_knots[k]);
+            let w = w.clamp(0.0, last);
+            let lo = (w.floor() as usize).min(t - 1);
+            let hi = (lo + 1).min(t - 1);
+            let a = w - lo as f64;
+            for feat in 0..f {
+                let y0 = f64::from(x[lo * f + feat]);
+                let y1 = f64::from(x[hi * f + feat]);
+                out[step * f + feat] = y0 + a * (y1 - y0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn time_warp_matches_an_independent_warp_at_every_step() {
+        let (t, f) = (23, 3);
+        // A non-linear series per feature, so that any misplaced sample shows.
+        let orig: Vec<f32> = (0..t * f)
+            .map(|i| {
+                let (step, feat) = ((i / f) as f32, (i % f) as f32);
+                (step * 0.7 + feat).sin() * (1.0 + feat) + 0.05 * step * step
+            })
+            .collect();
+        let mut changed = 0;
+        for seed in 0..20u64 {
+            let sigma = 0.3;
+            let mut rng = StdRng::seed_from_u64(seed);
+            // The knot factors r ~ N(1, σ²) are the first six draws of the generator.
+            let mut twin = rng.clone();
+            let normal = Normal::new(1.0, sigma).unwrap();
+            let r: Vec<f64> = (0..6).map(|_| normal.sample(&mut twin)).collect();
+            let want = independent_time_warp(&orig, t, f, &r);
+            let mut x = orig.clone();
+            time_warp(&mut x, t, f, sigma, &mut rng);
+            for (i, (&got, &want)) in x.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-4,
+                    "seed {seed}, step {}, feature {}: {got} vs {want}",
+                    i / f,
+                    i % f
+                );
+            }
+            changed += usize::from(x.iter().zip(&orig).any(|(a, b)| (a - b).abs() > 1e-2));
+        }
+        assert_eq!(changed, 20, "σ = 0.3 warps must move the interior");
+    }
+
     #[test]
     fn batch_coin_flips_cover_whole_batches() {
         let aug = TemporalAugment {
@@ -294,6 +364,169 @@ mod tests {
         let mut y = vec![1.0f32; 8];
         off.apply(&mut y, 1, 4, 2, &mut rng);
         assert!(y.iter().all(|&v| v == 1.0));
+    }
+
+    /// Runs `aug` over `batches` seeded batches of `b` samples (a ramp each, so every op changes
+    /// it) and returns, per batch, which samples changed.
+    fn changed_samples(aug: &TemporalAugment, batches: u64, b: usize) -> Vec<Vec<bool>> {
+        let (t, f) = (12, 2);
+        let orig: Vec<f32> = (0..b * t * f).map(|i| 1.0 + (i % (t * f)) as f32).collect();
+        (0..batches)
+            .map(|seed| {
+                let mut rng = StdRng::seed_from_u64(1000 + seed);
+                let mut x = orig.clone();
+                aug.apply(&mut x, b, t, f, &mut rng);
+                x.chunks(t * f)
+                    .zip(orig.chunks(t * f))
+                    .map(|(a, o)| a != o)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_coin_flips_at_p_below_one_are_per_batch_and_at_rate_p() {
+        let only = |op: usize, p: f64, per_sample_flips: bool| TemporalAugment {
+            jitter_prob: if op == 0 { p } else { 0.0 },
+            scaling_prob: if op == 1 { p } else { 0.0 },
+            time_warp_prob: if op == 2 { p } else { 0.0 },
+            per_sample_flips,
+            ..TemporalAugment::default()
+        };
+        let n = 400;
+        for op in 0..3 {
+            for p in [0.5, 0.2] {
+                // Reference quirk: one coin per op per batch, so a batch is all or nothing.
+                let runs = changed_samples(&only(op, p, false), n, 5);
+                for (i, run) in runs.iter().enumerate() {
+                    assert!(
+                        run.iter().all(|&c| c == run[0]),
+                        "op {op}, p {p}, batch {i}: {run:?} is not all-or-nothing"
+                    );
+                }
+                let rate = runs.iter().filter(|r| r[0]).count() as f64 / n as f64;
+                // Binomial(400, p): σ ≤ 0.025, the bound is over 4σ.
+                assert!(
+                    (rate - p).abs() < 0.1,
+                    "op {op}: {rate} of batches augmented at p = {p}"
+                );
+                // The fix: one coin per sample, so batches mix both and samples go at rate p.
+                let runs = changed_samples(&only(op, p, true), n, 5);
+                let mixed = runs.iter().filter(|r| r.iter().any(|&c| c != r[0])).count();
+                assert!(
+                    mixed > n as usize / 4,
+                    "op {op}, p {p}: {mixed} mixed batches"
+                );
+                let rate = runs.iter().flatten().filter(|&&c| c).count() as f64 / (5 * n) as f64;
+                assert!(
+                    (rate - p).abs() < 0.05,
+                    "op {op}: {rate} of samples augmented at p = {p} (per-sample flips)"
+                );
+            }
+        }
+    }
+
+    /// `[b, t, f]` with every element distinct: `100·sample + 10·step + feature`.
+    fn distinct_batch(b: usize, t: usize, f: usize) -> Vec<f32> {
+        (0..b * t * f)
+            .map(|i| (100 * (i / (t * f)) + 10 * ((i / f) % t) + i % f) as f32)
+            .collect()
+    }
+
+    fn assert_permutation(perm: &[usize], b: usize) {
+        let mut sorted = perm.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..b).collect::<Vec<_>>(), "{perm:?}");
+    }
+
+    #[test]
+    fn mixup_mixes_every_element_with_its_permuted_partner() {
+        let (b, t, f) = (6, 5, 2);
+        let per = t * f;
+        let x = distinct_batch(b, t, f);
+        let mut non_involutions = 0;
+        for seed in 0..40u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let m = mixup_cutmix(&x, b, t, f, 0.4, 0.3, 0.0, &mut rng);
+            assert!(!m.cutmix);
+            assert_permutation(&m.perm, b);
+            assert!(m.lambda > 0.0 && m.lambda < 1.0, "{}", m.lambda);
+            non_involutions += usize::from((0..b).any(|i| m.perm[m.perm[i]] != i));
+            let l = m.lambda;
+            for i in 0..b {
+                for e in 0..per {
+                    let own = f64::from(x[i * per + e]);
+                    let other = f64::from(x[m.perm[i] * per + e]);
+                    let want = l * own + (1.0 - l) * other;
+                    let got = f64::from(m.x[i * per + e]);
+                    assert!(
+                        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "seed {seed}, sample {i} (partner {}), element {e}: {got} vs {want}",
+                        m.perm[i]
+                    );
+                }
+            }
+        }
+        assert!(non_involutions > 20, "{non_involutions}");
+    }
+
+    #[test]
+    fn cutmix_copies_one_span_from_the_permuted_partner() {
+        let (b, t, f) = (6, 10, 2);
+        let per = t * f;
+        let x = distinct_batch(b, t, f);
+        let mut starts = std::collections::BTreeSet::new();
+        let mut non_involutions = 0;
+        for seed in 0..60u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let m = mixup_cutmix(&x, b, t, f, 0.4, 1.0, 1.0, &mut rng);
+            assert!(m.cutmix);
+            assert_permutation(&m.perm, b);
+            non_involutions += usize::from((0..b).any(|i| m.perm[m.perm[i]] != i));
+            // λ is the kept fraction: the span is (1 − λ)·T steps long.
+            let cut = (1.0 - m.lambda) * t as f64;
+            assert!((cut - cut.round()).abs() < 1e-9, "λ {}", m.lambda);
+            let cut = cut.round() as usize;
+            // The span: the steps of a sample with a different partner that changed.
+            let Some(i) = (0..b).find(|&i| m.perm[i] != i) else {
+                continue;
+            };
+            let changed: Vec<usize> = (0..t)
+                .filter(|&s| m.x[i * per + s * f] != x[i * per + s * f])
+                .collect();
+            assert_eq!(
+                changed.len(),
+                cut,
+                "seed {seed}: {changed:?} vs λ {}",
+                m.lambda
+            );
+            let start = changed.first().copied().unwrap_or(0);
+            assert!(start + cut <= t);
+            if cut > 0 {
+                starts.insert(start);
+            }
+            for i in 0..b {
+                for s in 0..t {
+                    for k in 0..f {
+                        let from = if (start..start + cut).contains(&s) {
+                            m.perm[i]
+                        } else {
+                            i
+                        };
+                        assert_eq!(
+                            m.x[i * per + s * f + k],
+                            x[from * per + s * f + k],
+                            "seed {seed}, sample {i} (partner {}), step {s}, feature {k}, \
+                             span {start}..{}",
+                            m.perm[i],
+                            start + cut
+                        );
+                    }
+                }
+            }
+        }
+        assert!(non_involutions > 30, "{non_involutions}");
+        assert!(starts.len() >= 3, "the span start varies: {starts:?}");
     }
 
     #[test]

@@ -238,17 +238,105 @@ fn bad_input_is_a_clear_error() {
     assert!(err.contains("30 steps"), "{err}");
 }
 
+/// A caller's callback that records each epoch's `val_loss`.
+struct ValLossRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+}
+
+impl kiln::callbacks::Callback for ValLossRecorder {
+    fn name(&self) -> String {
+        "val_loss_recorder".into()
+    }
+    fn on_epoch_end(
+        &mut self,
+        ctx: &kiln::callbacks::EpochEnd<'_>,
+        _actions: &mut kiln::callbacks::Actions,
+    ) -> anyhow::Result<()> {
+        let loss = ctx.metrics.get("val_loss").copied().unwrap_or(f64::NAN);
+        self.seen.lock().unwrap().push(loss);
+        Ok(())
+    }
+}
+
+/// The recipe's validation loss of a fitted classifier's network on `val`: the mean over
+/// batches of `batch_size` of the focal loss (γ 2, no α) on un-augmented windows.
+fn validation_loss(clf: &Classifier<B>, val: &WindowSet, batch_size: usize) -> f64 {
+    type Inner = Flex;
+    let net = clf.net().unwrap();
+    let classes = &clf.card().unwrap().classes;
+    let device = Default::default();
+    let (t, f) = (val.seq_len, val.n_features);
+    let labels = val.labels.as_ref().unwrap();
+    let idx: Vec<usize> = (0..val.len()).collect();
+    let mut sum = 0.0;
+    let mut batches = 0;
+    for chunk in idx.chunks(batch_size) {
+        let x: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| val.x[i * t * f..(i + 1) * t * f].iter().copied())
+            .collect();
+        let input = burn::tensor::Tensor::<Inner, 3>::from_data(
+            burn::tensor::TensorData::new(x, [chunk.len(), t, f]),
+            &device,
+        );
+        let y: Vec<i64> = chunk
+            .iter()
+            .map(|&i| classes.iter().position(|c| *c == labels[i]).unwrap() as i64)
+            .collect();
+        let targets = burn::tensor::Tensor::<Inner, 1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(y, [chunk.len()]),
+            &device,
+        );
+        let logits = net.forward(input).logits;
+        let loss = moola::loss::focal_loss(logits, targets, 2.0, None);
+        sum += f64::from(loss.into_scalar());
+        batches += 1;
+    }
+    sum / f64::from(batches)
+}
+
 #[test]
 fn early_stopping_stops_and_restores() {
     let _guard = kiln::seed::global_lock();
     let data = trend_windows(40, 30, 8);
+    let val = trend_windows(24, 30, 11);
     let mut cfg = quick(200);
     cfg.early_stopping_patience = 3;
     cfg.learning_rate = 5e-2;
-    let mut clf = Classifier::<B>::new(tiny_lstm(), cfg, Default::default());
-    let report = clf.fit(&data).unwrap();
+    assert_eq!((cfg.focal_gamma, cfg.focal_alpha.as_ref()), (2.0, None));
+    let batch_size = cfg.batch_size;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = seen.clone();
+    let mut clf =
+        Classifier::<B>::new(tiny_lstm(), cfg, Default::default()).with_callback(move || {
+            ValLossRecorder {
+                seen: shared.clone(),
+            }
+        });
+    let report = clf.fit_with_validation(&data, &val).unwrap();
     assert!(report.stopped_early && report.epochs < 200, "{report:?}");
-    assert!(report.best_val_loss.is_some());
+    let best = report.best_val_loss.unwrap();
+    let history = seen.lock().unwrap().clone();
+    assert_eq!(history.len(), report.epochs, "{history:?}");
+    let best_epoch = history
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(e, _)| e)
+        .unwrap();
+    assert_eq!(history[best_epoch], best, "{history:?}");
+    // Patience 3: the run ends three epochs after its best one, whose loss it did not reach again.
+    assert_eq!(best_epoch + 4, report.epochs, "{history:?}");
+    let last = *history.last().unwrap();
+    assert!((last - best).abs() > 1e-6 * best.abs(), "{history:?}");
+
+    // The returned network is the best epoch's: its validation loss is the best one, not the last.
+    let got = validation_loss(&clf, &val, batch_size);
+    assert!(
+        (got - best).abs() <= 1e-5 * best.abs(),
+        "the returned model's val_loss {got} is not the best {best} (last epoch {last}; \
+         history {history:?})"
+    );
 }
 
 #[test]

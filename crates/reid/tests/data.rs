@@ -549,25 +549,79 @@ fn sampler_is_deterministic_per_seed_and_epoch() {
 fn sampler_resampling_pads_from_the_identity_chunk() {
     let by_pid = sizes_2_to_9();
     let labels = label_of_index(&by_pid);
-    let sampler = PkSampler::new(by_pid.clone(), 1, 4, true, 1, 0).unwrap();
+    let k = 4;
+    let sampler = PkSampler::new(by_pid.clone(), 1, k, true, 1, 0).unwrap();
+    // The K-chunks of an identity with n images, in serving order (n mod 4 == 1 leaves one
+    // image out; a single image is no identity).
+    let chunk_sizes = |n: usize| -> Vec<usize> {
+        match n {
+            2 => vec![2],
+            3 => vec![3],
+            4 | 5 => vec![4],
+            6 => vec![4, 2],
+            7 => vec![4, 3],
+            8 | 9 => vec![4, 4],
+            _ => vec![],
+        }
+    };
+    let (mut pads, mut pads_not_first) = (0, 0);
     for epoch in 0..10 {
-        for batch in sampler.epoch(1, epoch) {
+        let batches = sampler.epoch(1, epoch);
+        let mut by_label: BTreeMap<usize, Vec<Vec<usize>>> = BTreeMap::new();
+        for batch in &batches {
+            assert_eq!(batch.len(), k);
             assert!(
                 batch.iter().all(|it| it.index.is_some()),
                 "no mocks when resampling"
             );
             let idx: Vec<usize> = batch.iter().map(|it| it.index.unwrap()).collect();
             assert!(idx.iter().all(|i| labels[i] == batch[0].label));
-            let n = by_pid[batch[0].label].len();
-            let distinct: BTreeSet<_> = idx.iter().collect();
-            // A short chunk (n = 2, 3, or the tail of 6, 7) repeats its own images.
-            if n < 4 {
-                assert_eq!(distinct.len(), n);
-            } else {
-                assert!(distinct.len() >= 2);
-            }
+            assert!(batch.iter().all(|it| it.label == batch[0].label));
+            by_label.entry(batch[0].label).or_default().push(idx);
         }
+        for (label, images) in by_pid.iter().enumerate() {
+            let n = images.len();
+            let served = by_label.remove(&label).unwrap_or_default();
+            let want = chunk_sizes(n);
+            assert_eq!(
+                served.len(),
+                want.len(),
+                "epoch {epoch}: identity with {n} images served {served:?}"
+            );
+            let mut seen = BTreeSet::new();
+            for (idx, &size) in served.iter().zip(&want) {
+                // The chunk: `size` distinct images, leading the batch, none served before.
+                let chunk = &idx[..size];
+                let distinct: BTreeSet<usize> = chunk.iter().copied().collect();
+                assert_eq!(distinct.len(), size, "epoch {epoch}, n {n}: {idx:?}");
+                assert!(
+                    distinct.is_disjoint(&seen),
+                    "epoch {epoch}, n {n}: {idx:?} repeats images of an earlier chunk {seen:?}"
+                );
+                seen.extend(distinct.iter().copied());
+                // Its padding: K − size draws from that chunk only.
+                for &pad in &idx[size..] {
+                    assert!(
+                        distinct.contains(&pad),
+                        "epoch {epoch}, n {n}: padding {pad} of {idx:?} is not from its chunk \
+                         {distinct:?}"
+                    );
+                    pads += 1;
+                    pads_not_first += usize::from(pad != chunk[0]);
+                }
+            }
+            // Every image served once, but the one left out when n mod K == 1.
+            assert_eq!(seen.len(), want.iter().sum::<usize>());
+            assert!(seen.iter().all(|i| images.contains(i)));
+        }
+        assert!(by_label.is_empty(), "{by_label:?}");
     }
+    // n = 2, 3, 6, 7 pad (2 + 1 + 2 + 1) slots per epoch, drawn with replacement.
+    assert_eq!(pads, 60);
+    assert!(
+        pads_not_first > 10 && pads_not_first < 55,
+        "padding draws vary over the chunk: {pads_not_first} of {pads} not its first image"
+    );
 }
 
 #[test]

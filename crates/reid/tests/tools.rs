@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use burn::backend::Flex;
-use burn::module::Module;
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Tensor, TensorData};
 use image::{Rgb, RgbImage};
 use kiln::DeviceKind;
 use kiln::checkpoint::{CheckpointMeta, record_to_bytes, write_checkpoint};
@@ -35,7 +36,11 @@ const W: usize = 16;
 struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
+    /// A fresh model (its BNNeck: mean 0, variance 1, γ 1, β 0).
     checkpoint: PathBuf,
+    /// The same weights with a BNNeck far from the identity ([`bn_mean`], [`bn_var`],
+    /// [`bn_gamma`], [`bn_beta`]), where pre-BN features cannot pass for post-BN ones.
+    bn_checkpoint: PathBuf,
 }
 
 fn fixture() -> &'static Fixture {
@@ -47,7 +52,6 @@ fn fixture() -> &'static Fixture {
         let device = Default::default();
         let config = ReidModelConfig::new("resnet18", 1, 512, 4);
         let model = config.init::<Flex>(&device).unwrap();
-        let checkpoint = dir.path().join("model.ckpt");
         let meta = CheckpointMeta {
             epochs_completed: 1,
             global_step: 10,
@@ -62,14 +66,95 @@ fn fixture() -> &'static Fixture {
             .unwrap(),
             sections: Vec::new(),
         };
+        let checkpoint = dir.path().join("model.ckpt");
+        let bytes = record_to_bytes::<Flex, _>(model.clone().into_record()).unwrap();
+        write_checkpoint(&checkpoint, meta.clone(), vec![("model", bytes)]).unwrap();
+
+        let mut model = model;
+        let vector = |f: fn(usize) -> f64| {
+            let v: Vec<f32> = (0..512).map(|j| f(j) as f32).collect();
+            Tensor::<Flex, 1>::from_data(TensorData::new(v, [512]), &device)
+        };
+        model.bn.running_mean = RunningState::new(vector(bn_mean));
+        model.bn.running_var = RunningState::new(vector(bn_var));
+        model.bn.weight = Param::from_tensor(vector(bn_gamma));
+        model.bn.bias = Param::from_tensor(vector(bn_beta));
+        let bn_checkpoint = dir.path().join("model-bn.ckpt");
         let bytes = record_to_bytes::<Flex, _>(model.into_record()).unwrap();
-        write_checkpoint(&checkpoint, meta, vec![("model", bytes)]).unwrap();
+        write_checkpoint(&bn_checkpoint, meta, vec![("model", bytes)]).unwrap();
         Fixture {
             _dir: dir,
             root,
             checkpoint,
+            bn_checkpoint,
         }
     })
+}
+
+/// The `bn_checkpoint` BNNeck: running mean, running variance, γ and β of feature `j`.
+fn bn_mean(j: usize) -> f64 {
+    0.3 * (j as f64 * 0.37).sin()
+}
+fn bn_var(j: usize) -> f64 {
+    0.25 + 0.3 * (j % 7) as f64
+}
+fn bn_gamma(j: usize) -> f64 {
+    1.5 + (j as f64 * 0.11).cos()
+}
+fn bn_beta(j: usize) -> f64 {
+    0.4 * (j as f64 * 0.23).cos()
+}
+
+/// Independent post-BN embeddings of `paths`: the checkpoint's pre-BN backbone features,
+/// then eval-mode BatchNorm1d `(x − μ)/√(σ² + 1e-5)·γ + β` in f64 with the fixture's
+/// BNNeck values (`bn_checkpoint`). Also returns the pre-BN features.
+fn independent_post_bn(paths: &[PathBuf]) -> (Vec<f64>, Vec<f64>) {
+    let device = Default::default();
+    let loaded = load_model::<Flex>(&fixture().bn_checkpoint, None, &device).unwrap();
+    let cfg =
+        reid::config::ReidConfig::from_args(&common(Path::new("."), Path::new("."), &[])).unwrap();
+    let samples: Vec<Sample> = paths
+        .iter()
+        .map(|p| Sample {
+            path: p.clone(),
+            pid: 0,
+            camid: 0,
+        })
+        .collect();
+    let loader = EvalLoader::new(
+        Arc::from(samples),
+        TestTransform::from_config(&cfg.input).unwrap(),
+        4,
+        &LoaderOptions {
+            num_workers: 1,
+            prefetch: 1,
+        },
+    )
+    .unwrap();
+    let mut pre = Vec::new();
+    for batch in loader {
+        let batch = batch.unwrap();
+        let x = Tensor::<Flex, 4>::from_data(
+            TensorData::new(batch.images, [batch.n, 3, batch.height, batch.width]),
+            &device,
+        );
+        let f: Vec<f32> = loaded
+            .model
+            .forward_features(x)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        pre.extend(f.into_iter().map(f64::from));
+    }
+    let post = pre
+        .iter()
+        .enumerate()
+        .map(|(k, &x)| {
+            let j = k % 512;
+            (x - bn_mean(j)) / (bn_var(j) + 1e-5).sqrt() * bn_gamma(j) + bn_beta(j)
+        })
+        .collect();
+    (post, pre)
 }
 
 fn gallery_dir() -> PathBuf {
@@ -132,8 +217,12 @@ fn reference_embeddings(paths: &[PathBuf]) -> FeatureMatrix {
 }
 
 fn reference_embeddings_of(samples: Vec<Sample>) -> FeatureMatrix {
+    reference_embeddings_from(&fixture().checkpoint, samples)
+}
+
+fn reference_embeddings_from(checkpoint: &Path, samples: Vec<Sample>) -> FeatureMatrix {
     let device = Default::default();
-    let loaded = load_model::<Flex>(&fixture().checkpoint, None, &device).unwrap();
+    let loaded = load_model::<Flex>(checkpoint, None, &device).unwrap();
     let cfg =
         reid::config::ReidConfig::from_args(&common(Path::new("."), Path::new("."), &[])).unwrap();
     let transform = TestTransform::from_config(&cfg.input).unwrap();
@@ -226,7 +315,14 @@ fn jpg_paths(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn create_embeddings_writes_post_bn_embeddings_and_unicode_paths() {
     let out = tempfile::tempdir().unwrap();
-    create(&gallery_dir(), out.path(), false, &[]).unwrap();
+    let checkpoint = fixture().bn_checkpoint.display().to_string();
+    create(
+        &gallery_dir(),
+        out.path(),
+        false,
+        &[("MODEL.PRETRAIN_PATH", &checkpoint)],
+    )
+    .unwrap();
     assert_eq!(file_names(out.path()), ["embeddings.npy", "paths.npy"]);
 
     let expected_paths = jpg_paths(&gallery_dir());
@@ -243,7 +339,34 @@ fn create_embeddings_writes_post_bn_embeddings_and_unicode_paths() {
 
     let emb: Array2<f32> = read_npy(out.path().join("embeddings.npy")).unwrap();
     assert_eq!(emb.dim(), (expected_paths.len(), 512));
-    let reference = reference_embeddings(&expected_paths);
+    // The numbers, computed independently: backbone features through the checkpoint's
+    // BNNeck (running statistics, γ and β) in f64.
+    let (want, pre) = independent_post_bn(&expected_paths);
+    assert_eq!(want.len(), emb.len());
+    let moved = want
+        .iter()
+        .zip(&pre)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 0.1, "the BNNeck must change the features ({moved})");
+    for (k, (&got, &want)) in emb.iter().zip(&want).enumerate() {
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "image {}, feature {}: {got} vs post-BN {want} (pre-BN {})",
+            k / 512,
+            k % 512,
+            pre[k]
+        );
+    }
+    let samples = expected_paths
+        .iter()
+        .map(|p| Sample {
+            path: p.clone(),
+            pid: 0,
+            camid: 0,
+        })
+        .collect();
+    let reference = reference_embeddings_from(&fixture().bn_checkpoint, samples);
     assert_eq!(
         emb.as_slice().unwrap(),
         reference.as_slice(),

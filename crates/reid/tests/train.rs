@@ -59,17 +59,63 @@ fn tiny_config(root: &Path) -> ReidConfig {
     cfg
 }
 
+/// The reference's Adam (`torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8,
+/// weight_decay=WEIGHT_DECAY)`: coupled L2, the decay added to the gradient before the
+/// moments), written independently in f64.
+struct ReferenceAdam {
+    lr: f64,
+    weight_decay: f64,
+    t: i32,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    p: Vec<f64>,
+}
+
+impl ReferenceAdam {
+    fn new(lr: f64, weight_decay: f64, p: &[f32]) -> Self {
+        Self {
+            lr,
+            weight_decay,
+            t: 0,
+            m: vec![0.0; p.len()],
+            v: vec![0.0; p.len()],
+            p: p.iter().map(|&x| f64::from(x)).collect(),
+        }
+    }
+
+    fn step(&mut self, grad: &[f32]) {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        self.t += 1;
+        for i in 0..self.p.len() {
+            let g = f64::from(grad[i]) + self.weight_decay * self.p[i];
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
+            let m_hat = self.m[i] / (1.0 - b1.powi(self.t));
+            let v_hat = self.v[i] / (1.0 - b2.powi(self.t));
+            self.p[i] -= self.lr * m_hat / (v_hat.sqrt() + eps);
+        }
+    }
+}
+
 #[test]
 fn one_step_follows_the_reference_optimisers() {
     let _guard = kiln::seed::global_lock();
     let device = Default::default();
     let mut cfg = ReidConfig::default();
     cfg.solver.base_lr = 1e-2;
-    let model = ReidModelConfig::new("resnet18", 1, 512, 3)
+    assert_eq!(cfg.solver.weight_decay, 5e-4);
+    assert_eq!(cfg.solver.center_lr, 0.5);
+    assert_eq!(cfg.solver.center_loss_weight, 5e-4);
+    let mut model = ReidModelConfig::new("resnet18", 1, 512, 3)
         .init::<B>(&device)
         .unwrap();
     let x = Tensor::<B, 4>::random([2, 3, 32, 16], burn::tensor::Distribution::Default, &device);
-    // A loss that touches the backbone, the BNNeck, the classifier and the centres.
+    // A loss that touches the backbone, the BNNeck, the classifier and the centres. Only the
+    // logits of classes 0 and 1 enter it, so the classifier column of class 2 (`fc_query.weight`
+    // is `[512, 3]`) gets an exactly zero gradient: Adam moves it through the weight decay
+    // alone, which tells coupled L2 (≈ lr·sign(p) per step), decoupled AdamW (lr·wd·p) and no
+    // decay (not at all) apart. Centre row 2 also gets a zero gradient and plain SGD must
+    // leave it where it is.
     let loss_of = |m: &reid::model::ReidModel<B>| {
         let f = m.forward_features(x.clone());
         let logits = m.classify(m.bnneck(f.clone()));
@@ -78,50 +124,76 @@ fn one_step_follows_the_reference_optimisers() {
             .square()
             .sum()
             .mul_scalar(5e-4);
-        logits.square().mean() + center_term
+        logits.slice([0..2, 0..2]).square().mean() + center_term
     };
-    // Expected gradients, from an independent forward/backward pass of the same loss.
-    let grads = loss_of(&model).backward();
-    let g_centers = values(model.center_loss.centers.val().grad(&grads).unwrap());
-    let g_fc = values(model.fc_query.weight.val().grad(&grads).unwrap());
-    assert!(
-        model.bn.bias.val().grad(&grads).is_none(),
-        "the BNNeck bias must get no gradient"
-    );
-    let loss = loss_of(&model);
 
-    let before_centers = values(model.center_loss.centers.val());
-    let before_fc = values(model.fc_query.weight.val());
     let before_bias = values(model.bn.bias.val());
+    let mut adam = ReferenceAdam::new(1e-3, 5e-4, &values(model.fc_query.weight.val()));
+    let mut centers: Vec<f64> = values(model.center_loss.centers.val())
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let zero_grad_fc: Vec<usize> = (0..512).map(|row| row * 3 + 2).collect();
     let mut optim = optimization::<B>(&cfg);
     optim.on_epoch_start(0);
     // Epoch 0 of the warm-up: BASE_LR · 1/10.
     assert!((LrControl::lr(&optim) - 1e-3).abs() < 1e-12);
-    let model = optim.step(model, loss).unwrap();
+    for step in 1..=3 {
+        // Expected gradients, from an independent forward/backward pass of the same loss on
+        // the current parameters.
+        let grads = loss_of(&model).backward();
+        let g_centers = values(model.center_loss.centers.val().grad(&grads).unwrap());
+        let g_fc = values(model.fc_query.weight.val().grad(&grads).unwrap());
+        assert!(
+            model.bn.bias.val().grad(&grads).is_none(),
+            "the BNNeck bias must get no gradient"
+        );
+        assert!(zero_grad_fc.iter().all(|&i| g_fc[i] == 0.0));
+        assert!(g_centers[2 * 512..].iter().all(|&g| g == 0.0));
+        assert!(g_fc.iter().filter(|g| **g != 0.0).count() >= 1000);
+        let fc_before = values(model.fc_query.weight.val());
 
-    // Centres: plain SGD with lr 0.5 on the gradient rescaled by 1 / 5e-4.
-    let after_centers = values(model.center_loss.centers.val());
-    for i in [0usize, 1, 700, 1200] {
-        let want = before_centers[i] - 0.5 * g_centers[i] / 5e-4;
-        assert!(
-            (after_centers[i] - want).abs() < 1e-4 * want.abs().max(1.0),
-            "centre {i}: {} vs {want}",
-            after_centers[i]
-        );
+        let loss = loss_of(&model);
+        model = optim.step(model, loss).unwrap();
+        adam.step(&g_fc);
+        // Centres: plain SGD with lr 0.5 on the gradient rescaled by 1 / 5e-4.
+        for (c, g) in centers.iter_mut().zip(&g_centers) {
+            *c -= 0.5 * f64::from(*g) / 5e-4;
+        }
+
+        let after_centers = values(model.center_loss.centers.val());
+        for (i, (&got, &want)) in after_centers.iter().zip(&centers).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() < 1e-4 * want.abs().max(1.0),
+                "step {step}, centre {i}: {got} vs {want}"
+            );
+        }
+        // Classifier: every entry follows the reference Adam with coupled L2.
+        let after_fc = values(model.fc_query.weight.val());
+        for (i, (&got, &want)) in after_fc.iter().zip(&adam.p).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() < 5e-7,
+                "step {step}, fc {i} (gradient {}): {got} vs {want} (was {})",
+                g_fc[i],
+                fc_before[i]
+            );
+        }
+        if step == 1 {
+            // The zero-gradient entries: Adam's first step on g' = wd·p is
+            // lr·g'/(|g'| + ε) ≈ lr·sign(p) (AdamW: lr·wd·p; no decay: 0).
+            for &i in &zero_grad_fc {
+                let moved = f64::from(after_fc[i]) - f64::from(fc_before[i]);
+                let g = 5e-4 * f64::from(fc_before[i]);
+                let want = -1e-3 * g / (g.abs() + 1e-8);
+                assert!(
+                    (moved - want).abs() < 1e-6,
+                    "fc {i} has no gradient; coupled L2 moves it by {want}, it moved by {moved}"
+                );
+            }
+        }
+        // The frozen BNNeck bias did not move (no decay either).
+        assert_eq!(values(model.bn.bias.val()), before_bias);
     }
-    // Classifier: Adam's first step on g + wd·p (coupled L2), i.e. lr·g'/(|g'| + ε).
-    let after_fc = values(model.fc_query.weight.val());
-    for i in [0usize, 5, 1000] {
-        let g = f64::from(g_fc[i]) + 5e-4 * f64::from(before_fc[i]);
-        let want = f64::from(before_fc[i]) - 1e-3 * g / (g.abs() + 1e-8);
-        assert!(
-            (f64::from(after_fc[i]) - want).abs() < 1e-6,
-            "fc {i}: {} vs {want}",
-            after_fc[i]
-        );
-    }
-    // The frozen BNNeck bias did not move (no decay either).
-    assert_eq!(values(model.bn.bias.val()), before_bias);
 }
 
 #[test]
