@@ -83,6 +83,8 @@ impl ReferenceAdam {
         }
     }
 
+    // Written out index by index, as the formulas are.
+    #[allow(clippy::needless_range_loop)]
     fn step(&mut self, grad: &[f32]) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         self.t += 1;
