@@ -91,6 +91,12 @@ pub fn paths(path: &Path) -> (PathBuf, PathBuf) {
     (weights.into(), card.into())
 }
 
+/// True when `path` is a plain file that is neither half of a model file pair nor a training
+/// checkpoint (e.g. a PyTorch file to import instead).
+pub fn is_foreign_file(path: &Path) -> Result<bool> {
+    Ok(path.is_file() && !paths(path).1.is_file() && !checkpoint::is_checkpoint(path)?)
+}
+
 /// Writes a model file: the weights, then the card (each atomically; the card last, so a card
 /// never names weights that are not there yet).
 pub fn save<B: Backend, M: Module<B>, C: Serialize>(

@@ -322,7 +322,8 @@ pub struct ClassifierTask<B: AutodiffBackend> {
     card: crate::model::ModelCard,
 }
 
-fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
+/// The rows `idx` of a row-major buffer with `per` values per row, concatenated.
+pub(crate) fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
     let mut out = Vec::with_capacity(idx.len() * per);
     for &i in idx {
         out.extend_from_slice(&x[i * per..(i + 1) * per]);

@@ -50,7 +50,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::WindowSet;
-use crate::train::RunOptions;
+use crate::train::{RunOptions, gather};
 
 pub mod augment;
 pub mod encoder;
@@ -246,14 +246,6 @@ pub struct MaskedLstmPretrainTask<B: AutodiffBackend> {
     n_features: usize,
     config: MaskedLstmPretrainConfig,
     device: B::Device,
-}
-
-fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(idx.len() * per);
-    for &i in idx {
-        out.extend_from_slice(&x[i * per..(i + 1) * per]);
-    }
-    out
 }
 
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {

@@ -113,7 +113,7 @@ pub fn load_encoder<B: Backend>(
     device: &B::Device,
 ) -> Result<(TsTccEncoder<B>, EncoderCard)> {
     let card_path = kiln::artifact::paths(path).1;
-    if !card_path.is_file() && path.is_file() && !kiln::checkpoint::is_checkpoint(path)? {
+    if kiln::artifact::is_foreign_file(path)? {
         return load_reference_encoder(path, device);
     }
     let (encoder, card, _) =
