@@ -70,6 +70,10 @@ import types
 import numpy as np
 import torch
 
+# The same weight perturbation as the classifier fixtures (this directory is on sys.path when
+# the script runs).
+from moola_fixtures import perturb
+
 DEFAULT_COMMIT = "6ecdb28c78d6b91c94deabaf621c0c4ea4425e78"
 BATCH = 4
 STEPS = 21
@@ -120,26 +124,6 @@ def ohlc_windows(rng: np.random.Generator, batch: int, steps: int) -> np.ndarray
         low = np.minimum(open_, close) - np.abs(rng.normal(0.0, 0.08, steps))
         out[b] = np.stack([open_, high, low, close], axis=1)
     return out
-
-
-@torch.no_grad()
-def perturb(model: torch.nn.Module, gen: torch.Generator) -> None:
-    """Randomises norms, attention biases and BatchNorm statistics (none trivially 0 or 1)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
-            module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            module.num_batches_tracked.fill_(7)
-            module.weight.copy_(1.0 + 0.2 * torch.randn(n, generator=gen))
-            module.bias.copy_(0.2 * torch.randn(n, generator=gen))
-        elif isinstance(module, torch.nn.LayerNorm):
-            n = module.normalized_shape[0]
-            module.weight.copy_(1.0 + 0.2 * torch.randn(n, generator=gen))
-            module.bias.copy_(0.2 * torch.randn(n, generator=gen))
-        elif isinstance(module, torch.nn.MultiheadAttention):
-            module.in_proj_bias.copy_(0.2 * torch.randn(module.in_proj_bias.shape, generator=gen))
-            module.out_proj.bias.copy_(0.2 * torch.randn(module.out_proj.bias.shape, generator=gen))
 
 
 def as_list(t: torch.Tensor) -> list:
