@@ -210,3 +210,91 @@ class RWKVTSNet(nn.Module):
         for block in self.blocks:
             x, state = block(x, state)
         return self.classifier(self.dropout(self.output_norm(x[:, -1])))
+
+
+class MaskedAutoencoderNet(nn.Module):
+    """The masked BiLSTM autoencoder (``BiLSTMMaskedAutoencoder`` at 6ecdb28): ``mask_token``
+    [1, 1, F], bidirectional ``encoder_lstm``, ``layer_norm`` (2H), ``decoder`` = Linear(2H, H),
+    ReLU, Dropout, Linear(H, F). Loss: MSE over the masked steps + 0.1 * ReLU(1 - mean std of an extra
+    encoder pass on the unmasked input)."""
+
+    def __init__(self, input_dim=4, hidden_dim=128, num_layers=2, dropout=0.2):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.randn(1, 1, input_dim) * 0.02)
+        self.encoder_lstm = nn.LSTM(input_dim, hidden_dim, num_layers, batch_first=True,
+                                    bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.layer_norm = nn.LayerNorm(2 * hidden_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, input_dim),
+        )
+
+    def forward(self, x_masked):
+        return self.decoder(self.layer_norm(self.encoder_lstm(x_masked)[0]))
+
+    def mask(self, x, ratio=0.15, patch_size=7):
+        """Patch masking: max(1, int(P * ratio)) of the P = T // patch_size patches per sample."""
+        b, t, _ = x.shape
+        n_patches = t // patch_size
+        n_mask = max(1, int(n_patches * ratio))
+        mask = torch.zeros(b, t, dtype=torch.bool)
+        for i in range(b):
+            for p in torch.randperm(n_patches)[:n_mask].tolist():
+                mask[i, p * patch_size:min(p * patch_size + patch_size, t)] = True
+        x_masked = x.clone()
+        x_masked[mask] = self.mask_token.to(x.dtype).squeeze(0).squeeze(0)
+        return x_masked, mask
+
+    def loss(self, recon, x, mask):
+        m = mask.unsqueeze(-1).expand_as(x)
+        recon_loss = F.mse_loss(recon[m], x[m]) if m.any() else recon.sum() * 0.0
+        enc = self.encoder_lstm(x)[0]
+        latent_std = enc.reshape(-1, enc.shape[-1]).std(dim=0).mean()
+        return recon_loss + 0.1 * F.relu(1.0 - latent_std)
+
+
+class TSTCCNet(nn.Module):
+    """TS-TCC (``models/ts_tcc.py`` at 6ecdb28): ``encoder`` = the CNN-Transformer's
+    ``cnn_blocks`` + ``rel_pos_enc`` bias + post-norm ``transformer`` (no window weighting, no
+    mask); mean over steps; ``projection_head`` = Linear(d, 128), LayerNorm, ReLU,
+    Linear(128, 64)."""
+
+    def __init__(self, input_dim=4, cnn_channels=(64, 128, 128), cnn_kernels=(3, 5, 9),
+                 transformer_layers=3, transformer_heads=4, dropout=0.25, hidden=128, out=64):
+        super().__init__()
+        blocks, c_in = [], input_dim
+        for c_out in cnn_channels:
+            blocks.append(CNNBlock(c_in, c_out, list(cnn_kernels), dropout))
+            c_in = c_out
+        d = cnn_channels[-1]
+        self.encoder = nn.Module()
+        self.encoder.cnn_blocks = nn.ModuleList(blocks)
+        self.encoder.rel_pos_enc = RelativePositionalEncoding(d)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d, nhead=transformer_heads, dim_feedforward=4 * d, dropout=dropout,
+            activation="relu", batch_first=True,
+        )
+        self.encoder.transformer = nn.TransformerEncoder(layer, num_layers=transformer_layers,
+                                                         enable_nested_tensor=False)
+        self.projection_head = nn.Sequential(
+            nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, out),
+        )
+
+    def forward(self, x):
+        h = x.transpose(1, 2)
+        for block in self.encoder.cnn_blocks:
+            h = block(h)
+        h = h.transpose(1, 2)
+        h = h + self.encoder.rel_pos_enc(h.shape[1]).mean(dim=1)[None]
+        h = self.encoder.transformer(h)
+        return self.projection_head(h.mean(dim=1))
+
+
+def info_nce(z1, z2, temperature=0.5):
+    """NT-Xent over 2B embeddings, the diagonal set to -100 (the reference's ``info_nce_loss``)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / temperature
+    n = z1.shape[0]
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), -100.0)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)

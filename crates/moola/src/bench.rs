@@ -8,6 +8,13 @@
 //! `--precisions 32,16-mixed,bf16-mixed` times each mode (kiln's autocast and loss scaler) and
 //! prints the loss after the timed steps next to f32's.
 //!
+//! `--pretrain masked-lstm,ts-tcc` also times one pre-training epoch of each pre-trainer (the
+//! full loop of `moola pretrain`: masking or two augmented views, forward, loss, backward,
+//! clipping, AdamW, and validation on 10% of the windows) on `--pretrain-windows` synthetic
+//! windows, next to the same epoch in PyTorch (`tools/bench/moola_pretrain.py`). Epoch times
+//! are kiln's `epoch_seconds`; the first epoch is a warm-up when `--pretrain-epochs` > 1.
+//! `--models ''` skips the classifier steps.
+//!
 //! `--nodes 2` times data-parallel training: the same global batch in one process, then split
 //! over two worker processes on 127.0.0.1 (kiln's `ddp` strategy on burn-collective), and prints
 //! the samples/s of both side by side with the all-reduce share of the step time.
@@ -30,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::MoolaConfig;
 use crate::data::WindowSet;
 use crate::model::{InnerWindow, ModelSpec};
+use crate::pretrain::PretrainMethod;
 use crate::train::Session;
 use kiln::cli::Overrides;
 
@@ -61,6 +69,15 @@ pub struct BenchArgs {
     /// Also time data-parallel training over this many local worker processes (2 or more).
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// Also time one pre-training epoch of these pre-trainers (`masked-lstm`, `ts-tcc`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub pretrain: Vec<PretrainMethod>,
+    /// Windows of the timed pre-training epochs (10% of them validate).
+    #[arg(long, default_value_t = 1024)]
+    pub pretrain_windows: usize,
+    /// Pre-training epochs to run; the median of all but the first (a warm-up) is reported.
+    #[arg(long, default_value_t = 2)]
+    pub pretrain_epochs: usize,
     /// Internal: run as one data-parallel bench worker and write its timings here.
     #[arg(long, hide = true)]
     pub worker_json: Option<PathBuf>,
@@ -222,12 +239,140 @@ impl DistJob for TimeSteps {
     }
 }
 
+/// One pre-training run of `epochs` epochs whose epoch times are the measurement.
+#[derive(Clone)]
+struct TimePretrain {
+    method: PretrainMethod,
+    config: MoolaConfig,
+    data: WindowSet,
+    epochs: usize,
+    precision: Precision,
+}
+
+impl DistJob for TimePretrain {
+    type Output = StepTimes;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _dist: Option<Dist>) -> Result<StepTimes> {
+        let run = crate::train::RunOptions::default();
+        let precision = kiln::amp::PrecisionSetting::Fixed(self.precision);
+        let (rows, final_loss) = match self.method {
+            PretrainMethod::MaskedLstm => {
+                let mut c = self.config.pretrain.masked_lstm.clone();
+                c.n_epochs = self.epochs;
+                c.patience = self.epochs + 1;
+                c.precision = precision;
+                c.seed = self.config.seed;
+                let out =
+                    crate::pretrain::masked_lstm::pretrain::<B>(&c, &self.data, &device, &run)?;
+                let last = out.history.train_loss.last().copied();
+                (out.metrics, last)
+            }
+            PretrainMethod::TsTcc => {
+                let mut c = self.config.pretrain.ts_tcc.clone();
+                c.n_epochs = self.epochs;
+                c.early_stopping_patience = self.epochs + 1;
+                c.precision = precision;
+                c.seed = self.config.seed;
+                let out = crate::pretrain::ts_tcc::pretrain::<B>(&c, &self.data, &device, &run)?;
+                let last = out.history.train_loss.last().copied();
+                (out.metrics, last)
+            }
+        };
+        let seconds: Vec<f64> = rows
+            .iter()
+            .filter_map(|(_, r)| r.get("epoch_seconds").copied())
+            .collect();
+        // The first epoch warms allocators and caches up, unless it is the only one.
+        let timed = if seconds.len() > 1 {
+            &seconds[1..]
+        } else {
+            &seconds[..]
+        };
+        Ok(StepTimes {
+            steps_ms: timed.iter().map(|s| s * 1e3).collect(),
+            sync_ms: vec![0.0; timed.len()],
+            final_loss: final_loss.unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// The pre-trainers' batch size, which the PyTorch side must use too.
+fn pretrain_batch_size(cfg: &MoolaConfig, method: PretrainMethod) -> usize {
+    match method {
+        PretrainMethod::MaskedLstm => cfg.pretrain.masked_lstm.batch_size,
+        PretrainMethod::TsTcc => cfg.pretrain.ts_tcc.batch_size,
+    }
+}
+
+/// Times one pre-training epoch of every `--pretrain` method, both sides.
+fn time_pretrainers(
+    cfg: &MoolaConfig,
+    args: &BenchArgs,
+    device: DeviceKind,
+) -> Result<(Vec<Timing>, Vec<Timing>)> {
+    if args.pretrain_windows < 20 {
+        bail!(
+            "--pretrain-windows {} is too few (10% validate; at least 20)",
+            args.pretrain_windows
+        );
+    }
+    if args.pretrain_epochs == 0 {
+        bail!("--pretrain-epochs must be at least 1");
+    }
+    let data = synthetic_windows(args.pretrain_windows, cfg.seed);
+    let mut rows = Vec::new();
+    let mut torch = Vec::new();
+    for &method in &args.pretrain {
+        let precision = match method {
+            PretrainMethod::MaskedLstm => cfg.pretrain.masked_lstm.precision,
+            PretrainMethod::TsTcc => cfg.pretrain.ts_tcc.precision,
+        }
+        .resolve(device);
+        eprintln!(
+            "timing {} pre-training epochs of {method} on burn-{} ({} windows) ...",
+            args.pretrain_epochs,
+            device.resolve(),
+            args.pretrain_windows
+        );
+        let job = TimePretrain {
+            method,
+            config: cfg.clone(),
+            data: data.clone(),
+            epochs: args.pretrain_epochs,
+            precision,
+        };
+        let mut t = time_model(
+            &format!("pretrain:{method}"),
+            device,
+            (job, precision),
+            None,
+        )?;
+        t.sync_share = None;
+        rows.push(t);
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/moola_pretrain.py");
+        torch.extend(
+            args.torch
+                .run::<Vec<Timing>>(
+                    &script,
+                    &[
+                        ("--methods", method.to_string()),
+                        ("--windows", args.pretrain_windows.to_string()),
+                        ("--epochs", args.pretrain_epochs.to_string()),
+                        ("--batch-size", pretrain_batch_size(cfg, method).to_string()),
+                    ],
+                )
+                .unwrap_or_default(),
+        );
+    }
+    Ok((rows, torch))
+}
+
 fn variants(
     cfg: &MoolaConfig,
     models: &[String],
 ) -> Result<Vec<(String, ModelSpec, crate::train::TrainConfig)>> {
     let mut out = Vec::new();
-    for m in models {
+    for m in models.iter().filter(|m| !m.is_empty()) {
         let (name, pointers) = match m.strip_suffix("+pointers") {
             Some(base) => (base, true),
             None => (m.as_str(), false),
@@ -284,17 +429,35 @@ pub fn run(
             for &d in &devices {
                 eprintln!("timing {name} on burn-{d} in precision {precision} ...");
                 let job = TimeSteps::new(&spec, &train, &data, args, precision);
-                rows.push(time_model(&name, d, job, None)?);
+                rows.push(time_model(&name, d, (job, precision), None)?);
             }
         }
     }
-    let torch = torch_timings(args).unwrap_or_default();
-    println!(
-        "one training step, batch {} × 105 × 4, median of {} steps ({} CPU threads)",
-        args.batch_size,
-        args.steps,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    let classifiers = !variants(cfg, &args.models)?.is_empty();
+    let mut torch = if classifiers {
+        torch_timings(args).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if !args.pretrain.is_empty() {
+        let (burn_rows, torch_rows) = time_pretrainers(cfg, args, device)?;
+        rows.extend(burn_rows);
+        torch.extend(torch_rows);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if classifiers {
+        println!(
+            "one training step, batch {} × 105 × 4, median of {} steps ({threads} CPU threads)",
+            args.batch_size, args.steps,
+        );
+    }
+    if !args.pretrain.is_empty() {
+        println!(
+            "pretrain:* rows: one pre-training epoch (ms/epoch) over {} windows, validation \
+             included ({threads} CPU threads)",
+            args.pretrain_windows
+        );
+    }
     println!(
         "{:<26} {:<14} {:>10} {:>10} {:>12} {:>12} {:>10}",
         "model", "backend", "precision", "loss", "ms/step", "torch ms", "ratio"
@@ -326,13 +489,12 @@ pub fn run(
 }
 
 /// Runs `job` on `device` (as one data-parallel worker with `dist`) and summarises its timings.
-fn time_model(
+fn time_model<J: DistJob<Output = StepTimes>>(
     name: &str,
     device: DeviceKind,
-    job: TimeSteps,
+    (job, precision): (J, Precision),
     dist: Option<DistConfig>,
 ) -> Result<Timing> {
-    let precision = job.precision;
     let parallel = dist.is_some();
     let times = launch_workers(device, &[], dist, job)?;
     let share: Vec<f64> = times
@@ -384,7 +546,12 @@ fn run_worker(
     for (name, spec, train) in variants(cfg, &args.models)? {
         for precision in precisions(args, &train, device) {
             let job = TimeSteps::new(&spec, &train, &data, args, precision);
-            out.push(time_model(&name, device, job, Some(dist.clone()))?);
+            out.push(time_model(
+                &name,
+                device,
+                (job, precision),
+                Some(dist.clone()),
+            )?);
         }
     }
     kiln::io::write_json(path, &out)

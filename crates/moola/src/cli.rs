@@ -30,6 +30,7 @@ use crate::Classifier;
 use crate::config::MoolaConfig;
 use crate::data::{self, LabelMap, WindowSet};
 use crate::model::{InnerWindow, ModelSpec};
+pub use crate::pretrain::PretrainMethod;
 use crate::train::RunOptions;
 
 /// moola: classifiers of fixed-length OHLC windows (SimpleLSTM, CNN-Transformer, RWKV-TS) on Burn.
@@ -164,15 +165,6 @@ pub struct TrainArgs {
     pub freeze_encoder: Option<bool>,
     #[command(flatten)]
     overrides: Overrides,
-}
-
-/// Which encoder `pretrain` trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PretrainMethod {
-    /// Masked BiLSTM autoencoder: SimpleLSTM's encoder.
-    MaskedLstm,
-    /// TS-TCC contrastive pre-training: the CNN-Transformer's encoder.
-    TsTcc,
 }
 
 /// `pretrain` arguments (and the reference's `pretrain-bilstm` / `pretrain-tcc` flags).

@@ -6,3 +6,21 @@
 
 pub mod masked_lstm;
 pub mod ts_tcc;
+
+/// Which encoder a pre-training run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PretrainMethod {
+    /// Masked BiLSTM autoencoder: SimpleLSTM's encoder.
+    MaskedLstm,
+    /// TS-TCC contrastive pre-training: the CNN-Transformer's encoder.
+    TsTcc,
+}
+
+impl std::fmt::Display for PretrainMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MaskedLstm => "masked-lstm",
+            Self::TsTcc => "ts-tcc",
+        })
+    }
+}

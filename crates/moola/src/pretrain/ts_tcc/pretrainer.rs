@@ -180,6 +180,9 @@ pub struct Pretrained<B: AutodiffBackend> {
     pub model: TsTcc<B>,
     /// Loss history and best epoch.
     pub history: PretrainHistory,
+    /// kiln's per-epoch metrics rows (with `lr` and the timings `epoch_seconds`,
+    /// `samples_per_second`).
+    pub metrics: Vec<(usize, Row)>,
     /// Epochs run.
     pub epochs: usize,
     /// Whether early stopping ended the run.
@@ -415,6 +418,7 @@ pub fn pretrain<B: AutodiffBackend>(
     Ok(Pretrained {
         model: outcome.model,
         history,
+        metrics: outcome.history,
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
         restored_best: outcome.restored_best,
