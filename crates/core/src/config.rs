@@ -14,7 +14,10 @@
 //!   `'market1501'` both give the string `market1501`, `[0]` is a list, `1e-4` a float, `False` a
 //!   bool, `(40, 70)` a list;
 //! * a key that the defaults do not have is an error naming the key and where it came from;
-//! * the new value's type must match the default's type (lists and tuples are the same type).
+//! * the new value's type must match the default's type (lists and tuples are the same type),
+//!   except that `None` may replace a value (not a section) and any value may replace a `None`
+//!   default, like yacs (an optional setting switched off, e.g. `grad_clip: null`; the typed
+//!   struct still rejects a `None` where the field is not optional, naming the key).
 //!   Two deliberate widenings, both of which yacs would reject: an integer is accepted where the
 //!   default is a float, since `BASE_LR: 1` in a YAML file means `1.0`; and an integer is
 //!   accepted, as its decimal text, where the default is a string, since Lightning's precision
@@ -282,7 +285,7 @@ fn coerce(old: &Value, new: Value, key: &str, source: &Source) -> Result<Value> 
         )
     };
     match (ko, kn) {
-        (Kind::None, _) => Ok(new),
+        (Kind::None, _) | (_, Kind::None) => Ok(new),
         (a, b) if a == b && a != Kind::List => Ok(new),
         (Kind::Str, Kind::Int) => new
             .to_i128()

@@ -91,6 +91,11 @@ impl<S: LrScheduler> ScheduledLr<S> {
         self.started
     }
 
+    /// The rate the next [`ScheduledLr::advance`] gives (times the multiplier), without stepping.
+    pub fn next_lr(&self) -> f64 {
+        self.scheduler.clone().step() * self.factor
+    }
+
     /// Named byte sections: the scheduler record and the rate bookkeeping.
     pub fn state<B: Backend>(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let lr = [self.factor, self.current]
@@ -127,13 +132,12 @@ impl<S: LrScheduler> ScheduledLr<S> {
 
 impl<S: LrScheduler> LrControl for ScheduledLr<S> {
     fn lr(&self) -> f64 {
-        let scheduled = if self.started {
-            self.current
+        if self.started {
+            self.current * self.factor
         } else {
             // Before the first step: the rate the first step will use.
-            self.scheduler.clone().step()
-        };
-        scheduled * self.factor
+            self.next_lr()
+        }
     }
     fn scale_lr(&mut self, factor: f64) {
         self.factor *= factor;
@@ -177,7 +181,12 @@ impl<O, S: LrScheduler> Standard<O, S> {
 
 impl<O, S: LrScheduler> LrControl for Standard<O, S> {
     fn lr(&self) -> f64 {
-        self.lr.lr()
+        match self.interval {
+            // Every update advances the scheduler first: the next one uses its next value, not
+            // the value of the update before (the trainer logs this as the epoch's `lr`).
+            Interval::Step => self.lr.next_lr(),
+            Interval::Epoch => self.lr.lr(),
+        }
     }
     fn scale_lr(&mut self, factor: f64) {
         self.lr.scale_lr(factor);

@@ -64,6 +64,8 @@ struct Regression {
     y: Vec<f32>,
     /// When set, validate() reports these losses instead of the real one.
     scripted_val: Option<Vec<f64>>,
+    /// When set, validate() also reports these as `val_acc`.
+    scripted_acc: Option<Vec<f64>>,
     /// Weights seen at each validation.
     seen: Vec<Vec<f32>>,
 }
@@ -83,6 +85,7 @@ impl Regression {
             x,
             y,
             scripted_val: None,
+            scripted_acc: None,
             seen: Vec::new(),
         }
     }
@@ -142,7 +145,11 @@ impl Task<B> for Regression {
                 f64::from(l)
             }
         };
-        Ok([("val_loss".to_string(), loss)].into())
+        let mut row: Row = [("val_loss".to_string(), loss)].into();
+        if let Some(acc) = &self.scripted_acc {
+            row.insert("val_acc".into(), acc[info.epoch]);
+        }
+        Ok(row)
     }
 }
 
@@ -518,4 +525,284 @@ fn mixed_precision_trains_like_f32_and_resumes_exactly() {
         [65536.0, 131072.0].contains(&s_straight.scale),
         "{s_straight:?}"
     );
+}
+
+/// AdamW that records the learning rate of every update it applies.
+#[derive(Clone)]
+struct LrProbe<O> {
+    inner: O,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+}
+
+impl<O: burn::optim::Optimizer<Net<B>, B>> burn::optim::Optimizer<Net<B>, B> for LrProbe<O> {
+    type Record = O::Record;
+    fn step(&mut self, lr: f64, module: Net<B>, grads: burn::optim::GradientsParams) -> Net<B> {
+        self.seen.lock().unwrap().push(lr);
+        self.inner.step(lr, module, grads)
+    }
+    fn step_multi(
+        &mut self,
+        lr: f64,
+        module: Net<B>,
+        grads: burn::optim::MultiGradientsParams,
+    ) -> Net<B> {
+        self.seen.lock().unwrap().push(lr);
+        self.inner.step_multi(lr, module, grads)
+    }
+    fn to_record(&self) -> Self::Record {
+        self.inner.to_record()
+    }
+    fn load_record(self, record: Self::Record) -> Self {
+        Self {
+            inner: self.inner.load_record(record),
+            seen: self.seen,
+        }
+    }
+}
+
+/// What a scheduled run did: final weights, epoch metrics, and the rate of every update.
+struct Scheduled {
+    weights: Vec<f32>,
+    history: Vec<(usize, Row)>,
+    step_lrs: Vec<f64>,
+}
+
+/// 64 samples in batches of 8: this many optimiser steps per epoch.
+const STEPS_PER_EPOCH: usize = 8;
+
+fn train_scheduled<S: burn::optim::lr_scheduler::LrScheduler>(
+    scheduler: S,
+    interval: Interval,
+    epochs: usize,
+    run_dir: &Path,
+    resume: bool,
+) -> Scheduled {
+    let device = Default::default();
+    seed::seed_backend::<B>(&device, 11, "init", 0);
+    let model = Net::<B>::new(&device);
+    let mut task = Regression::new(64, false);
+    let mut cfg = TrainerConfig::new(epochs);
+    cfg.seed = 11;
+    cfg.run_dir = Some(run_dir.to_path_buf());
+    cfg.resume_from = resume.then(|| run_dir.join("checkpoints/last.ckpt"));
+    cfg.progress = false;
+    let seen = std::sync::Arc::default();
+    let probe = LrProbe {
+        inner: AdamWConfig::new().with_epsilon(1e-8).init::<B, Net<B>>(),
+        seen: std::sync::Arc::clone(&seen),
+    };
+    let mut optim = Standard::new(probe, scheduler, interval);
+    let out = Trainer::new(cfg)
+        .with_callback(ModelCheckpoint::last_only())
+        .fit(&mut task, model, &mut optim, &device)
+        .unwrap();
+    let step_lrs = seen.lock().unwrap().clone();
+    Scheduled {
+        weights: out.model.weights(),
+        history: out.history,
+        step_lrs,
+    }
+}
+
+/// Runs `epochs` epochs straight, and `split` epochs then a resume to `epochs`; checks that both
+/// give the same weights, the same update-by-update learning rates, and the same logged ones.
+fn check_scheduled_resume<S: burn::optim::lr_scheduler::LrScheduler>(
+    make: impl Fn() -> S,
+    interval: Interval,
+    epochs: usize,
+    split: usize,
+) -> Vec<f64> {
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = train_scheduled(make(), interval, epochs, straight_dir.path(), false);
+    let split_dir = tempfile::tempdir().unwrap();
+    let first = train_scheduled(make(), interval, split, split_dir.path(), false);
+    let second = train_scheduled(make(), interval, epochs, split_dir.path(), true);
+
+    assert_eq!(straight.step_lrs.len(), epochs * STEPS_PER_EPOCH);
+    assert_eq!(first.step_lrs.len(), split * STEPS_PER_EPOCH);
+    assert_eq!(
+        second.step_lrs.len(),
+        (epochs - split) * STEPS_PER_EPOCH,
+        "the resumed run re-ran epochs"
+    );
+    let resumed_lrs: Vec<f64> = first
+        .step_lrs
+        .iter()
+        .chain(&second.step_lrs)
+        .copied()
+        .collect();
+    assert_eq!(
+        resumed_lrs, straight.step_lrs,
+        "{interval:?}: the learning rates after resuming are not the uninterrupted run's"
+    );
+    assert_eq!(
+        second.weights, straight.weights,
+        "{interval:?}: resumed weights differ from an uninterrupted run"
+    );
+    // metrics.csv: the same rows (the resumed run's earlier epochs are read back from it), and
+    // the `lr` of an epoch is the rate of its first update.
+    assert_eq!(second.history.len(), epochs);
+    for ((e1, r1), (e2, r2)) in straight.history.iter().zip(&second.history) {
+        assert_eq!(e1, e2);
+        for key in ["lr", "train_loss", "val_loss"] {
+            assert_eq!(r1[key], r2[key], "{interval:?}: `{key}` of epoch {e1}");
+        }
+        assert_eq!(
+            r1["lr"],
+            straight.step_lrs[e1 * STEPS_PER_EPOCH],
+            "{interval:?}: logged lr of epoch {e1} is not the rate its first step used"
+        );
+    }
+    straight.step_lrs
+}
+
+#[test]
+fn resume_with_a_changing_learning_rate_continues_the_schedule() {
+    let _guard = seed::global_lock();
+    use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+
+    // Per-step cosine annealing from 0.05 to 0.001 over the 48 steps of 6 epochs, interrupted
+    // mid-schedule after 3 epochs.
+    let (max, min, iters) = (0.05, 0.001, 6 * STEPS_PER_EPOCH - 1);
+    let cosine = || {
+        CosineAnnealingLrSchedulerConfig::new(max, iters)
+            .with_min_lr(min)
+            .init()
+            .unwrap()
+    };
+    let lrs = check_scheduled_resume(cosine, Interval::Step, 6, 3);
+    for (i, lr) in lrs.iter().enumerate() {
+        let expected = min
+            + 0.5 * (max - min) * (1.0 + (i as f64 / iters as f64 * std::f64::consts::PI).cos());
+        assert!(
+            (lr - expected).abs() < 1e-12,
+            "step {i}: {lr} vs {expected}"
+        );
+    }
+    assert_eq!((lrs[0], *lrs.last().unwrap()), (max, min));
+
+    // Per-epoch warm-up then step decay (γ = 0.5 at epochs 2 and 4), interrupted after 3 epochs.
+    let multistep = || kiln::optim::WarmupMultiStepLr::new(0.04, 2, vec![2, 4], 0.5);
+    let lrs = check_scheduled_resume(multistep, Interval::Epoch, 6, 3);
+    let per_epoch: Vec<f64> = lrs.chunks(STEPS_PER_EPOCH).map(|c| c[0]).collect();
+    assert_eq!(per_epoch, [0.02, 0.04, 0.02, 0.02, 0.01, 0.01]);
+    for chunk in lrs.chunks(STEPS_PER_EPOCH) {
+        assert!(chunk.iter().all(|&lr| lr == chunk[0]), "{chunk:?}");
+    }
+}
+
+/// The `best-*` checkpoint files of a directory.
+fn best_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("best-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The epoch count, metrics and weights stored in a checkpoint.
+fn checkpoint_weights(path: &Path) -> (usize, Row, Vec<f32>) {
+    let device = Default::default();
+    let (meta, sections) = kiln::checkpoint::read_checkpoint(path).unwrap();
+    let record =
+        kiln::checkpoint::record_from_bytes::<B, _>(sections["model"].clone(), &device).unwrap();
+    let net = kiln::checkpoint::load_checked(Net::<B>::new(&device), record, "best").unwrap();
+    (meta.epochs_completed, meta.metrics, net.weights())
+}
+
+/// Non-monotonic validation losses: the lowest is epoch 3, then 5 and 1.
+const SCRIPTED_LOSS: [f64; 6] = [0.9, 0.4, 0.7, 0.3, 0.5, 0.35];
+/// Non-monotonic validation accuracies: the highest is epoch 1, then 3.
+const SCRIPTED_ACC: [f64; 6] = [0.2, 0.9, 0.5, 0.8, 0.7, 0.1];
+
+/// Fits with the scripted validation metrics and the given checkpoint callbacks; returns the
+/// weights seen at every validation.
+fn fit_scripted(
+    epochs: usize,
+    run_dir: &Path,
+    resume: bool,
+    checkpoints: Vec<ModelCheckpoint>,
+) -> Vec<Vec<f32>> {
+    let device = Default::default();
+    seed::seed_backend::<B>(&device, 3, "init", 0);
+    let mut task = Regression::new(32, false);
+    task.scripted_val = Some(SCRIPTED_LOSS.to_vec());
+    task.scripted_acc = Some(SCRIPTED_ACC.to_vec());
+    let mut cfg = TrainerConfig::new(epochs);
+    cfg.seed = 3;
+    cfg.progress = false;
+    cfg.run_dir = Some(run_dir.to_path_buf());
+    cfg.resume_from = resume.then(|| run_dir.join("checkpoints/last.ckpt"));
+    let mut trainer = Trainer::new(cfg);
+    for cb in checkpoints {
+        trainer = trainer.with_callback(cb);
+    }
+    trainer
+        .fit(&mut task, Net::<B>::new(&device), &mut optim(), &device)
+        .unwrap();
+    task.seen
+}
+
+#[test]
+fn best_checkpoints_hold_the_best_epochs_by_the_monitor_mode() {
+    let _guard = seed::global_lock();
+    // Neither the best loss nor the best accuracy is at the last epoch.
+    let dir = tempfile::tempdir().unwrap();
+    let (min_dir, max_dir) = (dir.path().join("min"), dir.path().join("max"));
+    let seen = fit_scripted(
+        6,
+        dir.path(),
+        false,
+        vec![
+            ModelCheckpoint::best("val_loss", Mode::Min, 1).with_dir(&min_dir),
+            ModelCheckpoint::best("val_acc", Mode::Max, 2).with_dir(&max_dir),
+        ],
+    );
+    assert_eq!(seen.len(), 6);
+    for e in 1..6 {
+        assert_ne!(seen[e], seen[e - 1], "the weights must change every epoch");
+    }
+
+    let best = best_files(&min_dir);
+    assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
+    let (epochs, metrics, weights) = checkpoint_weights(&min_dir.join(&best[0]));
+    assert_eq!((epochs, metrics["val_loss"]), (4, 0.3));
+    assert_eq!(
+        weights, seen[3],
+        "the min-mode best checkpoint holds other weights"
+    );
+
+    let best = best_files(&max_dir);
+    assert_eq!(
+        best,
+        [
+            "best-epoch=001-val_acc=0.900000.ckpt",
+            "best-epoch=003-val_acc=0.800000.ckpt"
+        ],
+        "{best:?}"
+    );
+    for (file, epoch) in best.iter().zip([1, 3]) {
+        let (epochs, metrics, weights) = checkpoint_weights(&max_dir.join(file));
+        assert_eq!(epochs, epoch + 1);
+        assert_eq!(metrics["val_acc"], SCRIPTED_ACC[epoch]);
+        assert_eq!(weights, seen[epoch], "{file} holds other weights");
+    }
+    // last.ckpt is the last epoch's, not a best one.
+    let (epochs, _, weights) = checkpoint_weights(&min_dir.join("last.ckpt"));
+    assert_eq!((epochs, &weights), (6, &seen[5]));
+
+    // Across a resume: after 2 epochs the best is epoch 1; the resumed run replaces it by epoch
+    // 3 (deleting epoch 1's file) and keeps it against epoch 5's 0.35.
+    let split = tempfile::tempdir().unwrap();
+    let ckpt = || ModelCheckpoint::best("val_loss", Mode::Min, 1);
+    fit_scripted(2, split.path(), false, vec![ckpt()]);
+    let dir = split.path().join("checkpoints");
+    assert_eq!(best_files(&dir), ["best-epoch=001-val_loss=0.400000.ckpt"]);
+    fit_scripted(6, split.path(), true, vec![ckpt()]);
+    let best = best_files(&dir);
+    assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
+    let (epochs, _, weights) = checkpoint_weights(&dir.join(&best[0]));
+    assert_eq!((epochs, &weights), (4, &seen[3]));
 }

@@ -156,6 +156,7 @@ impl MoolaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::InnerWindow;
 
     fn ov(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -216,6 +217,102 @@ mod tests {
         assert!(err.to_string().contains("cv_folds"), "{err}");
         let err = MoolaConfig::load(None, &ov(&["rwkv_ts.model.d_model", "big"])).unwrap_err();
         assert!(err.to_string().contains("rwkv_ts.model.d_model"), "{err}");
+    }
+
+    /// What `moola train` does with a run's configuration: `config.yaml` in the run directory.
+    fn dump_and_reload(cfg: &MoolaConfig) -> (String, Result<MoolaConfig>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        kiln::config::dump_yaml(cfg, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        (text, MoolaConfig::load(Some(&path), &[]))
+    }
+
+    #[test]
+    fn dumped_config_reloads_to_the_same_config() {
+        // The defaults: `None` fields (focal α, windows, encoder path) are dumped as null.
+        let defaults = MoolaConfig::load(None, &[]).unwrap();
+        let (text, back) = dump_and_reload(&defaults);
+        assert!(text.contains("focal_alpha: null"), "{text}");
+        assert!(text.contains("window: null"), "{text}");
+        assert_eq!(back.unwrap(), defaults);
+
+        // Values everywhere: None where the default has a value, values where it has None,
+        // mapping-valued options, nested sections, lists, paths, enums and strings.
+        let mut cfg = MoolaConfig::load(
+            None,
+            &ov(&[
+                "seed",
+                "7",
+                "cv_folds",
+                "3",
+                "paths.artifacts_dir",
+                "runs/art",
+                "cnn_transformer.model.window",
+                "{'start': 10, 'end': 20}",
+                "cnn_transformer.model.cnn_channels",
+                "[8, 8, 16]",
+                "cnn_transformer.train.focal_alpha",
+                "[1.0, 1.17]",
+                "cnn_transformer.train.precision",
+                "bf16-mixed",
+                "simple_lstm.train.encoder.path",
+                "enc/encoder",
+                "simple_lstm.train.temporal_aug.per_sample_flips",
+                "True",
+                "rwkv_ts.model.readout",
+                "mean",
+                "rwkv_ts.train.learning_rate",
+                "1e-5",
+                "pretrain.masked_lstm.mask_strategy",
+                "block",
+            ]),
+        )
+        .unwrap();
+        cfg.pretrain.ts_tcc.grad_clip = None;
+        let (text, back) = dump_and_reload(&cfg);
+        assert!(text.contains("grad_clip: null"), "{text}");
+        let back = back.unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        assert_eq!(back, cfg);
+        assert_eq!(
+            back.cnn_transformer.model.window,
+            Some(InnerWindow { start: 10, end: 20 })
+        );
+        assert_eq!(back.pretrain.ts_tcc.grad_clip, None);
+
+        // A `None` given as an override reaches the config too, like yacs.
+        let cfg = MoolaConfig::load(None, &ov(&["pretrain.ts_tcc.grad_clip", "None"])).unwrap();
+        assert_eq!(cfg.pretrain.ts_tcc.grad_clip, None);
+        // ...but not where the setting is not optional.
+        for key in ["simple_lstm.train.n_epochs", "rwkv_ts.train.temporal_aug"] {
+            let err = MoolaConfig::load(None, &ov(&[key, "None"])).unwrap_err();
+            assert!(format!("{err:#}").contains(&format!("`{key}`")), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn a_reloaded_config_with_an_unknown_key_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        let cfg = MoolaConfig::load(None, &[]).unwrap();
+        kiln::config::dump_yaml(&cfg, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // A key a newer version (or a typo) added, nested in a section and at the top level.
+        for (edited, key) in [
+            (
+                text.replacen("  train:\n", "  train:\n    n_epoch: 3\n", 1),
+                "train.n_epoch",
+            ),
+            (format!("{text}learning_rate: 0.1\n"), "learning_rate"),
+        ] {
+            std::fs::write(&path, &edited).unwrap();
+            let err = format!("{:#}", MoolaConfig::load(Some(&path), &[]).unwrap_err());
+            assert!(
+                err.contains(&format!("{key}`")) && err.contains("unknown config key"),
+                "{err}"
+            );
+            assert!(err.contains("config.yaml"), "{err}");
+        }
     }
 
     #[test]

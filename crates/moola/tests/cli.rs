@@ -612,3 +612,122 @@ fn pretrain_then_train_from_the_encoder_then_stack_and_audit() {
         "{audit:?}"
     );
 }
+
+/// Predicted probabilities of a saved model on a set, through the library.
+fn probabilities(model: &Path, data: &WindowSet) -> Vec<Vec<f64>> {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let clf = moola::Classifier::<B>::load(model, Default::default(), Default::default())
+        .expect("the saved model loads");
+    clf.predict_proba(data).expect("the saved model predicts")
+}
+
+/// Every float parameter of a saved model, by path, in visiting order.
+fn weights(model: &Path) -> Vec<(String, Vec<f32>)> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::{Tensor, backend::Backend};
+    type B = burn::backend::Flex;
+    struct Collect(Vec<String>, Vec<(String, Vec<f32>)>);
+    impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+            let values = param.val().into_data().convert::<f32>().to_vec().unwrap();
+            self.1.push((self.0.join("."), values));
+        }
+    }
+    let (net, _) = moola::model::load::<B>(model, &Default::default()).unwrap();
+    let mut v = Collect(Vec::new(), Vec::new());
+    net.visit(&mut v);
+    assert!(!v.1.is_empty());
+    v.1
+}
+
+/// `metrics.csv` rows without the wall-clock columns.
+fn loss_rows(path: &Path) -> Vec<(usize, Vec<(String, f64)>)> {
+    kiln::metric_log::read_csv(path)
+        .unwrap()
+        .into_iter()
+        .map(|(e, row)| {
+            let kept = row
+                .into_iter()
+                .filter(|(k, _)| k != "epoch_seconds" && k != "samples_per_second")
+                .collect();
+            (e, kept)
+        })
+        .collect()
+}
+
+#[test]
+fn resumed_training_gives_the_uninterrupted_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let set = windows();
+    write_parquet(&set, &root.join("w.parquet"), FeatureLayout::Flat).unwrap();
+    let train = |out: &str, epochs: &str, resume: Option<&str>| {
+        let mut args = vec![
+            "--quiet",
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            "w.parquet",
+            "--out",
+            out,
+        ];
+        if let Some(ckpt) = resume {
+            args.extend_from_slice(&["--resume", ckpt]);
+        }
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(&["simple_lstm.train.n_epochs", epochs]);
+        ok(&moola(&args, root))
+    };
+    train("full", "5", None);
+    train("split", "2", None);
+    let halfway = probabilities(&root.join("split/model"), &set);
+    let first_rows = kiln::metric_log::read_csv(&root.join("split/metrics.csv")).unwrap();
+    train("split", "5", Some("split/checkpoints/last.ckpt"));
+    // It did resume: the first two epochs' rows (their timings included) were not re-run.
+    let rows = kiln::metric_log::read_csv(&root.join("split/metrics.csv")).unwrap();
+    assert_eq!(
+        rows[..2],
+        first_rows[..],
+        "the first two epochs were trained again"
+    );
+
+    // The same final model: bit-equal probabilities and weight files.
+    let full = probabilities(&root.join("full/model"), &set);
+    let resumed = probabilities(&root.join("split/model"), &set);
+    assert_eq!(full, resumed, "the resumed run predicts differently");
+    assert_ne!(full, halfway, "5 epochs should differ from 2");
+    // The weight files hold the same tensors (their random parameter ids differ).
+    let (full, resumed) = (
+        weights(&root.join("full/model")),
+        weights(&root.join("split/model")),
+    );
+    assert_eq!(full.len(), resumed.len());
+    for ((name, a), (_, b)) in full.iter().zip(&resumed) {
+        assert!(a == b, "the resumed run saved another `{name}`");
+    }
+
+    // The same training curve, epoch by epoch (validation losses included).
+    let full_rows = loss_rows(&root.join("full/metrics.csv"));
+    assert_eq!(full_rows.len(), 5);
+    assert_eq!(full_rows, loss_rows(&root.join("split/metrics.csv")));
+    let report = |run: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join(run).join("report.json")).unwrap()).unwrap()
+    };
+    let (full, resumed) = (report("full"), report("split"));
+    assert_eq!(full["fit"], resumed["fit"]);
+    assert_eq!(full["test_metrics"], resumed["test_metrics"]);
+
+    // The run's config.yaml reloads to the configuration the command line gave.
+    let mut given: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    given.extend(["simple_lstm.train.n_epochs".into(), "5".into()]);
+    let expected = moola::MoolaConfig::load(None, &given).unwrap();
+    let dumped = moola::MoolaConfig::load(Some(&root.join("split/config.yaml")), &[]).unwrap();
+    assert_eq!(dumped, expected);
+}

@@ -595,3 +595,341 @@ fn cli_oof_end_to_end() {
     assert!(err.contains("fold_1.json"), "{err}");
     assert_eq!(std::fs::read(&npy).unwrap(), before);
 }
+
+/// Classification metrics recomputed here from labels and probability rows, independently of
+/// `kiln::metrics`: scikit-learn's definitions (argmax with the first index on ties, P/R/F1 with
+/// zero_division=0, macro and weighted averages over the labels present in y_true ∪ y_pred,
+/// log-loss with probabilities clipped to [ε, 1−ε] and renormalised) and moola's ECE (10 bins,
+/// `lower < conf ≤ upper`) and Brier score (mean over N·C cells).
+#[derive(Debug)]
+struct Recomputed {
+    accuracy: f64,
+    macro_avg: [f64; 3],
+    weighted_avg: [f64; 3],
+    per_class: Vec<[f64; 3]>,
+    support: Vec<usize>,
+    confusion: Vec<Vec<usize>>,
+    ece: f64,
+    brier: f64,
+    log_loss: f64,
+}
+
+fn recompute(y: &[usize], proba: &[Vec<f64>]) -> Recomputed {
+    let (n, c) = (y.len(), proba[0].len());
+    assert_eq!(proba.len(), n);
+    let pred: Vec<usize> = proba
+        .iter()
+        .map(|row| {
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            row.iter().position(|&p| p == max).unwrap()
+        })
+        .collect();
+    let mut confusion = vec![vec![0usize; c]; c];
+    for (&t, &p) in y.iter().zip(&pred) {
+        confusion[t][p] += 1;
+    }
+    let div = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
+    let per_class: Vec<[f64; 3]> = (0..c)
+        .map(|k| {
+            let tp = confusion[k][k] as f64;
+            let predicted = (0..c).map(|t| confusion[t][k]).sum::<usize>() as f64;
+            let actual = confusion[k].iter().sum::<usize>() as f64;
+            let (p, r) = (div(tp, predicted), div(tp, actual));
+            [p, r, div(2.0 * p * r, p + r)]
+        })
+        .collect();
+    let support: Vec<usize> = (0..c)
+        .map(|k| y.iter().filter(|&&t| t == k).count())
+        .collect();
+    let present: Vec<usize> = (0..c)
+        .filter(|&k| y.contains(&k) || pred.contains(&k))
+        .collect();
+    let total: usize = present.iter().map(|&k| support[k]).sum();
+    let mut macro_avg = [0.0; 3];
+    let mut weighted_avg = [0.0; 3];
+    for &k in &present {
+        for m in 0..3 {
+            macro_avg[m] += per_class[k][m] / present.len() as f64;
+            weighted_avg[m] += per_class[k][m] * support[k] as f64 / total as f64;
+        }
+    }
+    let accuracy = y.iter().zip(&pred).filter(|(t, p)| t == p).count() as f64 / n as f64;
+    let mut ece = 0.0;
+    for b in 0..10 {
+        let (lower, upper) = (b as f64 / 10.0, (b + 1) as f64 / 10.0);
+        let members: Vec<usize> = (0..n)
+            .filter(|&i| proba[i][pred[i]] > lower && proba[i][pred[i]] <= upper)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let m = members.len() as f64;
+        let conf = members.iter().map(|&i| proba[i][pred[i]]).sum::<f64>() / m;
+        let hits = members.iter().filter(|&&i| pred[i] == y[i]).count() as f64 / m;
+        ece += m / n as f64 * (conf - hits).abs();
+    }
+    let brier = (0..n)
+        .flat_map(|i| (0..c).map(move |k| (i, k)))
+        .map(|(i, k)| (proba[i][k] - f64::from(u8::from(k == y[i]))).powi(2))
+        .sum::<f64>()
+        / (n * c) as f64;
+    let eps = f64::EPSILON;
+    let log_loss = (0..n)
+        .map(|i| {
+            let clipped: Vec<f64> = proba[i].iter().map(|p| p.clamp(eps, 1.0 - eps)).collect();
+            -(clipped[y[i]] / clipped.iter().sum::<f64>()).ln()
+        })
+        .sum::<f64>()
+        / n as f64;
+    Recomputed {
+        accuracy,
+        macro_avg,
+        weighted_avg,
+        per_class,
+        support,
+        confusion,
+        ece,
+        brier,
+        log_loss,
+    }
+}
+
+/// A recipe that trains the tiny SimpleLSTM to confidences from 0.48 to 0.88 in a few epochs,
+/// over- and under-confident in different bins (so that ECE depends on the binning).
+const CONFIDENT: &[&str] = &[
+    "simple_lstm.train.n_epochs",
+    "10",
+    "simple_lstm.train.learning_rate",
+    "0.05",
+    "simple_lstm.train.mixup_alpha",
+    "0.0",
+    "simple_lstm.train.temporal_aug.enabled",
+    "False",
+];
+
+/// The metrics tell averaging modes and binnings apart: some errors, macro ≠ weighted ≠ micro
+/// F1, and confidences in at least three ECE bins.
+fn assert_informative(r: &Recomputed, proba: &[Vec<f64>]) {
+    let mut bins: Vec<i64> = proba
+        .iter()
+        .map(|row| (row.iter().copied().fold(0.0, f64::max) * 10.0).ceil() as i64)
+        .collect();
+    bins.sort_unstable();
+    bins.dedup();
+    assert!(bins.len() >= 3, "confidence bins {bins:?}");
+    let [micro, macro_f1, weighted] = [r.accuracy, r.macro_avg[2], r.weighted_avg[2]];
+    assert!(micro < 1.0, "{r:?}");
+    assert!(
+        (macro_f1 - micro).abs() > 1e-3
+            && (weighted - micro).abs() > 1e-3
+            && (macro_f1 - weighted).abs() > 1e-3,
+        "{r:?}"
+    );
+}
+
+fn assert_close(what: &str, reported: &serde_json::Value, expected: f64, tol: f64) {
+    let got = reported
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {reported}"));
+    assert!(
+        (got - expected).abs() <= tol,
+        "{what}: reported {got}, recomputed {expected}"
+    );
+}
+
+/// Checks a serialised `ClassificationReport` against the recomputed metrics: counts exactly,
+/// P/R/F1 and accuracy within `tol`, the probability-based metrics within `prob_tol`.
+fn check_report(report: &serde_json::Value, r: &Recomputed, tol: f64, prob_tol: f64) {
+    assert_eq!(report["n"], r.support.iter().sum::<usize>());
+    assert_eq!(report["support"], serde_json::json!(r.support));
+    assert_eq!(report["confusion"], serde_json::json!(r.confusion));
+    assert_close("accuracy", &report["accuracy"], r.accuracy, tol);
+    for (m, name) in ["precision", "recall", "f1"].iter().enumerate() {
+        assert_close(
+            &format!("macro {name}"),
+            &report["macro_avg"][name],
+            r.macro_avg[m],
+            tol,
+        );
+        assert_close(
+            &format!("weighted {name}"),
+            &report["weighted_avg"][name],
+            r.weighted_avg[m],
+            tol,
+        );
+        for (k, prf) in r.per_class.iter().enumerate() {
+            assert_close(
+                &format!("class {k} {name}"),
+                &report["per_class"][k][name],
+                prf[m],
+                tol,
+            );
+        }
+    }
+    assert_close("ECE", &report["ece"], r.ece, prob_tol);
+    assert_close("Brier", &report["brier"], r.brier, prob_tol);
+    assert_close("log-loss", &report["log_loss"], r.log_loss, prob_tol);
+}
+
+/// 30 OHLC windows whose labels a model cannot all get right: two trend classes with every
+/// sixth up-trend labelled as a down-trend, and a small third class of down-trends (10/4/16
+/// windows), so that accuracy, macro and weighted averages all differ.
+fn noisy_windows() -> WindowSet {
+    let n = 30usize;
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let up = i % 2 == 0;
+        let drift = if up { 0.4f32 } else { -0.4 };
+        let mut close = 0.0f32;
+        for t in 0..105 {
+            let open = close;
+            close += drift + 0.1 * ((i * 7 + t * 3) % 5) as f32 - 0.2;
+            x.extend([open, open.max(close) + 0.1, open.min(close) - 0.1, close]);
+        }
+        let label = if i % 8 == 3 {
+            "expansion"
+        } else if up && i % 6 != 0 {
+            "consolidation"
+        } else {
+            "retracement"
+        };
+        labels.push(label.to_string());
+    }
+    WindowSet::new(
+        (0..n).map(|i| format!("win{i:02}")).collect(),
+        x,
+        105,
+        4,
+        Some(labels),
+        None,
+    )
+    .unwrap()
+}
+
+fn encode_sorted(labels: &[String]) -> (Vec<String>, Vec<usize>) {
+    let mut classes = labels.to_vec();
+    classes.sort();
+    classes.dedup();
+    let y = labels
+        .iter()
+        .map(|l| classes.iter().position(|c| c == l).unwrap())
+        .collect();
+    (classes, y)
+}
+
+#[test]
+fn oof_report_matches_the_npy_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let set = noisy_windows();
+    write_parquet(&set, &root.join("w.parquet"), FeatureLayout::Flat).unwrap();
+    let mut args = vec![
+        "--quiet",
+        "oof",
+        "--model",
+        "simple_lstm",
+        "--data",
+        "w.parquet",
+        "--k",
+        "3",
+        "--seed",
+        "9",
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(CONFIDENT);
+    let out = moola(&args, root);
+    assert!(out.status.success(), "{out:?}");
+
+    let art = root.join("art/oof/simple_lstm/v1");
+    let oof = read_npy(&art.join("seed_9.npy")).unwrap();
+    let proba: Vec<Vec<f64>> = oof.rows().into_iter().map(|r| r.to_vec()).collect();
+    let (_, y) = encode_sorted(set.labels.as_ref().unwrap());
+    let r = recompute(&y, &proba);
+    assert_informative(&r, &proba);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(art.join("seed_9.json")).unwrap()).unwrap();
+    assert_close("accuracy", &json["accuracy"], r.accuracy, 1e-12);
+    check_report(&json["report"], &r, 1e-12, 1e-12);
+}
+
+#[test]
+fn evaluate_metrics_match_its_out_of_fold_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let set = noisy_windows();
+    write_parquet(&set, &root.join("w.parquet"), FeatureLayout::Flat).unwrap();
+    let mut args = vec![
+        "--quiet",
+        "evaluate",
+        "--model",
+        "simple_lstm",
+        "--data",
+        "w.parquet",
+        "--out",
+        "cv",
+        "cv_folds",
+        "3",
+        "seed",
+        "9",
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(CONFIDENT);
+    let out = moola(&args, root);
+    assert!(out.status.success(), "{out:?}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("cv/metrics.json")).unwrap()).unwrap();
+
+    // The probabilities it wrote (6 decimals), row i = window i.
+    let mut csv = csv::Reader::from_path(root.join("cv/oof_probabilities.csv")).unwrap();
+    let (classes, y) = encode_sorted(set.labels.as_ref().unwrap());
+    assert_eq!(metrics["classes"], serde_json::json!(classes));
+    let mut proba = Vec::new();
+    for (i, rec) in csv.records().enumerate() {
+        let rec = rec.unwrap();
+        assert_eq!(&rec[0], set.ids[i]);
+        let row: Vec<f64> = (0..classes.len())
+            .map(|k| rec[2 + k].parse().unwrap())
+            .collect();
+        proba.push(row);
+    }
+    assert_eq!(proba.len(), set.len());
+    // The rounding to 6 decimals moves each probability by at most 5e-7.
+    let r = recompute(&y, &proba);
+    assert_informative(&r, &proba);
+    check_report(&metrics["oof"], &r, 1e-12, 1e-5);
+
+    // The per-fold metrics on each fold's held-out rows, and their means.
+    let folds = moola::splits::make_folds(&y, 3, 9).unwrap();
+    let details = metrics["fold_details"].as_array().unwrap();
+    assert_eq!(details.len(), 3);
+    let mut means = [0.0; 4];
+    for (fold, detail) in folds.iter().zip(details) {
+        assert_eq!(detail["val_size"], fold.val_idx.len());
+        let yv: Vec<usize> = fold.val_idx.iter().map(|&i| y[i]).collect();
+        let pv: Vec<Vec<f64>> = fold.val_idx.iter().map(|&i| proba[i].clone()).collect();
+        let r = recompute(&yv, &pv);
+        let values = [
+            r.accuracy,
+            r.weighted_avg[0],
+            r.weighted_avg[1],
+            r.weighted_avg[2],
+        ];
+        for ((name, v), mean) in ["accuracy", "precision", "recall", "f1"]
+            .iter()
+            .zip(values)
+            .zip(&mut means)
+        {
+            assert_close(
+                &format!("fold {} {name}", fold.fold),
+                &detail[name],
+                v,
+                1e-12,
+            );
+            *mean += v / 3.0;
+        }
+    }
+    for (name, mean) in ["accuracy", "precision", "recall", "f1"].iter().zip(means) {
+        assert_close(&format!("mean {name}"), &metrics[name], mean, 1e-12);
+    }
+}
