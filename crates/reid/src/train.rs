@@ -347,9 +347,52 @@ impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
     }
 }
 
-/// True when a run directory holds no checkpoint yet (a new run, not a resumed one).
-fn is_new_run(dir: &Path) -> bool {
-    !dir.join("checkpoints").exists()
+/// The run directory of a run that created it: when the run fails before writing its first
+/// checkpoint, the directory (with its `config.yaml` and `metrics.csv`) is removed again, with
+/// the parents the run created if they are left empty. A directory that existed before the run
+/// (a resumed run's, or one a caller chose) is never removed.
+struct NewRunDir {
+    dir: PathBuf,
+    /// The outermost directory this run created (`dir` or one of its parents).
+    created: PathBuf,
+    armed: bool,
+}
+
+impl NewRunDir {
+    /// Guards `dir` if it does not exist yet (call before creating it).
+    fn guard(dir: &Path) -> Option<Self> {
+        let mut created = None;
+        for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            if ancestor.exists() {
+                break;
+            }
+            created = Some(ancestor.to_path_buf());
+        }
+        created.map(|created| Self {
+            dir: dir.to_path_buf(),
+            created,
+            armed: true,
+        })
+    }
+
+    /// The run got as far as a checkpoint or succeeded: keep the directory.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for NewRunDir {
+    fn drop(&mut self) {
+        if !self.armed || self.dir.join("checkpoints").exists() {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for parent in self.dir.ancestors().skip(1) {
+            if !parent.starts_with(&self.created) || std::fs::remove_dir(parent).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Where a run writes: `<LOG_DIR>/<script>/version_N` (Lightning's layout), or the directory of
@@ -490,6 +533,8 @@ pub fn fit_model<B: AutodiffBackend>(
         // Other ranks never write; the path only keeps the summary's shape.
         None => PathBuf::from(cfg.derived_log_dir()),
     };
+    // A run that fails before its first checkpoint leaves nothing behind.
+    let new_dir = if main { NewRunDir::guard(&dir) } else { None };
     if main {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create run directory {}", dir.display()))?;
@@ -575,17 +620,10 @@ pub fn fit_model<B: AutodiffBackend>(
             .with_replica_check(options.check_replicas);
     }
     let mut optim = optimization::<B>(cfg);
-    let fresh_dir = main && is_new_run(&dir);
-    let outcome = match trainer.fit(&mut task, model, &mut optim, device) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            // A run that failed before its first checkpoint leaves nothing behind.
-            if fresh_dir && !dir.join("checkpoints").exists() {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            return Err(e);
-        }
-    };
+    let outcome = trainer.fit(&mut task, model, &mut optim, device)?;
+    if let Some(new_dir) = new_dir {
+        new_dir.keep();
+    }
     let best_checkpoint = (!options.in_memory)
         .then(|| std::fs::read_dir(dir.join("checkpoints")).ok())
         .flatten()

@@ -1452,3 +1452,223 @@ fn bundled_fashion_set_loads_with_the_documented_counts() {
     assert!((25..=250 / 8).contains(&plan.len()), "{}", plan.len());
     assert!(plan.iter().all(|b| b.len() == 32));
 }
+
+// ---------------------------------------------------------------------------------------------
+// P×K sampler: the reference's semantics over many epochs
+
+/// `count` must lie within 5 binomial standard deviations of `trials · p`.
+fn assert_binomial(what: &str, count: usize, trials: usize, p: f64) {
+    let mean = trials as f64 * p;
+    let sd = (trials as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (count as f64 - mean).abs() <= 5.0 * sd,
+        "{what}: {count} of {trials}, expected {mean:.1} ± 5·{sd:.1}"
+    );
+}
+
+/// The identities of each P-block of a plan, in order.
+fn block_labels(batches: &[Vec<PkItem>], k: usize) -> Vec<usize> {
+    batches
+        .iter()
+        .flat_map(|b| b.chunks(k).map(|c| c[0].label))
+        .collect()
+}
+
+#[test]
+fn sampler_leaves_out_a_uniformly_drawn_remainder_of_identities() {
+    // The reference serves every identity each epoch except the fewer than P·world_size whose
+    // occurrences are left when a full round can no longer be drawn, and which those are is
+    // uniform: `random.sample` over the available pids. 10 identities of one occurrence (4
+    // images) with P = 3: 3 rounds serve 9, exactly one is left out per epoch, each with
+    // probability 1/10.
+    let by_pid: Vec<Vec<usize>> = (0..10).map(|l| (l * 4..l * 4 + 4).collect()).collect();
+    let sampler = PkSampler::new(by_pid, 3, 4, false, 1, 0).unwrap();
+    let epochs = 3000;
+    let mut left_out = [0usize; 10];
+    for epoch in 0..epochs {
+        let served = block_labels(&sampler.epoch(21, epoch), 4);
+        assert_eq!(served.len(), 9, "epoch {epoch}");
+        let missing: Vec<usize> = (0..10).filter(|l| !served.contains(l)).collect();
+        assert_eq!(missing.len(), 1, "epoch {epoch}: {served:?}");
+        left_out[missing[0]] += 1;
+    }
+    for (label, &n) in left_out.iter().enumerate() {
+        assert_binomial(&format!("identity {label} left out"), n, epochs, 0.1);
+    }
+}
+
+#[test]
+fn sampler_draws_identities_uniformly_whatever_their_image_count() {
+    // Each round draws uniformly among the identities with occurrences left, not in proportion
+    // to their occurrences: in the first batch of an epoch every identity appears with
+    // probability P/N, whether it has 2 images (1 occurrence) or 12 (3 occurrences).
+    let sizes = [2, 12, 2, 12, 2, 12, 2, 12];
+    let mut by_pid = Vec::new();
+    let mut next = 0;
+    for n in sizes {
+        by_pid.push((next..next + n).collect::<Vec<usize>>());
+        next += n;
+    }
+    let (p, k) = (2, 4);
+    let sampler = PkSampler::new(by_pid, p, k, false, 1, 0).unwrap();
+    let epochs = 3000;
+    let mut first_batch = [0usize; 8];
+    let mut first_slot = [0usize; 8];
+    for epoch in 0..epochs {
+        let plan = sampler.epoch(4, epoch);
+        let labels = block_labels(&plan[..1], k);
+        assert_eq!(labels.len(), p);
+        for &l in &labels {
+            first_batch[l] += 1;
+        }
+        first_slot[labels[0]] += 1;
+    }
+    for label in 0..8 {
+        let what = format!("identity {label} ({} images)", sizes[label]);
+        assert_binomial(
+            &format!("{what} in the first batch"),
+            first_batch[label],
+            epochs,
+            0.25,
+        );
+        // The order within a batch is random too (the reference keeps `random.sample`'s order).
+        assert_binomial(
+            &format!("{what} first in it"),
+            first_slot[label],
+            epochs,
+            0.125,
+        );
+    }
+}
+
+#[test]
+fn sampler_reshuffles_the_instance_chunks_of_every_identity_each_epoch() {
+    // Each epoch shuffles every identity's images anew (the reference shuffles the remaining
+    // list before each pop): the split of an 8-image identity into two K = 4 chunks, and the
+    // order inside a chunk, change from epoch to epoch, uniformly: two given images share a
+    // chunk with probability 3/7.
+    let by_pid: Vec<Vec<usize>> = (0..3).map(|l| (l * 8..l * 8 + 8).collect()).collect();
+    let sampler = PkSampler::new(by_pid.clone(), 1, 4, false, 1, 0).unwrap();
+    // The chunks of identity 0 in serving order (P = 1: one chunk per batch).
+    let chunks_of = |seed: u64, epoch: usize| -> Vec<Vec<usize>> {
+        sampler
+            .epoch(seed, epoch)
+            .iter()
+            .filter(|b| b[0].label == 0)
+            .map(|b| b.iter().map(|it| it.index.unwrap()).collect())
+            .collect()
+    };
+    // Same seed and epoch: the same chunks; another epoch or seed: others.
+    assert_eq!(chunks_of(8, 3), chunks_of(8, 3));
+    assert_eq!(
+        chunks_of(8, 3),
+        PkSampler::new(by_pid.clone(), 1, 4, false, 1, 0)
+            .unwrap()
+            .epoch(8, 3)
+            .iter()
+            .filter(|b| b[0].label == 0)
+            .map(|b| b.iter().map(|it| it.index.unwrap()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
+    let epochs = 2000;
+    let mut partitions = BTreeSet::new();
+    let mut orders = BTreeSet::new();
+    let mut together = [[0usize; 8]; 8];
+    let mut changed = 0;
+    let mut previous: Option<Vec<Vec<usize>>> = None;
+    for epoch in 0..epochs {
+        let chunks = chunks_of(8, epoch);
+        assert_eq!(chunks.len(), 2);
+        let mut split: Vec<BTreeSet<usize>> =
+            chunks.iter().map(|c| c.iter().copied().collect()).collect();
+        assert_eq!(split[0].len() + split[1].len(), 8, "{chunks:?}");
+        split.sort();
+        partitions.insert(split);
+        orders.insert(chunks[0].clone());
+        for c in &chunks {
+            for &a in c {
+                for &b in c {
+                    together[a][b] += 1;
+                }
+            }
+        }
+        changed += usize::from(previous.as_ref().is_some_and(|p| *p != chunks));
+        previous = Some(chunks);
+    }
+    // 35 ways to split 8 images into two sets of 4; all of them turn up.
+    assert_eq!(partitions.len(), 35);
+    assert!(orders.len() > 1000, "{} first-chunk orders", orders.len());
+    assert!(
+        changed > epochs - 10,
+        "only {changed} epochs changed the chunks"
+    );
+    for (a, row) in together.iter().enumerate() {
+        for (b, &count) in row.iter().enumerate().skip(a + 1) {
+            assert_binomial(
+                &format!("images {a} and {b} in one chunk"),
+                count,
+                epochs,
+                3.0 / 7.0,
+            );
+        }
+    }
+    assert_ne!(chunks_of(8, 3), chunks_of(9, 3));
+}
+
+#[test]
+fn sampler_drops_the_single_leftover_image_when_n_mod_k_is_1() {
+    // n mod K == 1: the identity gets ceil((n − 1)/K) full chunks and its one remaining image
+    // sits this epoch out (the reference pops K at a time from its shuffled list and never
+    // serves a lone last image): no mock and no resampled padding, with either padding mode,
+    // and the image left out is drawn uniformly anew each epoch.
+    for k in [2usize, 3, 4] {
+        for n in [k + 1, 2 * k + 1, 3 * k + 1] {
+            let images: Vec<usize> = (0..n).collect();
+            // A second identity of K images so that P = 1 batches have company.
+            let by_pid = vec![images.clone(), (n..n + k).collect()];
+            for resampling in [false, true] {
+                let sampler = PkSampler::new(by_pid.clone(), 1, k, resampling, 1, 0).unwrap();
+                let epochs = 1000;
+                let mut left_out = vec![0usize; n];
+                for epoch in 0..epochs {
+                    let plan = sampler.epoch(2, epoch);
+                    let chunks: Vec<&Vec<PkItem>> =
+                        plan.iter().filter(|b| b[0].label == 0).collect();
+                    assert_eq!(chunks.len(), (n - 1) / k, "K {k}, n {n}");
+                    let served: BTreeSet<usize> = chunks
+                        .iter()
+                        .flat_map(|c| c.iter())
+                        .map(|it| it.index.expect("no mock for a full chunk"))
+                        .collect();
+                    assert_eq!(
+                        served.len(),
+                        n - 1,
+                        "K {k}, n {n}, epoch {epoch}: every chunk full and distinct: {chunks:?}"
+                    );
+                    let missing = images.iter().find(|i| !served.contains(i)).unwrap();
+                    left_out[*missing] += 1;
+                }
+                for (i, &c) in left_out.iter().enumerate() {
+                    assert_binomial(
+                        &format!("K {k}, n {n}: image {i} left out"),
+                        c,
+                        epochs,
+                        1.0 / n as f64,
+                    );
+                }
+            }
+        }
+    }
+    // n mod K == 2..K−1 is padded instead (n = 6, K = 4: a full chunk and a chunk of 2 plus 2
+    // mocks), and a single image (n mod K == 1 with n = 1) is no identity at all.
+    let sampler = PkSampler::new(vec![(0..6).collect(), vec![6]], 1, 4, false, 1, 0).unwrap();
+    let plan = sampler.epoch(0, 0);
+    assert_eq!(plan.len(), 2);
+    assert!(plan.iter().flatten().all(|it| it.label == 0));
+    let mocks = plan
+        .iter()
+        .flatten()
+        .filter(|it| it.index.is_none())
+        .count();
+    assert_eq!(mocks, 2);
+}
