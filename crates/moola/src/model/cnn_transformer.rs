@@ -38,11 +38,12 @@ use anyhow::{Context, bail};
 use burn::module::{Initializer, Param};
 use burn::nn::PaddingConfig1d;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::nn::{Dropout, DropoutConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{InnerWindow, ModelOutput};

@@ -44,11 +44,12 @@
 
 use anyhow::bail;
 use burn::module::{Initializer, Param};
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, sigmoid};
 use kiln::amp;
+use kiln::nn::{Dropout, DropoutConfig};
 use serde::{Deserialize, Serialize};
 
 use super::InnerWindow;

@@ -9,10 +9,11 @@
 
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use kiln::amp;
+use kiln::nn::{Dropout, DropoutConfig};
 
 /// Configuration of a [`MultiheadAttention`].
 #[derive(Config, Debug)]

@@ -39,7 +39,6 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::{sigmoid, tanh};
 use kiln::amp;
 
@@ -289,12 +288,11 @@ impl<B: Backend> Lstm<B> {
                 if training && self.dropout > 0.0 {
                     let keep = 1.0 - self.dropout;
                     // One untracked mask for the whole sequence; slicing it is free.
-                    let mask = Tensor::<B, 3>::random(
-                        [steps, batch, dirs * self.hidden_size],
-                        Distribution::Bernoulli(keep),
+                    let mask = kiln::nn::dropout_mask::<B, 3>(
+                        [steps, batch, dirs * self.hidden_size].into(),
+                        keep,
                         &device,
-                    )
-                    .div_scalar(keep);
+                    );
                     next = next
                         .into_iter()
                         .enumerate()

@@ -15,10 +15,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::nn::{Dropout, DropoutConfig};
 
 use super::attention::{AttentionMask, MultiheadAttention, MultiheadAttentionConfig};
 
