@@ -338,7 +338,16 @@ fn pad_unevenly<B: Backend, const D: usize, const N: usize>(
 }
 
 /// [`burn::nn::conv::Conv2d::forward`] under the autocast policy.
+///
+/// A pointwise convolution (1×1 kernel, stride 1, no padding, one group: two thirds of a
+/// ResNet50 bottleneck's work) runs as a batched matrix product `W [Co, Ci] · x [N, Ci, H·W]`.
+/// Its gradients are then plain matrix products too (`dW = Σₙ dYₙ·xₙᵀ`), whereas Burn's generic
+/// convolution backward computes `dW` as a convolution with batch and channels swapped, which
+/// for a 1×1 kernel degenerates into one matrix-vector product per input channel.
 pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if is_pointwise(layer) {
+        return pointwise_conv2d(layer, x);
+    }
     let Some(h) = current() else {
         return layer.forward(x);
     };
@@ -361,6 +370,33 @@ pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
         options,
     );
     back(y, out)
+}
+
+/// Whether `layer` is a 1×1, stride-1, unpadded, ungrouped convolution.
+fn is_pointwise<B: Backend>(layer: &Conv2d<B>) -> bool {
+    let unpadded = match layer.padding {
+        PaddingConfig2d::Valid => true,
+        PaddingConfig2d::Explicit(a, b, c, d) => a == 0 && b == 0 && c == 0 && d == 0,
+        PaddingConfig2d::Same => true, // a 1×1 kernel at stride 1 needs no padding
+    };
+    layer.kernel_size == [1, 1] && layer.stride == [1, 1] && layer.groups == 1 && unpadded
+}
+
+/// A pointwise convolution as `W · x` per image, under the autocast policy.
+fn pointwise_conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c_in, height, width] = x.dims();
+    let [c_out, ..] = layer.weight.dims();
+    let w = layer.weight.val().reshape([1, c_out, c_in]);
+    let y = matmul(w, x.reshape([n, c_in, height * width]));
+    let y = match &layer.bias {
+        // One bias per (image, channel) row: burn-flex's SIMD row-scalar broadcast.
+        Some(b) => {
+            let dtype = y.dtype();
+            y + b.val().cast(dtype).reshape([1, c_out, 1]).repeat_dim(0, n)
+        }
+        None => y,
+    };
+    y.reshape([n, c_out, height, width])
 }
 
 /// Checks that backend `B` can run `precision` on `device`: a small cast, matmul and
@@ -567,5 +603,54 @@ mod tests {
             assert!(d1 > 0.0 && d1 < 2e-2, "{precision} conv1d: {d1}");
             assert!(d2 > 0.0 && d2 < 2e-2, "{precision} conv2d: {d2}");
         }
+    }
+
+    #[test]
+    fn pointwise_convolutions_equal_burns_convolution_with_gradients() {
+        use burn::backend::Autodiff;
+        type AD = Autodiff<Flex>;
+        let device = Default::default();
+        for (bias, padding) in [
+            (true, PaddingConfig2d::Valid),
+            (false, PaddingConfig2d::Explicit(0, 0, 0, 0)),
+            (true, PaddingConfig2d::Same),
+        ] {
+            let conv = Conv2dConfig::new([5, 7], [1, 1])
+                .with_bias(bias)
+                .with_padding(padding)
+                .init::<AD>(&device);
+            assert!(is_pointwise(&conv));
+            let x = Tensor::<AD, 4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let g = Tensor::<AD, 4>::random([3, 7, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+            let fast = conv2d_layer(&conv, x.clone());
+            let reference = conv.forward(x.clone());
+            let gf = (fast.clone() * g.clone()).sum().backward();
+            let gr = (reference.clone() * g).sum().backward();
+            assert!(max_rel_diff(fast.inner(), reference.inner()) < 1e-6);
+            let dx = |gr: &<AD as burn::tensor::backend::AutodiffBackend>::Gradients| {
+                x.grad(gr).unwrap()
+            };
+            assert!(max_rel_diff(dx(&gf), dx(&gr)) < 1e-6);
+            let dw = conv.weight.grad(&gf).unwrap();
+            assert!(max_rel_diff(dw, conv.weight.grad(&gr).unwrap()) < 1e-6);
+            if let Some(b) = &conv.bias {
+                assert!(max_rel_diff(b.grad(&gf).unwrap(), b.grad(&gr).unwrap()) < 1e-6);
+            }
+        }
+        // Strided, padded or 3×3 convolutions keep Burn's path.
+        for (kernel, stride) in [([1, 1], [2, 2]), ([3, 3], [1, 1])] {
+            let conv = Conv2dConfig::new([5, 7], kernel)
+                .with_stride(stride)
+                .init::<Flex>(&device);
+            assert!(!is_pointwise(&conv));
+        }
+        // Under bf16 autocast: within bf16 rounding of the f32 result.
+        let conv = Conv2dConfig::new([8, 4], [1, 1]).init::<Flex>(&device);
+        let x = Tensor::<Flex, 4>::random([2, 8, 3, 5], Distribution::Normal(0.0, 1.0), &device);
+        let full = conv.forward(x.clone());
+        let half = autocast(Precision::Bf16Mixed, || conv2d_layer(&conv, x));
+        assert_eq!(half.dtype(), full.dtype());
+        assert!(max_rel_diff(half, full) < 2e-2);
     }
 }
