@@ -19,6 +19,7 @@ Usage: python tools/bench/moola_pretrain.py --methods masked-lstm,ts-tcc --windo
 """
 import argparse
 import json
+import resource
 import os
 import sys
 import time
@@ -131,6 +132,9 @@ def main():
             "precision": "32",
             "parameters": sum(p.numel() for p in net.parameters()),
         })
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    for r in results:
+        r["peak_rss_bytes"] = peak
     json.dump(results, sys.stdout)
 
 

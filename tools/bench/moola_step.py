@@ -7,13 +7,14 @@ forward, focal loss (γ=2) with the mixup criterion (the multi-task loss for
 `cnn_transformer+pointers`), backward and an AdamW update (lr 5e-4, wd 1e-4). The nets are the
 PyTorch re-implementations of the reference models in tools/parity/moola_nets.py.
 
-Prints a JSON list of {"model", "backend", "median_ms", "steps_ms"} on stdout; run by
+Prints a JSON list of {"model", "backend", "median_ms", "steps_ms", "peak_rss_bytes"} on stdout; run by
 `moola bench` when torch is importable. Threads: torch uses as many as the machine has, like Burn.
 
 Usage: python tools/bench/moola_step.py --models simple_lstm,cnn_transformer,rwkv_ts --batch-size 512
 """
 import argparse
 import json
+import resource
 import os
 import sys
 import time
@@ -143,6 +144,9 @@ def main():
             "median_ms": float(sorted(times)[len(times) // 2]),
             "steps_ms": times,
         })
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    for r in results:
+        r["peak_rss_bytes"] = peak
     json.dump(results, sys.stdout)
 
 

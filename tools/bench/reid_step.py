@@ -13,6 +13,7 @@ Usage: python tools/bench/reid_step.py --p 16 --k 4 --height 256 --width 128 --s
 """
 import argparse
 import json
+import resource
 import os
 import sys
 import time
@@ -78,6 +79,7 @@ def main():
         "step_ms": sorted(times)[len(times) // 2],
         "steps_ms": times,
         "embed_images_per_s": rate,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
     }, sys.stdout)
 
 

@@ -13,6 +13,33 @@ pub fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// This process's peak resident memory in bytes (`VmHWM` of `/proc/self/status`; `None` where
+/// that file does not exist).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// The `VmHWM:   1234 kB` line of a `/proc/<pid>/status` text, in bytes.
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// `bytes` as gibibytes with one decimal, `-` when unknown.
+pub fn format_gib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
 /// Runs `python script args...` and parses its standard output as JSON. `python` defaults to
 /// `python3`; the error carries the script's standard error (e.g. a missing `torch`).
 pub fn run_python_json<T: DeserializeOwned>(
@@ -105,5 +132,14 @@ mod tests {
             ..TorchSide::default()
         };
         assert!(failing.run::<f64>(Path::new("x.py"), &[]).is_none());
+    }
+
+    #[test]
+    fn peak_memory_is_read_from_proc_status() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_hwm("VmRSS: 1 kB"), None);
+        assert_eq!(format_gib(Some(3 << 29)), "1.5 GiB");
+        assert_eq!(format_gib(None), "-");
     }
 }

@@ -107,6 +107,9 @@ pub struct Timing {
     /// Median share of the step spent in gradient all-reduce and buffer broadcast (DDP).
     #[serde(default)]
     pub sync_share: Option<f64>,
+    /// Peak resident memory of the whole process that measured this row (bytes).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 fn f32_name() -> String {
@@ -478,6 +481,13 @@ pub fn run(
             t.map_or("-".into(), |v| format!("{:.2}x", r.median_ms / v)),
         );
     }
+    // Both sides run every model in one process: the peak is over all rows of a side.
+    let peak = |rows: &[Timing]| rows.iter().filter_map(|r| r.peak_rss_bytes).max();
+    println!(
+        "peak resident memory: Burn {}, PyTorch {}",
+        kiln::bench::format_gib(kiln::bench::peak_rss_bytes()),
+        kiln::bench::format_gib(peak(&torch))
+    );
     if args.nodes > 1 {
         rows.extend(run_nodes(args, &rows)?);
     }
@@ -511,6 +521,7 @@ fn time_model<J: DistJob<Output = StepTimes>>(
         precision: precision.to_string(),
         final_loss: Some(times.final_loss),
         sync_share: parallel.then(|| kiln::bench::median(&share)),
+        peak_rss_bytes: kiln::bench::peak_rss_bytes(),
     })
 }
 

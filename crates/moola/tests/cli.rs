@@ -323,6 +323,79 @@ fn bench_times_the_requested_steps_and_skips_pytorch_on_request() {
 }
 
 #[test]
+fn bench_times_one_pretraining_epoch_of_each_pretrainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&moola(
+        &[
+            "bench",
+            "--models",
+            "",
+            "--pretrain",
+            "masked-lstm,ts-tcc",
+            "--pretrain-windows",
+            "20",
+            "--pretrain-epochs",
+            "3",
+            "--no-torch",
+            "--json",
+            "bench.json",
+            "pretrain.masked_lstm.hidden_dim",
+            "4",
+            "pretrain.masked_lstm.num_layers",
+            "1",
+            "pretrain.masked_lstm.batch_size",
+            "8",
+            "pretrain.ts_tcc.model.cnn_channels",
+            "[4, 8]",
+            "pretrain.ts_tcc.model.cnn_kernels",
+            "[3]",
+            "pretrain.ts_tcc.model.transformer_layers",
+            "1",
+            "pretrain.ts_tcc.model.transformer_heads",
+            "2",
+            "pretrain.ts_tcc.model.projection_hidden_dim",
+            "8",
+            "pretrain.ts_tcc.model.projection_output_dim",
+            "4",
+            "pretrain.ts_tcc.batch_size",
+            "8",
+        ],
+        dir.path(),
+    ));
+    assert!(out.contains("one pre-training epoch"), "{out}");
+    assert!(
+        !out.contains("one training step"),
+        "no classifier rows: {out}"
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pretrain:masked-lstm", "pretrain:ts-tcc"]);
+    for r in &rows {
+        // Three epochs, the first a warm-up: two timed epochs.
+        let epochs = r["steps_ms"].as_array().unwrap();
+        assert_eq!(epochs.len(), 2, "{r}");
+        assert!(epochs.iter().all(|s| s.as_f64().unwrap() > 0.0), "{r}");
+        assert!(r["final_loss"].as_f64().unwrap().is_finite(), "{r}");
+    }
+    // Too few windows for a validation split is a usage error, not a panic.
+    let err = failed(&moola(
+        &[
+            "bench",
+            "--models",
+            "",
+            "--pretrain",
+            "ts-tcc",
+            "--pretrain-windows",
+            "3",
+            "--no-torch",
+        ],
+        dir.path(),
+    ));
+    assert!(err.contains("--pretrain-windows 3"), "{err}");
+}
+
+#[test]
 fn bench_times_precisions_and_two_data_parallel_processes() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&moola(

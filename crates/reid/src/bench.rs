@@ -88,6 +88,9 @@ pub struct BenchResult {
     pub skipped_steps: usize,
     /// Eval-mode embedding throughput (images/s).
     pub embed_images_per_s: f64,
+    /// Peak resident memory of the measuring process so far (bytes).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 fn f32_name() -> String {
@@ -244,6 +247,7 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
                 final_loss: Some(m.final_loss),
                 skipped_steps: m.skipped,
                 embed_images_per_s: m.embed_images_per_s,
+                peak_rss_bytes: kiln::bench::peak_rss_bytes(),
             }),
             Err(e) => {
                 eprintln!("precision {precision} failed: {e:#}");
@@ -295,6 +299,11 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
             t.embed_images_per_s / b.embed_images_per_s
         );
     }
+    println!(
+        "peak resident memory: Burn {}, PyTorch {}",
+        kiln::bench::format_gib(kiln::bench::peak_rss_bytes()),
+        kiln::bench::format_gib(torch.as_ref().and_then(|t| t.peak_rss_bytes))
+    );
     if let Some(path) = &args.torch.json {
         // `burn` keeps the shape of older reports (the `32` row, else the first one); `runs`
         // holds every precision.
