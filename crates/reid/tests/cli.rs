@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use clap::{CommandFactory, Parser};
 use reid::cli::{Cli, Command as Sub};
-use reid::data::{SyntheticSpec, write_synthetic_market1501};
+
+mod common;
 
 fn reid(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_reid"))
@@ -64,36 +65,15 @@ fn files_under(dir: &Path) -> Vec<String> {
 /// A synthetic Market1501 under `root` and the `KEY VALUE` pairs of a tiny resnet18 CTL run on
 /// it writing to `<root>/out`.
 fn tiny(root: &Path) -> Vec<String> {
-    write_synthetic_market1501(
+    let out = root.join("out").display().to_string();
+    common::tiny_ctl_pairs(
         root,
-        &SyntheticSpec {
-            train_ids: 4,
-            train_per_camera: 3,
-            distractors: 1,
-            ..SyntheticSpec::default()
-        },
-        1,
+        &[
+            ("SOLVER.MAX_EPOCHS", "1"),
+            ("USE_MIXED_PRECISION", "False"),
+            ("OUTPUT_DIR", &out),
+        ],
     )
-    .unwrap();
-    [
-        ("MODEL.NAME", "resnet18"),
-        ("MODEL.BACKBONE_EMB_SIZE", "512"),
-        ("MODEL.PRETRAINED", "False"),
-        ("DATASETS.ROOT_DIR", &root.display().to_string()),
-        ("INPUT.SIZE_TRAIN", "[32, 16]"),
-        ("INPUT.SIZE_TEST", "[32, 16]"),
-        ("SOLVER.IMS_PER_BATCH", "3"),
-        ("SOLVER.MAX_EPOCHS", "1"),
-        ("TEST.IMS_PER_BATCH", "8"),
-        ("DATALOADER.USE_RESAMPLING", "False"),
-        ("USE_MIXED_PRECISION", "False"),
-        ("OUTPUT_DIR", &root.join("out").display().to_string()),
-        ("REPRODUCIBLE", "True"),
-        ("REPRODUCIBLE_NUM_RUNS", "1"),
-    ]
-    .iter()
-    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-    .collect()
 }
 
 /// `reid --quiet train <pairs...> <extra...>`.

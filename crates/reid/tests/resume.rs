@@ -20,10 +20,12 @@ use burn::tensor::{Bool, Int, Tensor};
 use kiln::checkpoint::{CheckpointMeta, load_checked, read_checkpoint, record_from_bytes};
 use reid::cli::StepKind;
 use reid::config::ReidConfig;
-use reid::data::{ReidDataset, SyntheticSpec, load_dataset, write_synthetic_market1501};
+use reid::data::{ReidDataset, load_dataset};
 use reid::infer::CheckpointTask;
 use reid::model::ReidModel;
 use reid::train::{FitOptions, RunSummary, fit};
+
+mod common;
 
 type B = Autodiff<Flex>;
 type AdamRecord = <OptimizerAdaptor<Adam, ReidModel<B>, B> as Optimizer<ReidModel<B>, B>>::Record;
@@ -36,40 +38,7 @@ const TIMING: [&str; 2] = ["epoch_seconds", "samples_per_second"];
 /// The tiny CTL setup of `tests/train.rs` (resnet18 at 32×16 on a synthetic Market1501),
 /// validating every epoch so that every metrics row carries mAP / CMC.
 fn tiny_config(root: &Path, epochs: usize) -> ReidConfig {
-    write_synthetic_market1501(
-        root,
-        &SyntheticSpec {
-            train_ids: 4,
-            train_per_camera: 3,
-            distractors: 1,
-            ..SyntheticSpec::default()
-        },
-        1,
-    )
-    .unwrap();
-    let opts: Vec<String> = [
-        ("MODEL.NAME", "resnet18"),
-        ("MODEL.BACKBONE_EMB_SIZE", "512"),
-        ("MODEL.PRETRAINED", "False"),
-        ("DATASETS.ROOT_DIR", &root.display().to_string()),
-        ("INPUT.SIZE_TRAIN", "[32, 16]"),
-        ("INPUT.SIZE_TEST", "[32, 16]"),
-        ("SOLVER.IMS_PER_BATCH", "3"),
-        ("SOLVER.MAX_EPOCHS", &epochs.to_string()),
-        ("SOLVER.EVAL_PERIOD", "1"),
-        ("SOLVER.BASE_LR", "3.5e-4"),
-        ("TEST.IMS_PER_BATCH", "8"),
-        ("DATALOADER.USE_RESAMPLING", "False"),
-        ("OUTPUT_DIR", &root.join("logs").display().to_string()),
-        ("REPRODUCIBLE", "True"),
-        ("REPRODUCIBLE_NUM_RUNS", "1"),
-    ]
-    .iter()
-    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-    .collect();
-    let cfg = ReidConfig::load(None, &opts).unwrap();
-    cfg.validate().unwrap();
-    cfg
+    common::tiny_ctl_config(root, &[("SOLVER.MAX_EPOCHS", &epochs.to_string())])
 }
 
 fn train(

@@ -11,9 +11,11 @@ use burn::tensor::{Tensor, TensorData};
 use kiln::optim::{LrControl, Optimization};
 use reid::cli::StepKind;
 use reid::config::ReidConfig;
-use reid::data::{SyntheticSpec, load_dataset, write_synthetic_market1501};
+use reid::data::load_dataset;
 use reid::model::ReidModelConfig;
 use reid::train::{FitOptions, fit, optimization};
+
+mod common;
 
 type B = Autodiff<Flex>;
 
@@ -23,40 +25,7 @@ fn values<const D: usize, Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, D>) 
 
 /// A small configuration on a synthetic Market1501 tree under `root`.
 fn tiny_config(root: &Path) -> ReidConfig {
-    write_synthetic_market1501(
-        root,
-        &SyntheticSpec {
-            train_ids: 4,
-            train_per_camera: 3,
-            distractors: 1,
-            ..SyntheticSpec::default()
-        },
-        1,
-    )
-    .unwrap();
-    let opts: Vec<String> = [
-        ("MODEL.NAME", "resnet18"),
-        ("MODEL.BACKBONE_EMB_SIZE", "512"),
-        ("MODEL.PRETRAINED", "False"),
-        ("DATASETS.ROOT_DIR", &root.display().to_string()),
-        ("INPUT.SIZE_TRAIN", "[32, 16]"),
-        ("INPUT.SIZE_TEST", "[32, 16]"),
-        ("SOLVER.IMS_PER_BATCH", "3"),
-        ("SOLVER.MAX_EPOCHS", "2"),
-        ("SOLVER.EVAL_PERIOD", "1"),
-        ("SOLVER.BASE_LR", "3.5e-4"),
-        ("TEST.IMS_PER_BATCH", "8"),
-        ("DATALOADER.USE_RESAMPLING", "False"),
-        ("OUTPUT_DIR", &root.join("logs").display().to_string()),
-        ("REPRODUCIBLE", "True"),
-        ("REPRODUCIBLE_NUM_RUNS", "1"),
-    ]
-    .iter()
-    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-    .collect();
-    let cfg = ReidConfig::load(None, &opts).unwrap();
-    cfg.validate().unwrap();
-    cfg
+    common::tiny_ctl_config(root, &[])
 }
 
 /// The reference's Adam (`torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8,
