@@ -125,6 +125,7 @@ import torch
 # The same weight perturbation as the other classifier fixtures (this directory is on sys.path
 # when the script runs).
 from moola_fixtures import perturb
+from moola_reference import stub_reference
 
 DEFAULT_COMMIT = "6ecdb28c78d6b91c94deabaf621c0c4ea4425e78"
 WINDOW = 105
@@ -139,24 +140,7 @@ NUMPY_LABEL_GLOBALS = [np._core.multiarray.scalar, np.dtype, type(np.dtype("<U13
 
 def import_reference(reference: pathlib.Path) -> types.SimpleNamespace:
     """Imports the reference's modules from ``<reference>/src`` with the stubs of the docstring."""
-    src = reference / "src"
-    if not (src / "moola" / "models" / "cnn_transformer.py").is_file():
-        sys.exit(f"{reference}: no src/moola/models/cnn_transformer.py (not a moola checkout?)")
-    sys.path.insert(0, str(src))
-
-    # Stub 1: loguru (not installed), a no-op logger.
-    loguru = types.ModuleType("loguru")
-    noop = lambda *args, **kwargs: None  # noqa: E731
-    loguru.logger = types.SimpleNamespace(
-        **{level: noop for level in ("trace", "debug", "info", "success", "warning", "error", "critical", "exception")}
-    )
-    sys.modules["loguru"] = loguru
-
-    # Stub 2: the moola.models package without its registry __init__ (broken at this commit).
-    models = types.ModuleType("moola.models")
-    models.__path__ = [str(src / "moola" / "models")]
-    models.__package__ = "moola.models"
-    sys.modules["moola.models"] = models
+    stub_reference(reference, "moola/models/cnn_transformer.py")
 
     cnn = importlib.import_module("moola.models.cnn_transformer")
     rwkv = importlib.import_module("moola.models.rwkv_ts")
