@@ -20,9 +20,8 @@ use serde::Deserialize;
 
 type B = Flex;
 
-/// Parity tolerance: absolute, relative for values above 1 in magnitude (our float32 forward vs
-/// the reference's float64 run on the same float32 weights and inputs).
-const TOLERANCE: f64 = 1e-4;
+mod common;
+use common::{check, scalar, tensor3, values};
 
 /// The reference commit the fixtures were computed from.
 const REFERENCE_COMMIT: &str = "6ecdb28c78d6b91c94deabaf621c0c4ea4425e78";
@@ -94,40 +93,6 @@ struct TsTccFixtureConfig {
     dropout: f64,
     projection_hidden_dim: usize,
     projection_output_dim: usize,
-}
-
-fn tensor3(v: &[Vec<Vec<f32>>], device: &burn::tensor::Device<B>) -> Tensor<B, 3> {
-    let (b, t, f) = (v.len(), v[0].len(), v[0][0].len());
-    let flat: Vec<f32> = v.iter().flatten().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [b, t, f]), device)
-}
-
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    let v: Vec<f32> = t.into_data().to_vec().unwrap();
-    v.into_iter().map(f64::from).collect()
-}
-
-fn scalar(t: Tensor<B, 1>) -> f64 {
-    f64::from(t.into_scalar().elem::<f32>())
-}
-
-/// The largest error of `got` against `want` (absolute, relative above 1 in magnitude).
-fn max_err(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "number of values");
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
-        .fold(0.0, f64::max)
-}
-
-fn check(what: &str, got: &[f64], want: &[f64]) -> f64 {
-    let err = max_err(got, want);
-    println!("{what}: max error {err:.3e} over {} values", want.len());
-    assert!(
-        err <= TOLERANCE,
-        "{what}: max error {err:e} > {TOLERANCE:e}"
-    );
-    err
 }
 
 fn sorted(mut keys: Keys) -> Keys {

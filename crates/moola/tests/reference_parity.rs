@@ -31,9 +31,8 @@ use serde_json::Value;
 
 type B = Flex;
 
-/// Parity tolerance: absolute, relative above 1 in magnitude (our float32 forward vs the
-/// reference's float64 run on the same float32 weights and inputs).
-const TOLERANCE: f64 = 1e-4;
+mod common;
+use common::{check, scalar, tensor3, values};
 
 /// The reference commit the fixtures were computed from.
 const REFERENCE_COMMIT: &str = "6ecdb28c78d6b91c94deabaf621c0c4ea4425e78";
@@ -141,40 +140,6 @@ fn flat(v: &[Vec<f64>]) -> Vec<f64> {
     v.iter().flatten().copied().collect()
 }
 
-fn input_tensor(input: &[Vec<Vec<f32>>], device: &burn::tensor::Device<B>) -> Tensor<B, 3> {
-    let (b, t, f) = (input.len(), input[0].len(), input[0][0].len());
-    let flat: Vec<f32> = input.iter().flatten().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [b, t, f]), device)
-}
-
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    let v: Vec<f32> = t.into_data().to_vec().unwrap();
-    v.into_iter().map(f64::from).collect()
-}
-
-fn scalar(t: Tensor<B, 1>) -> f64 {
-    f64::from(t.into_scalar().elem::<f32>())
-}
-
-/// The largest error of `got` against `want` (absolute, relative above 1 in magnitude).
-fn max_err(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "number of values");
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
-        .fold(0.0, f64::max)
-}
-
-fn check(what: &str, got: &[f64], want: &[f64]) -> f64 {
-    let err = max_err(got, want);
-    println!("{what}: max error {err:.3e} over {} values", want.len());
-    assert!(
-        err <= TOLERANCE,
-        "{what}: max error {err:e} > {TOLERANCE:e}\n got {got:?}\nwant {want:?}"
-    );
-    err
-}
-
 /// The reference's float64 logits as a float32 tensor (what the losses are evaluated on).
 fn logits_tensor(rows: &[Vec<f64>], device: &burn::tensor::Device<B>) -> Tensor<B, 2> {
     let (n, c) = (rows.len(), rows[0].len());
@@ -273,7 +238,7 @@ fn check_model(name: &str) -> Fixture {
     assert_names(&net, &fx);
 
     // The network's outputs.
-    let out = net.forward(input_tensor(&fx.input, &device));
+    let out = net.forward(tensor3(&fx.input, &device));
     check(
         &format!("{name} logits"),
         &values(out.logits),
@@ -302,13 +267,13 @@ fn check_model(name: &str) -> Fixture {
         else {
             panic!("{name}: no block outputs in the fixture");
         };
-        check_rwkv_blocks(name, rwkv, input_tensor(&fx.input, &device), heads, states);
+        check_rwkv_blocks(name, rwkv, tensor3(&fx.input, &device), heads, states);
         // moola's mean readout sees every step, the state-dependent first ones included.
         let mut mean = rwkv.clone();
         mean.readout = Readout::Mean;
         check(
             &format!("{name} mean-readout logits"),
-            &values(mean.forward(input_tensor(&fx.input, &device))),
+            &values(mean.forward(tensor3(&fx.input, &device))),
             &flat(mean_logits),
         );
     }
