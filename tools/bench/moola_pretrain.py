@@ -32,9 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 sys.path.insert(0, HERE)
 from moola_nets import MaskedAutoencoderNet, TSTCCNet, info_nce  # noqa: E402
-from moola_step import time_warp  # noqa: E402
+from moola_step import raw_price_windows, time_warp  # noqa: E402
 
-T, FEAT = 105, 4
 
 
 def views_aug(x):
@@ -100,8 +99,7 @@ def main():
     torch.manual_seed(1337)
     np.random.seed(1337)
     n = args.windows
-    close = 19800 + np.cumsum(np.random.uniform(-20, 20, size=(n, T)), axis=1)
-    x = torch.from_numpy(np.stack([close, close + 3, close - 3, close], axis=-1).astype(np.float32))
+    x = raw_price_windows(n)
     perm = torch.from_numpy(np.random.permutation(n))
     n_val = int(n * 0.1)
     val, train = x[perm[:n_val]], x[perm[n_val:]]

@@ -110,6 +110,13 @@ def step_fn(net, opt, x, y, starts, ends, alpha, use_aug, pointers):
     opt.step()
 
 
+def raw_price_windows(n):
+    """`n` raw-price OHLC windows [n, 105, 4]: random walks around 20,000 (like NQ futures), drawn
+    from NumPy's global generator."""
+    close = 19800 + np.cumsum(np.random.uniform(-20, 20, size=(n, T)), axis=1)
+    return torch.from_numpy(np.stack([close, close + 3, close - 3, close], axis=-1).astype(np.float32))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="simple_lstm,cnn_transformer,rwkv_ts")
@@ -120,10 +127,7 @@ def main():
     torch.manual_seed(1337)
     np.random.seed(1337)
     b = args.batch_size
-    # Raw-price random walks around 20,000 (like NQ futures windows).
-    close = 19800 + np.cumsum(np.random.uniform(-20, 20, size=(b, T)), axis=1)
-    x = np.stack([close, close + 3, close - 3, close], axis=-1).astype(np.float32)
-    x = torch.from_numpy(x)
+    x = raw_price_windows(b)
     y = torch.arange(b) % 2
     starts = torch.randint(0, 30, (b,))
     ends = starts + torch.randint(1, 15, (b,))
