@@ -35,7 +35,6 @@ from moola_nets import MaskedAutoencoderNet, TSTCCNet, info_nce  # noqa: E402
 from moola_step import raw_price_windows, time_warp  # noqa: E402
 
 
-
 def views_aug(x):
     """One TS-TCC view: one coin per operation per batch (the reference's TemporalAugmentation)."""
     x = x.clone()
