@@ -168,7 +168,7 @@ pub struct TrainArgs {
 }
 
 /// `pretrain` arguments (and the reference's `pretrain-bilstm` / `pretrain-tcc` flags).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PretrainArgs {
     /// masked-lstm or ts-tcc (implied by `pretrain-bilstm` / `pretrain-tcc`).
     #[arg(long, value_enum)]
@@ -363,11 +363,30 @@ pub fn run(cli: Cli) -> Result<()> {
     let progress = cli.runtime.progress();
     let device = cli.runtime.device;
     let dist = cli.runtime.dist_config()?;
-    if dist.is_some() && !matches!(cli.command, Command::Train(_) | Command::Bench(_)) {
+    if dist.is_some()
+        && !matches!(
+            cli.command,
+            Command::Train(_)
+                | Command::Bench(_)
+                | Command::Pretrain(_)
+                | Command::PretrainBilstm(_)
+                | Command::PretrainTcc(_)
+        )
+    {
         bail!(
-            "data-parallel training (--devices/--num-nodes/--strategy ddp) is available for `train`"
+            "data-parallel training (--devices/--num-nodes/--strategy ddp) is available for \
+             `train` and `pretrain`"
         );
     }
+    let local_devices = cli.runtime.local_devices();
+    let pretrain = |a: PretrainArgs, method: PretrainMethod, cfg: MoolaConfig| {
+        kiln::backend::launch_workers(
+            device,
+            &local_devices,
+            dist.clone(),
+            PretrainJob::new(cfg, a, method, progress),
+        )
+    };
     match cli.command {
         Command::Doctor(_) => doctor(&cfg, device),
         Command::Ingest(a) => {
@@ -421,16 +440,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 "--method is required: masked-lstm (SimpleLSTM's encoder) or ts-tcc (the \
                  CNN-Transformer's)",
             )?;
-            launch(device, PretrainJob::new(cfg, a, method, progress))
+            pretrain(a, method, cfg)
         }
-        Command::PretrainBilstm(a) => launch(
-            device,
-            PretrainJob::new(cfg, a, PretrainMethod::MaskedLstm, progress),
-        ),
-        Command::PretrainTcc(a) => launch(
-            device,
-            PretrainJob::new(cfg, a, PretrainMethod::TsTcc, progress),
-        ),
+        Command::PretrainBilstm(a) => pretrain(a, PretrainMethod::MaskedLstm, cfg),
+        Command::PretrainTcc(a) => pretrain(a, PretrainMethod::TsTcc, cfg),
         Command::Stack(a) => stack(&cfg, a),
         Command::Audit(a) => audit(&cfg, a),
         Command::Predict(a) => launch(device, PredictJob { cfg, args: a }),
@@ -1061,6 +1074,7 @@ impl BackendJob for ImportJob {
     }
 }
 
+#[derive(Clone)]
 struct PretrainJob {
     cfg: MoolaConfig,
     args: PretrainArgs,
@@ -1079,9 +1093,13 @@ impl PretrainJob {
     }
 }
 
-impl BackendJob for PretrainJob {
+impl kiln::backend::DistJob for PretrainJob {
     type Output = ();
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        dist: Option<kiln::dist::Dist>,
+    ) -> Result<()> {
         use crate::pretrain::{masked_lstm, ts_tcc};
         let PretrainJob {
             cfg,
@@ -1109,12 +1127,17 @@ impl BackendJob for PretrainJob {
         let out = args
             .out
             .unwrap_or_else(|| cfg.paths.artifacts_dir.join("encoders").join(name));
-        std::fs::create_dir_all(&out)
-            .with_context(|| format!("cannot create {}", out.display()))?;
-        kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
+        // Data-parallel workers other than rank 0 train and write nothing.
+        let main = dist.as_ref().is_none_or(kiln::dist::Dist::is_main);
+        if main {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
+        }
         let run = RunOptions {
             run_dir: Some(out.clone()),
             progress,
+            dist,
             ..RunOptions::default()
         };
         let encoder_path = out.join("encoder");
@@ -1145,6 +1168,9 @@ impl BackendJob for PretrainJob {
                     data_path.display()
                 );
                 let done = masked_lstm::pretrain::<B>(&c, &data, &device, &run)?;
+                if !main {
+                    return Ok(());
+                }
                 done.save_encoder(&encoder_path)?;
                 let best = done.history.best().map_or_else(
                     || "no validation".to_string(),
@@ -1174,6 +1200,9 @@ impl BackendJob for PretrainJob {
                     data_path.display()
                 );
                 let done = ts_tcc::pretrain::<B>(&c, &data, &device, &run)?;
+                if !main {
+                    return Ok(());
+                }
                 ts_tcc::save_encoder(&done.model.encoder, &encoder_path)?;
                 let best = done
                     .history

@@ -423,3 +423,93 @@ fn a_resumed_two_process_run_continues_exactly() {
     let rows = kiln::metric_log::read_csv(&dir.path().join("split/metrics.csv")).unwrap();
     assert_eq!(rows.len(), 4);
 }
+
+/// `moola pretrain` (or its alias `pretrain-tcc`) as node `rank` of two on loopback.
+fn pretrain_node(rank: usize, port: u16, out: &Path, method: &[&str], extra: &[&str]) -> Child {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/BasicMotions");
+    Command::new(env!("CARGO_BIN_EXE_moola"))
+        .args(method)
+        .arg("--quiet")
+        .arg("--data")
+        .arg(data.join("BasicMotions_TRAIN.ts"))
+        .arg("--out")
+        .arg(out)
+        .args(["--epochs", "2", "--batch-size", "8"])
+        .args(["--num-nodes", "2", "--node-rank", &rank.to_string()])
+        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+        .args(["--dist-timeout", "10"])
+        .args(["--data-port", &free_port().to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn both_pretrainers_run_data_parallel_and_rank_0_writes_the_encoder() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let cases: [(&[&str], &[&str], &str); 2] = [
+        (
+            &["pretrain", "--method", "masked-lstm", "--hidden-dim", "4"],
+            &["pretrain.masked_lstm.num_layers", "1"],
+            "masked",
+        ),
+        (
+            &["pretrain-tcc"],
+            &[
+                "pretrain.ts_tcc.model.cnn_channels",
+                "[4, 8]",
+                "pretrain.ts_tcc.model.cnn_kernels",
+                "[3]",
+                "pretrain.ts_tcc.model.transformer_layers",
+                "1",
+                "pretrain.ts_tcc.model.transformer_heads",
+                "2",
+                "pretrain.ts_tcc.model.projection_hidden_dim",
+                "8",
+                "pretrain.ts_tcc.model.projection_output_dim",
+                "4",
+            ],
+            "tstcc",
+        ),
+    ];
+    for (method, extra, name) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(name);
+        let port = free_port();
+        let nodes = [
+            pretrain_node(0, port, &out, method, extra),
+            pretrain_node(1, port, &out, method, extra),
+        ];
+        for (rank, node) in nodes.into_iter().enumerate() {
+            let (ok, log) = finish(node, Duration::from_secs(300));
+            assert!(ok, "{name} rank {rank} failed:\n{log}");
+            // Only rank 0 reports (and saves) the result; rank 1 was a worker of the same run.
+            assert_eq!(
+                log.contains("wrote "),
+                rank == 0,
+                "{name} rank {rank}:\n{log}"
+            );
+        }
+        // Rank 0 wrote the run: its encoder, the history of both epochs and kiln's metrics.
+        let history: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("history.json")).unwrap()).unwrap();
+        assert_eq!(
+            history["train_loss"].as_array().unwrap().len(),
+            2,
+            "{name}: {history}"
+        );
+        let written: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            written.iter().any(|f| f.starts_with("encoder")),
+            "{name}: no encoder in {written:?}"
+        );
+        assert!(written.iter().any(|f| f == "metrics.csv"), "{written:?}");
+    }
+}
