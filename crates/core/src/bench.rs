@@ -33,11 +33,23 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// `bytes` as gibibytes with one decimal, `-` when unknown.
+/// The benches' closing line: this process's peak resident memory next to the PyTorch side's
+/// (as its script reported it; `-` when unknown).
+pub fn peak_memory_line(torch_peak_bytes: Option<u64>) -> String {
+    format!(
+        "peak resident memory: Burn {}, PyTorch {}",
+        format_gib(peak_rss_bytes()),
+        format_gib(torch_peak_bytes)
+    )
+}
+
+/// `bytes` as GiB with one decimal (MiB below 1 GiB), `-` when unknown.
 pub fn format_gib(bytes: Option<u64>) -> String {
-    bytes.map_or("-".into(), |b| {
-        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-    })
+    match bytes {
+        None => "-".into(),
+        Some(b) if b < 1 << 30 => format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+    }
 }
 
 /// Runs `python script args...` and parses its standard output as JSON. `python` defaults to
@@ -140,6 +152,7 @@ mod tests {
         assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
         assert_eq!(parse_vm_hwm("VmRSS: 1 kB"), None);
         assert_eq!(format_gib(Some(3 << 29)), "1.5 GiB");
+        assert_eq!(format_gib(Some(300 << 20)), "300 MiB");
         assert_eq!(format_gib(None), "-");
     }
 }

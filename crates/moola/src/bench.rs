@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use kiln::amp::Precision;
+use kiln::amp::{Precision, PrecisionSetting};
 use kiln::backend::{DeviceKind, DistJob, launch_workers};
 use kiln::dist::{Dist, DistConfig};
 use kiln::step::Stepper;
@@ -256,7 +256,7 @@ impl DistJob for TimePretrain {
     type Output = StepTimes;
     fn run<B: AutodiffBackend>(self, device: B::Device, _dist: Option<Dist>) -> Result<StepTimes> {
         let run = crate::train::RunOptions::default();
-        let precision = kiln::amp::PrecisionSetting::Fixed(self.precision);
+        let precision = PrecisionSetting::Fixed(self.precision);
         let (rows, final_loss) = match self.method {
             PretrainMethod::MaskedLstm => {
                 let mut c = self.config.pretrain.masked_lstm.clone();
@@ -298,20 +298,25 @@ impl DistJob for TimePretrain {
     }
 }
 
-/// The pre-trainers' batch size, which the PyTorch side must use too.
-fn pretrain_batch_size(cfg: &MoolaConfig, method: PretrainMethod) -> usize {
+/// A pre-trainer's configured precision and batch size (the PyTorch side uses the same batch).
+fn pretrain_settings(cfg: &MoolaConfig, method: PretrainMethod) -> (PrecisionSetting, usize) {
     match method {
-        PretrainMethod::MaskedLstm => cfg.pretrain.masked_lstm.batch_size,
-        PretrainMethod::TsTcc => cfg.pretrain.ts_tcc.batch_size,
+        PretrainMethod::MaskedLstm => (
+            cfg.pretrain.masked_lstm.precision,
+            cfg.pretrain.masked_lstm.batch_size,
+        ),
+        PretrainMethod::TsTcc => (
+            cfg.pretrain.ts_tcc.precision,
+            cfg.pretrain.ts_tcc.batch_size,
+        ),
     }
 }
 
-/// Times one pre-training epoch of every `--pretrain` method, both sides.
-fn time_pretrainers(
-    cfg: &MoolaConfig,
-    args: &BenchArgs,
-    device: DeviceKind,
-) -> Result<(Vec<Timing>, Vec<Timing>)> {
+/// Rejects `--pretrain-*` values that cannot be timed (before any timing starts).
+fn check_pretrain_args(args: &BenchArgs) -> Result<()> {
+    if args.pretrain.is_empty() {
+        return Ok(());
+    }
     if args.pretrain_windows < 20 {
         bail!(
             "--pretrain-windows {} is too few (10% validate; at least 20)",
@@ -321,15 +326,21 @@ fn time_pretrainers(
     if args.pretrain_epochs == 0 {
         bail!("--pretrain-epochs must be at least 1");
     }
+    Ok(())
+}
+
+/// Times one pre-training epoch of every `--pretrain` method, both sides.
+fn time_pretrainers(
+    cfg: &MoolaConfig,
+    args: &BenchArgs,
+    device: DeviceKind,
+) -> Result<(Vec<Timing>, Vec<Timing>)> {
     let data = synthetic_windows(args.pretrain_windows, cfg.seed);
     let mut rows = Vec::new();
     let mut torch = Vec::new();
     for &method in &args.pretrain {
-        let precision = match method {
-            PretrainMethod::MaskedLstm => cfg.pretrain.masked_lstm.precision,
-            PretrainMethod::TsTcc => cfg.pretrain.ts_tcc.precision,
-        }
-        .resolve(device);
+        let (precision, batch_size) = pretrain_settings(cfg, method);
+        let precision = precision.resolve(device);
         eprintln!(
             "timing {} pre-training epochs of {method} on burn-{} ({} windows) ...",
             args.pretrain_epochs,
@@ -343,14 +354,12 @@ fn time_pretrainers(
             epochs: args.pretrain_epochs,
             precision,
         };
-        let mut t = time_model(
+        rows.push(time_model(
             &format!("pretrain:{method}"),
             device,
             (job, precision),
             None,
-        )?;
-        t.sync_share = None;
-        rows.push(t);
+        )?);
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench/moola_pretrain.py");
         torch.extend(
@@ -361,7 +370,7 @@ fn time_pretrainers(
                         ("--methods", method.to_string()),
                         ("--windows", args.pretrain_windows.to_string()),
                         ("--epochs", args.pretrain_epochs.to_string()),
-                        ("--batch-size", pretrain_batch_size(cfg, method).to_string()),
+                        ("--batch-size", batch_size.to_string()),
                     ],
                 )
                 .unwrap_or_default(),
@@ -415,6 +424,9 @@ pub fn run(
     if dist.is_some() {
         bail!("bench runs its own workers: use --nodes N instead of --num-nodes/--devices");
     }
+    check_pretrain_args(args)?;
+    let variants = variants(cfg, &args.models)?;
+    let classifiers = !variants.is_empty();
     let data = synthetic_windows(args.batch_size, cfg.seed);
     let mut devices = vec![device.resolve()];
     if args.all_cpu_backends {
@@ -427,7 +439,7 @@ pub fn run(
         }
     }
     let mut rows: Vec<Timing> = Vec::new();
-    for (name, spec, train) in variants(cfg, &args.models)? {
+    for (name, spec, train) in variants {
         for precision in precisions(args, &train, device) {
             for &d in &devices {
                 eprintln!("timing {name} on burn-{d} in precision {precision} ...");
@@ -436,7 +448,6 @@ pub fn run(
             }
         }
     }
-    let classifiers = !variants(cfg, &args.models)?.is_empty();
     let mut torch = if classifiers {
         torch_timings(args).unwrap_or_default()
     } else {
@@ -481,13 +492,9 @@ pub fn run(
             t.map_or("-".into(), |v| format!("{:.2}x", r.median_ms / v)),
         );
     }
-    // Both sides run every model in one process: the peak is over all rows of a side.
-    let peak = |rows: &[Timing]| rows.iter().filter_map(|r| r.peak_rss_bytes).max();
-    println!(
-        "peak resident memory: Burn {}, PyTorch {}",
-        kiln::bench::format_gib(kiln::bench::peak_rss_bytes()),
-        kiln::bench::format_gib(peak(&torch))
-    );
+    // Each PyTorch script runs its models in one process: the peak is the largest reported.
+    let torch_peak = torch.iter().filter_map(|r| r.peak_rss_bytes).max();
+    println!("{}", kiln::bench::peak_memory_line(torch_peak));
     if args.nodes > 1 {
         rows.extend(run_nodes(args, &rows)?);
     }

@@ -410,7 +410,7 @@ pub fn run(cli: Cli) -> Result<()> {
             train.encoder.check_exists()?;
             kiln::backend::launch_workers(
                 device,
-                &cli.runtime.local_devices(),
+                &local_devices,
                 dist,
                 TrainJob {
                     cfg,

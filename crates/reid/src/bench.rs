@@ -300,9 +300,8 @@ pub fn run(args: &BenchArgs, device: DeviceKind) -> Result<()> {
         );
     }
     println!(
-        "peak resident memory: Burn {}, PyTorch {}",
-        kiln::bench::format_gib(kiln::bench::peak_rss_bytes()),
-        kiln::bench::format_gib(torch.as_ref().and_then(|t| t.peak_rss_bytes))
+        "{}",
+        kiln::bench::peak_memory_line(torch.as_ref().and_then(|t| t.peak_rss_bytes))
     );
     if let Some(path) = &args.torch.json {
         // `burn` keeps the shape of older reports (the `32` row, else the first one); `runs`
