@@ -389,10 +389,9 @@ fn pointwise_conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
     let w = layer.weight.val().reshape([1, c_out, c_in]);
     let y = matmul(w, x.reshape([n, c_in, height * width]));
     let y = match &layer.bias {
-        // One bias per (image, channel) row: burn-flex's SIMD row-scalar broadcast.
         Some(b) => {
             let dtype = y.dtype();
-            y + b.val().cast(dtype).reshape([1, c_out, 1]).repeat_dim(0, n)
+            crate::ops::add(y, b.val().cast(dtype).reshape([1, c_out, 1]))
         }
         None => y,
     };

@@ -26,7 +26,8 @@
 //! * [`metrics`]: classification metrics (accuracy, P/R/F1, ECE, Brier, log-loss, confusion);
 //! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
 //!   [`io`]: atomic writes; [`progress`]: progress bars and logging; [`alloc`]: allocator
-//!   tuning for training processes.
+//!   tuning for training processes; [`ops`]: broadcasting element-wise ops laid out for the
+//!   CPU backend's fast kernels.
 
 pub mod alloc;
 pub mod amp;
@@ -44,6 +45,7 @@ pub mod literal;
 pub mod metric_log;
 pub mod metrics;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod pickle;
 pub mod progress;

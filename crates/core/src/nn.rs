@@ -7,6 +7,8 @@ use burn::tensor::Distribution;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
+use crate::ops;
+
 /// Configuration of a [`Dropout`] layer (the API of `burn::nn::DropoutConfig`).
 #[derive(Config, Debug)]
 pub struct DropoutConfig {
@@ -189,17 +191,16 @@ impl<B: Backend> BatchNorm<B> {
         let dims = x.dims();
         let (batch, channels) = (dims[0], dims[1]);
         let spatial: usize = dims[2..].iter().product();
-        // Everything runs on [N, C, S] with per-channel values materialised as [N, C, 1]
-        // (`repeat_dim`, N·C elements): a `[N, C, S] ∘ [N, C, 1]` broadcast is "one scalar per
-        // row", which burn-flex runs with its SIMD kernel, whereas `[1, C, 1, 1]` broadcasts (and
-        // the `swap_dims(0, 1)` copy of the batch statistics) take its element-by-element
-        // strided path, which was a third of a ResNet50 training step.
+        // Everything runs on [N, C, S], and the per-channel values [1, C, 1] are applied with
+        // `crate::ops`, which lays `[N, C, S] ∘ [1, C, 1]` out as "one scalar per row" for
+        // burn-flex's SIMD kernel. Plain `[1, C, 1, 1]` broadcasts (and a `swap_dims(0, 1)` copy
+        // for the batch statistics) took its element-by-element strided path, which was a third
+        // of a ResNet50 training step.
         let x = x.reshape([batch, channels, spatial]);
-        let per_row = |v: Tensor<B, 3>| v.repeat_dim(0, batch);
         let (centred, var) = if B::ad_enabled(&x.device()) {
             let n = batch * spatial;
             let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(n as f64); // [1, C, 1]
-            let centred = x - per_row(mean.clone());
+            let centred = ops::sub(x, mean.clone());
             let var = centred
                 .clone()
                 .square()
@@ -223,14 +224,17 @@ impl<B: Backend> BatchNorm<B> {
         } else {
             let mean = self.running_mean.value().reshape([1, channels, 1]);
             let var = self.running_var.value().reshape([1, channels, 1]);
-            (x - per_row(mean), var)
+            (ops::sub(x, mean), var)
         };
         // y = (x − μ)·(γ/σ) + β: two broadcast ops over the activation after the centring.
         // Folding μ into the shift (x·a + b) would save one more but loses precision when
         // |μ| ≫ σ (raw prices).
         let scale =
             self.weight.val().reshape([1, channels, 1]) / var.add_scalar(self.epsilon).sqrt();
-        let y = centred * per_row(scale) + per_row(self.bias.val().reshape([1, channels, 1]));
+        let y = ops::add(
+            ops::mul(centred, scale),
+            self.bias.val().reshape([1, channels, 1]),
+        );
         y.reshape(dims)
     }
 }

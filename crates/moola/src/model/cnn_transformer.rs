@@ -42,8 +42,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::relu;
-use kiln::amp;
 use kiln::nn::{Dropout, DropoutConfig};
+use kiln::{amp, ops};
 use serde::{Deserialize, Serialize};
 
 use super::{InnerWindow, ModelOutput};
@@ -474,9 +474,9 @@ impl<B: Backend> CnnTransformer<B> {
         let mut h = cnn_forward(&self.cnn_blocks, x); // [B, T, d]
         let d = h.dims()[2];
         if let Some(w) = self.window {
-            h = h * Self::window_weights(w, steps, &device);
+            h = ops::mul(h, Self::window_weights(w, steps, &device));
         }
-        h = h + self.rel_pos_enc.mean_bias(steps).unsqueeze_dim::<3>(0);
+        h = ops::add(h, self.rel_pos_enc.mean_bias(steps).unsqueeze_dim::<3>(0));
         let mask = self
             .window
             .map(|w| AttentionMask::Additive(Self::attention_mask(w, steps, &device)));

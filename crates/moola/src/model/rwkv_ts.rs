@@ -48,8 +48,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, sigmoid};
-use kiln::amp;
 use kiln::nn::{Dropout, DropoutConfig};
+use kiln::{amp, ops};
 use serde::{Deserialize, Serialize};
 
 use super::InnerWindow;
@@ -263,7 +263,7 @@ impl<B: Backend> RwkvBlock<B> {
         let r = amp::linear_layer(&self.receptance, Self::mix(&n, &xx, &self.time_mix_r));
         let mut out = sigmoid(r) * amp::linear_layer(&self.output, k * v);
         if let Some(m) = window_mask {
-            out = out * m.clone();
+            out = ops::mul(out, m.clone());
         }
         let x = x + self.dropout.forward(out);
 
@@ -337,7 +337,7 @@ impl<B: Backend> RwkvTs<B> {
         let d = h.dims()[2];
         if self.instance_norm && steps > 1 {
             let (var, mean) = h.clone().var_mean_bias(1);
-            h = (h - mean) / var.add_scalar(INSTANCE_NORM_EPS).sqrt();
+            h = ops::div(ops::sub(h, mean), var.add_scalar(INSTANCE_NORM_EPS).sqrt());
         }
         let mask = self.window.map(|w| {
             assert!(

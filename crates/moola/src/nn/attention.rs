@@ -12,8 +12,8 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use kiln::amp;
 use kiln::nn::{Dropout, DropoutConfig};
+use kiln::{amp, ops};
 
 /// Configuration of a [`MultiheadAttention`].
 #[derive(Config, Debug)]
@@ -160,7 +160,7 @@ impl<B: Backend> MultiheadAttention<B> {
         let mut scores = amp::matmul(q, k.swap_dims(2, 3)); // [B, h, T_q, T_k]
         match mask {
             Some(AttentionMask::Additive(m)) => {
-                scores = scores + m.clone().reshape([1, 1, tq, tk]);
+                scores = ops::add(scores, m.clone().reshape([1, 1, tq, tk]));
             }
             Some(AttentionMask::Blocked(m)) => {
                 scores = scores.mask_fill(
