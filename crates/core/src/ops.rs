@@ -60,12 +60,12 @@ pub fn div<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> 
     broadcast(lhs, rhs, BinaryOp::Div)
 }
 
-/// A block of consecutive dimensions of `lhs` (size-1 dimensions dropped) along which `rhs`
-/// either varies (`full`) or is broadcast.
+/// A block of consecutive dimensions of `lhs` (size-1 dimensions dropped), with its number of
+/// elements: `rhs` varies along it, or is broadcast along it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Block {
-    full: bool,
-    size: usize,
+enum Block {
+    Varies(usize),
+    Broadcast(usize),
 }
 
 /// The blocks of a broadcast, or `None` when `lhs` is itself broadcast along some dimension
@@ -79,14 +79,15 @@ fn blocks(lhs: &[usize], rhs: &[usize]) -> Option<Vec<Block>> {
             }
             continue;
         }
-        let full = match r {
+        let varies = match r {
             _ if r == l => true,
             1 => false,
             _ => return None,
         };
-        match out.last_mut() {
-            Some(b) if b.full == full => b.size *= l,
-            _ => out.push(Block { full, size: l }),
+        match (out.last_mut(), varies) {
+            (Some(Block::Varies(n)), true) | (Some(Block::Broadcast(n)), false) => *n *= l,
+            (_, true) => out.push(Block::Varies(l)),
+            (_, false) => out.push(Block::Broadcast(l)),
         }
     }
     Some(out)
@@ -107,6 +108,7 @@ pub fn broadcast<B: Backend, const D: usize>(
     rhs: Tensor<B, D>,
     op: BinaryOp,
 ) -> Tensor<B, D> {
+    use Block::{Broadcast, Varies};
     let dims = lhs.dims();
     let Some(blocks) = blocks(&dims, &rhs.dims()) else {
         return op.apply(lhs, rhs);
@@ -117,40 +119,9 @@ pub fn broadcast<B: Backend, const D: usize>(
     match blocks.as_slice() {
         // Same shape, or a single value.
         [] | [_] => op.apply(lhs, rhs),
-        [
-            Block {
-                full: false,
-                size: m,
-            },
-            Block {
-                full: true,
-                size: n,
-            },
-        ] => two_d(lhs, rhs.reshape([1, *n]), *m, *n),
-        [
-            Block {
-                full: true,
-                size: m,
-            },
-            Block {
-                full: false,
-                size: n,
-            },
-        ] => two_d(lhs, rhs.reshape([*m, 1]), *m, *n),
-        [
-            Block {
-                full: false,
-                size: m,
-            },
-            Block {
-                full: true,
-                size: n,
-            },
-            Block {
-                full: false,
-                size: k,
-            },
-        ] => {
+        [Broadcast(m), Varies(n)] => two_d(lhs, rhs.reshape([1, *n]), *m, *n),
+        [Varies(m), Broadcast(n)] => two_d(lhs, rhs.reshape([*m, 1]), *m, *n),
+        [Broadcast(m), Varies(n), Broadcast(k)] => {
             let rows = rhs.reshape([1, *n]).repeat_dim(0, *m).reshape([m * n, 1]);
             two_d(lhs, rows, m * n, *k)
         }
@@ -176,22 +147,22 @@ mod tests {
 
     #[test]
     fn blocks_fold_dimensions() {
-        let b = |full, size| Block { full, size };
+        use Block::{Broadcast, Varies};
         assert_eq!(
             blocks(&[4, 2, 5, 5], &[1, 1, 5, 5]),
-            Some(vec![b(false, 8), b(true, 25)])
+            Some(vec![Broadcast(8), Varies(25)])
         );
         assert_eq!(
             blocks(&[4, 7, 3], &[1, 7, 1]),
-            Some(vec![b(false, 4), b(true, 7), b(false, 3)])
+            Some(vec![Broadcast(4), Varies(7), Broadcast(3)])
         );
         assert_eq!(
             blocks(&[4, 1, 7, 3], &[4, 1, 1, 1]),
-            Some(vec![b(true, 4), b(false, 21)])
+            Some(vec![Varies(4), Broadcast(21)])
         );
         assert_eq!(
             blocks(&[4, 7, 3], &[4, 1, 3]),
-            Some(vec![b(true, 4), b(false, 7), b(true, 3)])
+            Some(vec![Varies(4), Broadcast(7), Varies(3)])
         );
         assert_eq!(blocks(&[4, 1, 3], &[4, 5, 3]), None);
     }
