@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use moola::data::{FeatureLayout, WindowSet, write_parquet};
 
+mod tiny;
+
 fn moola(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_moola"))
         .args(args)
@@ -325,43 +327,30 @@ fn bench_times_the_requested_steps_and_skips_pytorch_on_request() {
 #[test]
 fn bench_times_one_pretraining_epoch_of_each_pretrainer() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(&moola(
-        &[
-            "bench",
-            "--models",
-            "",
-            "--pretrain",
-            "masked-lstm,ts-tcc",
-            "--pretrain-windows",
-            "20",
-            "--pretrain-epochs",
-            "3",
-            "--no-torch",
-            "--json",
-            "bench.json",
-            "pretrain.masked_lstm.hidden_dim",
-            "4",
-            "pretrain.masked_lstm.num_layers",
-            "1",
-            "pretrain.masked_lstm.batch_size",
-            "8",
-            "pretrain.ts_tcc.model.cnn_channels",
-            "[4, 8]",
-            "pretrain.ts_tcc.model.cnn_kernels",
-            "[3]",
-            "pretrain.ts_tcc.model.transformer_layers",
-            "1",
-            "pretrain.ts_tcc.model.transformer_heads",
-            "2",
-            "pretrain.ts_tcc.model.projection_hidden_dim",
-            "8",
-            "pretrain.ts_tcc.model.projection_output_dim",
-            "4",
-            "pretrain.ts_tcc.batch_size",
-            "8",
-        ],
-        dir.path(),
-    ));
+    let mut args = vec![
+        "bench",
+        "--models",
+        "",
+        "--pretrain",
+        "masked-lstm,ts-tcc",
+        "--pretrain-windows",
+        "20",
+        "--pretrain-epochs",
+        "3",
+        "--no-torch",
+        "--json",
+        "bench.json",
+        "pretrain.masked_lstm.hidden_dim",
+        "4",
+        "pretrain.masked_lstm.num_layers",
+        "1",
+        "pretrain.masked_lstm.batch_size",
+        "8",
+        "pretrain.ts_tcc.batch_size",
+        "8",
+    ];
+    args.extend_from_slice(tiny::TS_TCC_ENCODER);
+    let out = ok(&moola(&args, dir.path()));
     assert!(out.contains("one pre-training epoch"), "{out}");
     assert!(
         !out.contains("one training step"),

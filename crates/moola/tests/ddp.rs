@@ -21,6 +21,8 @@ use moola::data::WindowSet;
 use moola::model::{ModelSpec, SimpleLstmConfig};
 use moola::train::{self, RunOptions, TrainConfig};
 
+mod tiny;
+
 type B = Autodiff<Flex>;
 
 const ROLE: &str = "MOOLA_DDP_ROLE";
@@ -457,24 +459,7 @@ fn both_pretrainers_run_data_parallel_and_rank_0_writes_the_encoder() {
             &["pretrain.masked_lstm.num_layers", "1"],
             "masked",
         ),
-        (
-            &["pretrain-tcc"],
-            &[
-                "pretrain.ts_tcc.model.cnn_channels",
-                "[4, 8]",
-                "pretrain.ts_tcc.model.cnn_kernels",
-                "[3]",
-                "pretrain.ts_tcc.model.transformer_layers",
-                "1",
-                "pretrain.ts_tcc.model.transformer_heads",
-                "2",
-                "pretrain.ts_tcc.model.projection_hidden_dim",
-                "8",
-                "pretrain.ts_tcc.model.projection_output_dim",
-                "4",
-            ],
-            "tstcc",
-        ),
+        (&["pretrain-tcc"], tiny::TS_TCC_ENCODER, "tstcc"),
     ];
     for (method, extra, name) in cases {
         let dir = tempfile::tempdir().unwrap();
