@@ -365,6 +365,19 @@ impl FlexTensor {
                     }
                 }
             }
+        } else if all_positive
+            && shape.len() >= 2
+            && self.layout.num_dims() <= COLLAPSE_MAX_RANK
+            && (shape.len() > 2 || strides[1] == 1)
+        {
+            // kiln patch (see FIX.md): rows (a unit-stride last dimension) or 2D tiles (the
+            // last two dimensions) of an N-D layout, in parallel above `COPY_PARALLEL_MIN`
+            // elements. Upstream walked every layout of rank > 2 element by element with the
+            // strided iterator (a permuted `[B, H, T, d]` attention tensor, a slice of a
+            // sequence), and copied unit-stride rows of a 2D layout element by element.
+            // SAFETY: capacity is n; `copy_nd_blocks` writes every position once.
+            unsafe { dst.set_len(n) };
+            copy_nd_blocks(&mut dst, src, offset, shape, strides);
         } else if shape.len() == 2 && all_positive {
             // 2D positive-stride (transpose-like): tile both dims so
             // reads stay in cache. The loop-nesting chooser inside
@@ -544,6 +557,62 @@ fn collapse_for_copy(shape: &[usize], strides: &[isize]) -> CollapsedLayout {
     }
 
     out
+}
+
+/// Elements above which [`copy_nd_blocks`] splits the copy over rayon's threads.
+#[cfg(feature = "rayon")]
+const COPY_PARALLEL_MIN: usize = 1 << 18;
+
+/// kiln patch (see FIX.md): copy of a positive-stride layout of rank ≥ 2 (collapsed by
+/// [`collapse_for_copy`]) into the contiguous `dst`, one block at a time: a row (memcpy) when
+/// the last stride is 1, else a tiled 2D copy of the last two dimensions. Blocks are
+/// independent, so large copies run on all threads.
+fn copy_nd_blocks<E: Copy + Send + Sync>(
+    dst: &mut [E],
+    src: &[E],
+    offset: isize,
+    shape: &[usize],
+    strides: &[isize],
+) {
+    let rank = shape.len();
+    let inner = if strides[rank - 1] == 1 { 1 } else { 2 };
+    let block: usize = shape[rank - inner..].iter().product();
+    if block == 0 || dst.is_empty() {
+        return;
+    }
+    let (outer_shape, outer_strides) = (&shape[..rank - inner], &strides[..rank - inner]);
+    let copy_block = |index: usize, out: &mut [E]| {
+        let mut rest = index;
+        let mut start = offset;
+        for (&size, &stride) in outer_shape.iter().zip(outer_strides).rev() {
+            start += (rest % size) as isize * stride;
+            rest /= size;
+        }
+        if inner == 1 {
+            let start = start as usize;
+            out.copy_from_slice(&src[start..start + block]);
+        } else {
+            let (rows, cols) = (shape[rank - 2], shape[rank - 1]);
+            copy_2d_tiled(out, src, start, rows, cols, strides[rank - 2], strides[rank - 1]);
+        }
+    };
+    #[cfg(feature = "rayon")]
+    if dst.len() >= COPY_PARALLEL_MIN {
+        use rayon::prelude::*;
+        // Enough blocks per task that the per-task overhead stays small for short rows.
+        let per_task = (4096 / block).max(1);
+        dst.par_chunks_mut(block * per_task)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (i, out) in chunk.chunks_mut(block).enumerate() {
+                    copy_block(task * per_task + i, out);
+                }
+            });
+        return;
+    }
+    for (index, out) in dst.chunks_mut(block).enumerate() {
+        copy_block(index, out);
+    }
 }
 
 /// Tiled 2D copy from a strided source into a contiguous destination.

@@ -91,29 +91,85 @@ fn cat_impl<E: Element + bytemuck::Pod>(tensors: Vec<FlexTensor>, dim: usize) ->
             output.extend_from_slice(&data[start..end]);
         }
     } else {
-        // General path: iterate over outer/inner chunks
-        // outer_size = product of dims before `dim`
-        // inner_size = product of dims after `dim`
-        let outer_size: usize = out_dims[..dim].iter().product();
+        // kiln patch (see FIX.md): each input's `[size(dim), inner...]` block of one outer
+        // index is read in place when it is contiguous in storage (a contiguous tensor, or a
+        // slice of one along `dim` or an outer dimension), and the outer blocks are copied on
+        // all threads. Upstream copied every non-contiguous input whole first, then
+        // concatenated on one thread.
         let inner_size: usize = out_dims[dim + 1..].iter().product();
+        let row_len = out_dims[dim] * inner_size;
 
-        // Make all tensors contiguous for simple indexing
-        let contiguous: Vec<FlexTensor> = tensors.into_iter().map(|t| t.to_contiguous()).collect();
-
-        for outer in 0..outer_size {
-            for t in &contiguous {
+        let sources: Vec<FlexTensor> = tensors
+            .into_iter()
+            .map(|t| {
+                if blocks_contiguous(t.layout(), dim) {
+                    t
+                } else {
+                    t.to_contiguous()
+                }
+            })
+            .collect();
+        let fill_row = |outer: usize, row: &mut [core::mem::MaybeUninit<E>]| {
+            let mut written = 0;
+            for t in &sources {
+                let layout = t.layout();
+                let len = layout.shape()[dim] * inner_size;
+                let mut start = layout.start_offset() as isize;
+                let mut rest = outer;
+                for d in (0..dim).rev() {
+                    let size = layout.shape()[d];
+                    start += (rest % size) as isize * layout.strides()[d];
+                    rest /= size;
+                }
                 let data: &[E] = t.storage();
-                let t_dim_size = t.layout().shape()[dim];
-                let t_start = t.layout().start_offset();
-                // Each tensor's chunk for this outer index:
-                // offset = t_start + outer * t_dim_size * inner_size
-                let chunk_start = t_start + outer * t_dim_size * inner_size;
-                let chunk_len = t_dim_size * inner_size;
-                output.extend_from_slice(&data[chunk_start..chunk_start + chunk_len]);
+                let start = start as usize;
+                for (slot, &x) in row[written..written + len]
+                    .iter_mut()
+                    .zip(&data[start..start + len])
+                {
+                    slot.write(x);
+                }
+                written += len;
+            }
+        };
+        let rows = &mut output.spare_capacity_mut()[..total_elements];
+        #[cfg(feature = "rayon")]
+        let parallel = total_elements >= crate::ops::PARALLEL_THRESHOLD;
+        #[cfg(not(feature = "rayon"))]
+        let parallel = false;
+        if parallel {
+            #[cfg(feature = "rayon")]
+            {
+                use rayon::prelude::*;
+                rows.par_chunks_mut(row_len)
+                    .enumerate()
+                    .for_each(|(outer, row)| fill_row(outer, row));
+            }
+        } else {
+            for (outer, row) in rows.chunks_mut(row_len).enumerate() {
+                fill_row(outer, row);
             }
         }
+        // SAFETY: `fill_row` wrote all `row_len` elements of every row, and the rows tile
+        // the first `total_elements` slots.
+        unsafe { output.set_len(total_elements) };
     }
 
     let bytes = Bytes::from_elems(output);
     FlexTensor::new(bytes, Layout::contiguous(out_shape), dtype)
+}
+
+/// kiln patch (see FIX.md): whether every `[size(dim), inner...]` block of `layout` (one per
+/// outer index) is one contiguous run of storage, with non-negative outer strides.
+fn blocks_contiguous(layout: &Layout, dim: usize) -> bool {
+    let shape = layout.shape();
+    let strides = layout.strides();
+    let mut expected = 1isize;
+    for d in (dim..shape.num_dims()).rev() {
+        if shape[d] != 1 && strides[d] != expected {
+            return false;
+        }
+        expected *= shape[d] as isize;
+    }
+    strides[..dim].iter().all(|&s| s >= 0)
 }

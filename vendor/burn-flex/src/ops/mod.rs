@@ -18,6 +18,111 @@ pub(crate) const INDEX_DTYPE: DType = DType::I32;
 #[cfg(feature = "rayon")]
 pub(crate) const PARALLEL_THRESHOLD: usize = 256 * 1024;
 
+/// Elements per rayon task of [`par_map`] and [`par_zip_map`].
+#[cfg(feature = "rayon")]
+const PAR_MAP_CHUNK: usize = 1 << 14;
+
+/// kiln patch (see FIX.md): `src.map(f)` into a new vector, split over rayon's threads above
+/// [`PARALLEL_THRESHOLD`] elements. Upstream's allocating paths (an op on a tensor that autodiff
+/// also keeps for the backward pass, so it cannot be updated in place) ran on one thread.
+pub(crate) fn par_map<E, R, F>(src: &[E], f: F) -> alloc::vec::Vec<R>
+where
+    E: Copy + Sync,
+    R: Send,
+    F: Fn(E) -> R + Sync,
+{
+    #[cfg(feature = "rayon")]
+    if src.len() >= PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        let mut out = alloc::vec::Vec::with_capacity(src.len());
+        out.spare_capacity_mut()[..src.len()]
+            .par_chunks_mut(PAR_MAP_CHUNK)
+            .zip(src.par_chunks(PAR_MAP_CHUNK))
+            .for_each(|(out, src)| {
+                for (slot, &x) in out.iter_mut().zip(src) {
+                    slot.write(f(x));
+                }
+            });
+        // SAFETY: every one of the first `src.len()` slots was written above.
+        unsafe { out.set_len(src.len()) };
+        return out;
+    }
+    src.iter().map(|&x| f(x)).collect()
+}
+
+/// kiln patch (see FIX.md): `zip(a, b).map(f)` into a new vector, like [`par_map`].
+pub(crate) fn par_zip_map<A, B, R, F>(a: &[A], b: &[B], f: F) -> alloc::vec::Vec<R>
+where
+    A: Copy + Sync,
+    B: Copy + Sync,
+    R: Send,
+    F: Fn(A, B) -> R + Sync,
+{
+    let len = a.len().min(b.len());
+    #[cfg(feature = "rayon")]
+    if len >= PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        let mut out = alloc::vec::Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(PAR_MAP_CHUNK)
+            .zip(a[..len].par_chunks(PAR_MAP_CHUNK))
+            .zip(b[..len].par_chunks(PAR_MAP_CHUNK))
+            .for_each(|((out, a), b)| {
+                for ((slot, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                    slot.write(f(x, y));
+                }
+            });
+        // SAFETY: every one of the first `len` slots was written above.
+        unsafe { out.set_len(len) };
+        return out;
+    }
+    a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+}
+
+/// kiln patch (see FIX.md): `x = f(x)` over `dst`, split like [`par_map`].
+pub(crate) fn par_update<E, F>(dst: &mut [E], f: F)
+where
+    E: Copy + Send,
+    F: Fn(E) -> E + Sync,
+{
+    #[cfg(feature = "rayon")]
+    if dst.len() >= PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(PAR_MAP_CHUNK).for_each(|chunk| {
+            for x in chunk {
+                *x = f(*x);
+            }
+        });
+        return;
+    }
+    for x in dst {
+        *x = f(*x);
+    }
+}
+
+/// kiln patch (see FIX.md): `x = f(x, y)` over `dst` and `src`, split like [`par_map`].
+pub(crate) fn par_zip_update<E, F>(dst: &mut [E], src: &[E], f: F)
+where
+    E: Copy + Send + Sync,
+    F: Fn(E, E) -> E + Sync,
+{
+    #[cfg(feature = "rayon")]
+    if dst.len() >= PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(PAR_MAP_CHUNK)
+            .zip(src.par_chunks(PAR_MAP_CHUNK))
+            .for_each(|(dst, src)| {
+                for (x, &y) in dst.iter_mut().zip(src) {
+                    *x = f(*x, y);
+                }
+            });
+        return;
+    }
+    for (x, &y) in dst.iter_mut().zip(src) {
+        *x = f(*x, y);
+    }
+}
+
 /// Wrapper for raw mutable pointers that can be sent across rayon threads.
 ///
 /// # Safety

@@ -739,6 +739,25 @@ impl ModuleOps<Flex> for Flex {
         )
     }
 
+    // kiln patch (see FIX.md): the weight and bias gradients of a `Linear` on a batch of
+    // sequences as one product over all rows. Burn's default multiplied each batch element
+    // separately (`[B, d, T] x [B, T, o]`, B small GEMMs and a `[B, d, o]` buffer), then summed
+    // over the batch.
+    fn linear_weight_backward(
+        x: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        let x = rows_2d(x);
+        let output_grad = rows_2d(output_grad);
+        Flex::float_matmul(Flex::float_swap_dims(x, 0, 1), output_grad)
+    }
+
+    fn linear_bias_backward(output_grad: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        let d_output = *output_grad.shape().last().expect("linear: rank 0 gradient");
+        let grad = Flex::float_sum_dim(rows_2d(output_grad), 0);
+        Flex::float_reshape(grad, Shape::from(alloc::vec![d_output]))
+    }
+
     fn layer_norm(
         tensor: FloatTensor<Flex>,
         gamma: FloatTensor<Flex>,
@@ -769,4 +788,12 @@ impl ModuleOps<Flex> for Flex {
         );
         Flex::float_select_add(grad, 0, indices, output_grad)
     }
+}
+
+/// kiln patch (see FIX.md): `[..., n]` as `[rows, n]` (a view when contiguous).
+fn rows_2d(tensor: FlexTensor) -> FlexTensor {
+    let shape = tensor.shape();
+    let n = *shape.last().expect("linear: rank 0 tensor");
+    let rows = shape.num_elements().checked_div(n).unwrap_or(0);
+    Flex::float_reshape(tensor, Shape::from(alloc::vec![rows, n]))
 }

@@ -40,13 +40,22 @@ pub fn repeat_dim(tensor: FlexTensor, dim: usize, times: usize) -> FlexTensor {
     let chunk_bytes = dim_size * inner * elem_size;
     let outer: usize = shape.iter().take(dim).product();
 
+    // kiln patch (see FIX.md): each outer block is filled by doubling (copy the chunk once,
+    // then copy what is written so far), `log2(times)` copies instead of `times`; upstream made
+    // one `copy_from_slice` per repeat, which for a short chunk (repeating the last dimension
+    // of `[.., 1]`) meant one tiny memcpy per output element.
+    let block = chunk_bytes * times;
     for o in 0..outer {
         let start = o * chunk_bytes;
-        let end = start + chunk_bytes;
-        for _t in 0..times {
-            dst[written..written + chunk_bytes].copy_from_slice(&src[start..end]);
-            written += chunk_bytes;
+        let out = &mut dst[written..written + block];
+        out[..chunk_bytes].copy_from_slice(&src[start..start + chunk_bytes]);
+        let mut filled = chunk_bytes;
+        while filled < block {
+            let len = filled.min(block - filled);
+            out.copy_within(..len, filled);
+            filled += len;
         }
+        written += block;
     }
 
     debug_assert_eq!(written, n);

@@ -55,8 +55,8 @@ where
 /// Apply a unary operation element-wise to a tensor.
 pub fn unary_op<F32Op, F64Op>(tensor: FlexTensor, f32_op: F32Op, f64_op: F64Op) -> FlexTensor
 where
-    F32Op: Fn(f32) -> f32 + Copy,
-    F64Op: Fn(f64) -> f64 + Copy,
+    F32Op: Fn(f32) -> f32 + Copy + Sync,
+    F64Op: Fn(f64) -> f64 + Copy + Sync,
 {
     let dtype = tensor.dtype();
 
@@ -73,17 +73,16 @@ where
 fn unary_op_typed<E, Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
 where
     E: burn_backend::Element + bytemuck::Pod,
-    Op: Fn(E) -> E,
+    Op: Fn(E) -> E + Sync,
 {
     let n = tensor.layout().num_elements();
 
     // In-place fast path: unique, contiguous tensor at offset 0
+    // (kiln patch, see FIX.md: multi-threaded above the parallel threshold)
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..n].iter_mut() {
-            *x = op(*x);
-        }
+        crate::ops::par_update(&mut storage[..n], op);
         return tensor;
     }
 
@@ -98,7 +97,8 @@ where
     // Iterate in storage order (contiguous) and preserve original layout.
     // Only valid when all strides are positive.
     if !has_negative_strides && layout.start_offset() == 0 && src.len() == n {
-        let result: Vec<E> = src.iter().map(|&x| op(x)).collect();
+        // kiln patch (see FIX.md): multi-threaded above the parallel threshold.
+        let result: Vec<E> = crate::ops::par_map(src, op);
         let bytes = Bytes::from_elems(result);
         return FlexTensor::new(bytes, layout, E::dtype());
     }
@@ -121,7 +121,8 @@ where
     let result = match &blocks {
         // Single contiguous block (with offset)
         StridedBlocks::Single { start, len } => {
-            src[*start..*start + *len].iter().map(|&x| op(x)).collect()
+            // kiln patch (see FIX.md): multi-threaded above the parallel threshold.
+            crate::ops::par_map(&src[*start..*start + *len], op)
         }
         // Strided: iterate over contiguous blocks
         StridedBlocks::Multiple {
@@ -271,6 +272,10 @@ pub fn sinh(tensor: FlexTensor) -> FlexTensor {
 
 /// Hyperbolic tangent
 pub fn tanh(tensor: FlexTensor) -> FlexTensor {
+    // kiln patch (see FIX.md): vectorised, multi-threaded f32 kernel.
+    if tensor.dtype() == DType::F32 {
+        return f32_in_place(tensor, crate::ops::fast_exp::tanh_in_place);
+    }
     unary_op(tensor, |x| x.tanh(), |x| x.tanh())
 }
 
