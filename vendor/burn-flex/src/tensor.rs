@@ -371,7 +371,7 @@ impl FlexTensor {
             && (shape.len() > 2 || strides[1] == 1)
         {
             // kiln patch (see FIX.md): rows (a unit-stride last dimension) or 2D tiles (the
-            // last two dimensions) of an N-D layout, in parallel above `COPY_PARALLEL_MIN`
+            // last two dimensions) of an N-D layout, in parallel above `PARALLEL_THRESHOLD`
             // elements. Upstream walked every layout of rank > 2 element by element with the
             // strided iterator (a permuted `[B, H, T, d]` attention tensor, a slice of a
             // sequence), and copied unit-stride rows of a 2D layout element by element.
@@ -559,10 +559,6 @@ fn collapse_for_copy(shape: &[usize], strides: &[isize]) -> CollapsedLayout {
     out
 }
 
-/// Elements above which [`copy_nd_blocks`] splits the copy over rayon's threads.
-#[cfg(feature = "rayon")]
-const COPY_PARALLEL_MIN: usize = 1 << 18;
-
 /// kiln patch (see FIX.md): copy of a positive-stride layout of rank ≥ 2 (collapsed by
 /// [`collapse_for_copy`]) into the contiguous `dst`, one block at a time: a row (memcpy) when
 /// the last stride is 1, else a tiled 2D copy of the last two dimensions. Blocks are
@@ -597,7 +593,7 @@ fn copy_nd_blocks<E: Copy + Send + Sync>(
         }
     };
     #[cfg(feature = "rayon")]
-    if dst.len() >= COPY_PARALLEL_MIN {
+    if dst.len() >= crate::ops::PARALLEL_THRESHOLD {
         use rayon::prelude::*;
         // Enough blocks per task that the per-task overhead stays small for short rows.
         let per_task = (4096 / block).max(1);
