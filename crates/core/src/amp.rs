@@ -348,9 +348,9 @@ pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
     if is_pointwise(layer) {
         return pointwise_conv2d(layer, x);
     }
-    let Some(h) = current() else {
+    if current().is_none() {
         return layer.forward(x);
-    };
+    }
     let [_, _, height, width] = x.dims();
     let ((top, bottom), (left, right)) = match layer.padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
@@ -362,14 +362,12 @@ pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
     };
     let (x, padding) = pad_unevenly(x, [(top, bottom), (left, right)]);
     let options = ConvOptions::new(layer.stride, padding, layer.dilation, layer.groups);
-    let out = x.dtype();
-    let y = burn::tensor::module::conv2d(
-        half(x, h),
-        half(layer.weight.val(), h),
-        layer.bias.as_ref().map(|b| half(b.val(), h)),
+    conv2d(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
         options,
-    );
-    back(y, out)
+    )
 }
 
 /// Whether `layer` is a 1×1, stride-1, unpadded, ungrouped convolution.
@@ -384,18 +382,61 @@ fn is_pointwise<B: Backend>(layer: &Conv2d<B>) -> bool {
 
 /// A pointwise convolution as `W · x` per image, under the autocast policy.
 fn pointwise_conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pointwise(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `W [Co, Ci, 1, 1] · x [N, Ci, H, W] (+ b)` as a batched matrix product.
+fn pointwise<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 4> {
     let [n, c_in, height, width] = x.dims();
-    let [c_out, ..] = layer.weight.dims();
-    let w = layer.weight.val().reshape([1, c_out, c_in]);
-    let y = matmul(w, x.reshape([n, c_in, height * width]));
-    let y = match &layer.bias {
+    let [c_out, ..] = weight.dims();
+    let y = matmul(
+        weight.reshape([1, c_out, c_in]),
+        x.reshape([n, c_in, height * width]),
+    );
+    let y = match bias {
         Some(b) => {
             let dtype = y.dtype();
-            crate::ops::add(y, b.val().cast(dtype).reshape([1, c_out, 1]))
+            crate::ops::add(y, b.cast(dtype).reshape([1, c_out, 1]))
         }
         None => y,
     };
     y.reshape([n, c_out, height, width])
+}
+
+/// `conv2d(x, weight, bias, options)` with explicit weights (e.g. BatchNorm folded into them)
+/// and symmetric padding, on the same paths as [`conv2d_layer`]: a pointwise convolution as a
+/// matrix product, the rest through Burn's convolution in the autocast dtype.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    let [_, _, kh, kw] = weight.dims();
+    if [kh, kw] == [1, 1]
+        && options.stride == [1, 1]
+        && options.padding == [0, 0]
+        && options.groups == 1
+    {
+        return pointwise(x, weight, bias);
+    }
+    match current() {
+        None => burn::tensor::module::conv2d(x, weight, bias, options),
+        Some(h) => {
+            let out = x.dtype();
+            let y = burn::tensor::module::conv2d(
+                half(x, h),
+                half(weight, h),
+                bias.map(|b| half(b, h)),
+                options,
+            );
+            back(y, out)
+        }
+    }
 }
 
 /// Checks that backend `B` can run `precision` on `device`: a small cast, matmul and

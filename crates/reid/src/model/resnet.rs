@@ -37,7 +37,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{conv2d, max_pool2d};
+use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::ConvOptions;
 use kiln::nn::BatchNorm;
 use serde::{Deserialize, Serialize};
@@ -371,7 +371,7 @@ fn conv_bn<B: Backend>(
     let shift = bn.bias.val() - bn.running_mean.value() * scale.clone();
     let weight = conv.weight.val() * scale.reshape([channels, 1, 1, 1]);
     let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
-    conv2d(x, weight, Some(shift), options)
+    kiln::amp::conv2d(x, weight, Some(shift), options)
 }
 
 /// The IBN-a normalisation (`IBN` in `resnet_ibn_a.py`): InstanceNorm2d(half, affine) on the
@@ -528,11 +528,13 @@ impl<B: Backend> ResNet<B> {
     }
 
     /// Folds (or not) the BatchNorms into the convolutions when evaluating without autodiff.
-    /// Training (autodiff) is unaffected. The folded weights are recomputed on every forward, so
-    /// it pays off for batches, not single images: ResNet50 on Flex (2 cores), 8×3×256×128:
-    /// 1.3 s instead of 3.6 s; 1×3×256×128: 0.42 s instead of 0.17 s. Results equal the exact
-    /// ones up to f32 rounding (parity fixtures: within 1.3e-4 of the float64 reference instead
-    /// of 4e-5).
+    /// Training (autodiff) is unaffected. The folded weights are recomputed on every forward.
+    /// It paid off when the BatchNorm passes were slow on Flex (8×3×256×128: 1.3 s instead of
+    /// 3.6 s); since `kiln::nn::BatchNorm` lays its broadcasts out for burn-flex's fast kernel it
+    /// no longer does: ResNet50 on Flex, 2 cores, 64×3×256×128: 6.5–6.6 s folded, 6.1–6.5 s
+    /// not; one image: 0.51–0.54 s folded, 0.14 s not. Hence off by default. Results equal the
+    /// exact ones up to f32 rounding (parity fixtures: within 1.3e-4 of the float64 reference
+    /// instead of 4e-5).
     pub fn with_folded_batchnorm(mut self, fold: bool) -> Self {
         self.fold_batchnorm = fold;
         self
