@@ -142,6 +142,76 @@ fn backend_seed<B: Backend>(device: &B::Device) -> u64 {
         .fold(0u64, |acc, &w| (acc << 16) | (w as u64 & 0xFFFF))
 }
 
+/// Configuration of a [`LayerNorm`] (the API of `burn::nn::LayerNormConfig`).
+#[derive(Config, Debug)]
+pub struct LayerNormConfig {
+    /// Size of the normalised (last) axis.
+    pub d_model: usize,
+    /// Added to the variance.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+    /// Whether the layer has the shift β.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl LayerNormConfig {
+    /// The layer: γ = 1, β = 0, as `torch.nn.LayerNorm`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LayerNorm<B> {
+        LayerNorm {
+            gamma: Param::from_tensor(Tensor::ones([self.d_model], device)),
+            beta: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([self.d_model], device))),
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+/// Layer normalisation over the last axis, `torch.nn.LayerNorm`'s numbers and
+/// `burn::nn::LayerNorm`'s fields (`gamma`, `beta`, `epsilon`), so records and the PyTorch
+/// import tables are the same as with Burn's layer. It runs [`crate::fused::layer_norm`]: one
+/// pass forward and one backward on burn-flex training, Burn's own op elsewhere.
+#[derive(Module, Debug)]
+#[module(custom_display)]
+pub struct LayerNorm<B: Backend> {
+    /// Scale γ (PyTorch's `weight`).
+    pub gamma: Param<Tensor<B, 1>>,
+    /// Shift β (PyTorch's `bias`).
+    pub beta: Option<Param<Tensor<B, 1>>>,
+    /// Added to the variance.
+    pub epsilon: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Normalises `[..., d_model]` over its last axis.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        crate::fused::layer_norm(
+            x,
+            self.gamma.val(),
+            self.beta.as_ref().map(Param::val),
+            self.epsilon,
+        )
+    }
+}
+
+impl<B: Backend> ModuleDisplay for LayerNorm<B> {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [d_model] = self.gamma.shape().dims();
+        content
+            .add("d_model", &d_model)
+            .add("epsilon", &self.epsilon)
+            .add("bias", &self.beta.is_some())
+            .optional()
+    }
+}
+
 /// Batch normalisation with PyTorch's semantics and state-dict names
 /// (`weight`, `bias`, `running_mean`, `running_var`).
 ///
@@ -245,6 +315,39 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::{TensorData, Tolerance};
+
+    /// Checkpoints written while the models used `burn::nn::LayerNorm` load into
+    /// [`LayerNorm`] (same record fields), and the layer computes what Burn's did.
+    #[test]
+    fn layer_norm_reads_burn_layer_norm_records() {
+        use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+        type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
+        let device = Default::default();
+        let mut theirs = burn::nn::LayerNormConfig::new(6).init::<Flex>(&device);
+        theirs.gamma = Param::from_tensor(Tensor::from_floats(
+            [1.0, 2.0, 0.5, -1.0, 3.0, 1.5],
+            &device,
+        ));
+        theirs.beta = Some(Param::from_tensor(Tensor::from_floats(
+            [0.1, -0.2, 0.0, 0.3, 0.0, 1.0],
+            &device,
+        )));
+        let bytes =
+            Recorder::<Flex>::record(&Rec::default(), theirs.clone().into_record(), ()).unwrap();
+        let record = Recorder::<Flex>::load(&Rec::default(), bytes, &device).unwrap();
+        let ours = LayerNormConfig::new(6)
+            .init::<Flex>(&device)
+            .load_record(record);
+        ours.gamma
+            .val()
+            .into_data()
+            .assert_eq(&theirs.gamma.val().into_data(), true);
+        let x = Tensor::<Flex, 2>::random([5, 6], Distribution::Normal(2.0, 3.0), &device);
+        ours.forward(x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.forward(x).into_data(), Tolerance::absolute(1e-5));
+        assert_eq!(ours.epsilon, 1e-5);
+    }
 
     #[test]
     fn matches_pytorch_running_statistics() {

@@ -38,11 +38,11 @@ use anyhow::{Context, bail};
 use burn::module::{Initializer, Param};
 use burn::nn::PaddingConfig1d;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::relu;
-use kiln::nn::{Dropout, DropoutConfig};
+use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use kiln::{amp, ops};
 use serde::{Deserialize, Serialize};
 

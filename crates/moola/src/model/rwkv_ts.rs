@@ -44,12 +44,11 @@
 
 use anyhow::bail;
 use burn::module::{Initializer, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::{relu, sigmoid};
-use kiln::nn::{Dropout, DropoutConfig};
-use kiln::{amp, ops};
+use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
+use kiln::{amp, fused, ops};
 use serde::{Deserialize, Serialize};
 
 use super::InnerWindow;
@@ -232,20 +231,10 @@ impl<B: Backend> RwkvBlock<B> {
         }
     }
 
-    /// `cat(state, n[:, :T−1])`: the input shifted right by one step.
-    fn shift(n: &Tensor<B, 3>, state: &Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, steps, d] = n.dims();
-        if steps == 1 {
-            return state.clone();
-        }
-        let prev = n.clone().slice([0..batch, 0..steps - 1, 0..d]);
-        Tensor::cat(vec![state.clone(), prev], 1)
-    }
-
-    /// `a·μ + b·(1 − μ)`.
-    fn mix(a: &Tensor<B, 3>, b: &Tensor<B, 3>, mu: &Param<Tensor<B, 3>>) -> Tensor<B, 3> {
-        let mu = mu.val();
-        a.clone() * mu.clone() + b.clone() * (mu.neg().add_scalar(1.0))
+    /// `n·μ + cat(state, n[:, :T−1])·(1 − μ)`: the token shift and its mix, fused
+    /// ([`kiln::fused::shift_lerp`]).
+    fn mix(n: &Tensor<B, 3>, state: &Tensor<B, 3>, mu: &Param<Tensor<B, 3>>) -> Tensor<B, 3> {
+        fused::shift_lerp(n.clone(), state.clone(), mu.val())
     }
 
     /// One block: `x [B, T, d]`, `state [B, 1, d]`, optional window weights `[1, T, 1]`;
@@ -257,24 +246,25 @@ impl<B: Backend> RwkvBlock<B> {
         window_mask: Option<&Tensor<B, 3>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let n = self.ln1.forward(x.clone());
-        let xx = Self::shift(&n, &state);
-        let k = amp::linear_layer(&self.key, Self::mix(&n, &xx, &self.time_mix_k));
-        let v = amp::linear_layer(&self.value, Self::mix(&n, &xx, &self.time_mix_v));
-        let r = amp::linear_layer(&self.receptance, Self::mix(&n, &xx, &self.time_mix_r));
-        let mut out = sigmoid(r) * amp::linear_layer(&self.output, k * v);
+        let k = amp::linear_layer(&self.key, Self::mix(&n, &state, &self.time_mix_k));
+        let v = amp::linear_layer(&self.value, Self::mix(&n, &state, &self.time_mix_v));
+        let r = amp::linear_layer(&self.receptance, Self::mix(&n, &state, &self.time_mix_r));
+        let mut out = fused::sigmoid_gate(r, amp::linear_layer(&self.output, k * v));
         if let Some(m) = window_mask {
             out = ops::mul(out, m.clone());
         }
         let x = x + self.dropout.forward(out);
 
         let n2 = self.ln2.forward(x.clone());
-        let xx2 = Self::shift(&n2, &state);
-        let k2 = amp::linear_layer(&self.ffn_key, Self::mix(&n2, &xx2, &self.channel_mix_k));
+        let k2 = amp::linear_layer(&self.ffn_key, Self::mix(&n2, &state, &self.channel_mix_k));
         let r2 = amp::linear_layer(
             &self.ffn_receptance,
-            Self::mix(&n2, &xx2, &self.channel_mix_r),
+            Self::mix(&n2, &state, &self.channel_mix_r),
         );
-        let ffn = sigmoid(r2) * amp::linear_layer(&self.ffn_value, relu(k2).powi_scalar(2));
+        let ffn = fused::sigmoid_gate(
+            r2,
+            amp::linear_layer(&self.ffn_value, fused::relu_square(k2)),
+        );
         let x = x + self.dropout.forward(ffn);
         let [batch, steps, d] = x.dims();
         let new_state = x.clone().slice([0..batch, steps - 1..steps, 0..d]);

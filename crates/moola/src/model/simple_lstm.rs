@@ -16,11 +16,11 @@
 //! Initialisation follows PyTorch's defaults (LSTM `U(±1/√H)`, attention Xavier/zero, LayerNorm
 //! 1/0, Linear `U(±1/√fan_in)`).
 
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use kiln::amp;
-use kiln::nn::{Dropout, DropoutConfig};
+use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{Lstm, LstmConfig, MultiheadAttention, MultiheadAttentionConfig};

@@ -15,7 +15,9 @@
 //! ## Speed
 //! On Burn's CPU backends an LSTM costs per-op overhead of its per-time-step graph, not FLOPs.
 //! Each step is `linear(x_t, W_ihᵀ, b_ih + b_hh) + h·W_hhᵀ` with the transposed weights and the
-//! summed bias prepared once per call, one sigmoid over all four gates and one tanh over `g`.
+//! summed bias prepared once per call; the gate activations and the state update are one
+//! operation with its own backward ([`kiln::fused::lstm_cell`]) instead of a dozen recorded
+//! ones.
 //! Per-step inputs and outputs live in `Vec`s and the output sequence is stacked once. The inputs
 //! of layers ≥ 1 are the previous layer's per-step outputs, never slices of one big *tracked*
 //! tensor: the backward of each such slice materialises a full-size gradient, which makes the
@@ -39,8 +41,7 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::{sigmoid, tanh};
-use kiln::amp;
+use kiln::{amp, fused};
 
 /// Configuration of an [`Lstm`] (the arguments of `torch.nn.LSTM`).
 #[derive(Config, Debug)]
@@ -178,13 +179,7 @@ impl<B: Backend> LstmDirection<B> {
             let t = if reverse { steps - 1 - i } else { i };
             let gates = amp::linear(inputs[t].clone(), w_ih.clone(), Some(bias.clone()))
                 + amp::matmul(h, w_hh.clone()); // [B, 4H]: i, f, g, o
-            let act = sigmoid(gates.clone());
-            let i_gate = act.clone().slice([0..batch, 0..hidden]);
-            let f_gate = act.clone().slice([0..batch, hidden..2 * hidden]);
-            let o_gate = act.slice([0..batch, 3 * hidden..4 * hidden]);
-            let g_gate = tanh(gates.slice([0..batch, 2 * hidden..3 * hidden]));
-            c = f_gate * c + i_gate * g_gate;
-            h = o_gate * tanh(c.clone());
+            (h, c) = fused::lstm_cell(gates, c);
             outputs[t] = Some(h.clone());
         }
         let outputs = outputs

@@ -15,11 +15,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use kiln::amp;
-use kiln::nn::{Dropout, DropoutConfig};
+use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 
 use super::attention::{AttentionMask, MultiheadAttention, MultiheadAttentionConfig};
 

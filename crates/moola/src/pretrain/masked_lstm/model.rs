@@ -14,11 +14,11 @@
 //! decoder `decoder.0` / `decoder.3` as `decoder_0` / `decoder_3`.
 
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use kiln::amp;
-use kiln::nn::{Dropout, DropoutConfig};
+use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 

@@ -2,10 +2,11 @@
 //! contrastive model that chains them.
 
 use anyhow::{Context, Result, bail};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::nn::{LayerNorm, LayerNormConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::model::cnn_transformer::{
