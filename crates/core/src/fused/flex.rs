@@ -1,6 +1,10 @@
 //! The burn-flex side of [`super`]: `f32` kernels on contiguous host buffers, multi-threaded
 //! with rayon, and the `Autodiff<Flex>` operations that record them with their own backward
 //! step (the backend-extension pattern of Burn's `custom-cubecl-kernel` example, on the CPU).
+//!
+//! Each operation is one function for both backends: its inputs become [`Input`]s (contiguous
+//! values, plus the graph tensor under autodiff), the kernel computes the output, and
+//! [`finish`] returns it, recorded with the backward state on `Autodiff<Flex>`.
 
 use std::any::{Any, TypeId};
 use std::mem::MaybeUninit;
@@ -21,8 +25,6 @@ use rayon::prelude::*;
 
 /// The default CPU training backend.
 type Ad = Autodiff<Flex>;
-/// Its float tensor: a [`FlexTensor`] (`primitive`) and its graph node (`node`).
-type AdTensor = FloatTensor<Ad>;
 
 /// Rows (LayerNorm) or sequences (token shift) per rayon task.
 const ROWS_PER_TASK: usize = 64;
@@ -42,30 +44,78 @@ fn cast<T: 'static, U: 'static>(t: T) -> U {
     }
 }
 
-/// Whether `B` is `Autodiff<Flex>` and all `dtypes` are `f32`.
-pub(super) fn is_autodiff_f32<B: Backend>(dtypes: &[DType]) -> bool {
-    same::<B, Ad>() && dtypes.iter().all(|d| *d == DType::F32)
+/// Whether the kernels of this module run for backend `B` and tensors of `dtypes`: `B` is
+/// `Flex` or `Autodiff<Flex>` and every tensor is `f32`.
+pub(super) fn handles<B: Backend>(dtypes: &[DType]) -> bool {
+    (same::<B, Ad>() || same::<B, Flex>()) && dtypes.iter().all(|d| *d == DType::F32)
 }
 
-/// Whether `B` is `Flex` (no autodiff) and all `dtypes` are `f32`.
-pub(super) fn is_flex_f32<B: Backend>(dtypes: &[DType]) -> bool {
-    same::<B, Flex>() && dtypes.iter().all(|d| *d == DType::F32)
+/// An input of a fused operation: its values as a contiguous tensor and, on `Autodiff<Flex>`,
+/// the graph tensor it came from.
+struct Input {
+    values: FlexTensor,
+    graph: Option<FloatTensor<Ad>>,
 }
 
-fn to_ad<B: Backend, const D: usize>(t: Tensor<B, D>) -> AdTensor {
-    cast::<_, Tensor<Ad, D>>(t).into_primitive().tensor()
+impl Input {
+    /// `t` of backend `B`, which [`handles`] has accepted.
+    fn new<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+        if same::<B, Ad>() {
+            let t = cast::<_, Tensor<Ad, D>>(t).into_primitive().tensor();
+            Self {
+                values: t.primitive.to_contiguous(),
+                graph: Some(t),
+            }
+        } else {
+            Self {
+                values: cast::<_, Tensor<Flex, D>>(t)
+                    .into_primitive()
+                    .tensor()
+                    .to_contiguous(),
+                graph: None,
+            }
+        }
+    }
+
+    fn values(&self) -> &[f32] {
+        values(&self.values)
+    }
+
+    fn shape(&self) -> &Shape {
+        self.values.layout().shape()
+    }
 }
 
-fn from_ad<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
-    cast(Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(t)))
-}
-
-fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
-    cast::<_, Tensor<Flex, D>>(t).into_primitive().tensor()
-}
-
-fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-    cast(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t)))
+/// The output `out` of `op` applied to `inputs`, as a tensor of `B`: on `Autodiff<Flex>`
+/// recorded on the graph with the inputs as parents, keeping the backward state
+/// `state(contiguous inputs)` when a parent is tracked.
+fn finish<B: Backend, const D: usize, Op: Backward<Flex, N>, const N: usize>(
+    op: Op,
+    inputs: [Input; N],
+    out: FlexTensor,
+    state: impl FnOnce([FlexTensor; N]) -> Op::State,
+) -> Tensor<B, D> {
+    if !same::<B, Ad>() {
+        return cast(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(
+            out,
+        )));
+    }
+    let nodes = inputs.each_ref().map(|i| {
+        i.graph
+            .as_ref()
+            .expect("fused: an autodiff input has its graph tensor")
+            .node
+            .clone()
+    });
+    let out = match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(inputs.map(|i| i.values)), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    cast(Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(out)))
 }
 
 /// The values of a contiguous `f32` tensor.
@@ -88,24 +138,6 @@ fn uninit(n: usize) -> Box<[MaybeUninit<f32>]> {
 unsafe fn init(v: Box<[MaybeUninit<f32>]>) -> Vec<f32> {
     // SAFETY: guaranteed by the caller.
     unsafe { v.assume_init() }.into_vec()
-}
-
-/// Records `op` on the autodiff graph with `inputs` as its parents: returns the output `out`,
-/// keeping the backward state `state()` when a parent is tracked.
-fn record<Op: Backward<Flex, N>, const N: usize>(
-    op: Op,
-    inputs: [&AdTensor; N],
-    state: impl FnOnce() -> Op::State,
-    out: FlexTensor,
-) -> AdTensor {
-    match op
-        .prepare::<NoCheckpointing>(inputs.map(|t| t.node.clone()))
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state(), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    }
 }
 
 /// The graph ids of an operation's parents (`None` for an untracked one).
@@ -327,7 +359,7 @@ impl Backward<Flex, 3> for LayerNormOp {
     }
 }
 
-/// [`super::layer_norm`] on `Autodiff<Flex>` (checked by the caller).
+/// [`super::layer_norm`] (on a backend that [`handles`] accepted).
 pub(super) fn layer_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     gamma: Tensor<B, 1>,
@@ -341,23 +373,16 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(
         "layer_norm: the last axis of the input must have gamma's size"
     );
     let beta = beta.unwrap_or_else(|| Tensor::zeros([d], &gamma.device()));
-    let (x, gamma, beta) = (to_ad(x), to_ad(gamma), to_ad(beta));
-    let xc = x.primitive.to_contiguous();
-    let gc = gamma.primitive.to_contiguous();
-    let bc = beta.primitive.to_contiguous();
-    let (y, mean, rstd) = layer_norm_forward(values(&xc), values(&gc), values(&bc), epsilon as f32);
-    let y = tensor(y, xc.layout().shape().clone());
-    let out = record(
-        LayerNormOp,
-        [&x, &gamma, &beta],
-        || LayerNormState {
-            x: xc,
-            gamma: gc,
-            stats: Arc::new((mean, rstd)),
-        },
-        y,
-    );
-    from_ad(out)
+    let inputs = [Input::new(x), Input::new(gamma), Input::new(beta)];
+    let [x, gamma, beta] = &inputs;
+    let (y, mean, rstd) =
+        layer_norm_forward(x.values(), gamma.values(), beta.values(), epsilon as f32);
+    let y = tensor(y, x.shape().clone());
+    finish(LayerNormOp, inputs, y, |[x, gamma, _]| LayerNormState {
+        x,
+        gamma,
+        stats: Arc::new((mean, rstd)),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,74 +485,39 @@ fn shift_lerp_backward(
 #[derive(Debug)]
 struct ShiftLerpOp;
 
-#[derive(Debug, Clone)]
-struct ShiftLerpState {
-    x: FlexTensor,
-    first: FlexTensor,
-    mu: FlexTensor,
-}
-
 impl Backward<Flex, 3> for ShiftLerpOp {
-    type State = ShiftLerpState;
+    /// The contiguous `x`, `first` and `mu`.
+    type State = [FlexTensor; 3];
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_first, node_mu] = parent_ids(&ops);
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let s = ops.state;
-        let steps = s.x.layout().shape()[1];
+        let [x, first, mu] = ops.state;
+        let steps = x.layout().shape()[1];
         let (dx, dfirst, dmu) = shift_lerp_backward(
-            values(&s.x),
-            values(&s.first),
-            values(&s.mu),
+            values(&x),
+            values(&first),
+            values(&mu),
             values(&grad),
             steps,
         );
-        register(grads, node_x, dx, s.x.layout().shape());
-        register(grads, node_first, dfirst, s.first.layout().shape());
-        register(grads, node_mu, dmu, s.mu.layout().shape());
+        register(grads, node_x, dx, x.layout().shape());
+        register(grads, node_first, dfirst, first.layout().shape());
+        register(grads, node_mu, dmu, mu.layout().shape());
     }
 }
 
-/// [`super::shift_lerp`] on `Autodiff<Flex>` (checked by the caller, with the shapes).
-pub(super) fn shift_lerp_autodiff<B: Backend>(
+/// [`super::shift_lerp`] (on a backend that [`handles`] accepted, shapes checked).
+pub(super) fn shift_lerp<B: Backend>(
     x: Tensor<B, 3>,
     first: Tensor<B, 3>,
     mu: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
-    let (x, first, mu) = (to_ad(x), to_ad(first), to_ad(mu));
-    let xc = x.primitive.to_contiguous();
-    let fc = first.primitive.to_contiguous();
-    let mc = mu.primitive.to_contiguous();
-    let shape = xc.layout().shape().clone();
-    let out = tensor(
-        shift_lerp_forward(values(&xc), values(&fc), values(&mc), shape[1]),
-        shape,
-    );
-    let out = record(
-        ShiftLerpOp,
-        [&x, &first, &mu],
-        || ShiftLerpState {
-            x: xc,
-            first: fc,
-            mu: mc,
-        },
-        out,
-    );
-    from_ad(out)
-}
-
-/// [`super::shift_lerp`] on `Flex` without autodiff.
-pub(super) fn shift_lerp_inference<B: Backend>(
-    x: Tensor<B, 3>,
-    first: Tensor<B, 3>,
-    mu: Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    let xc = to_flex(x).to_contiguous();
-    let fc = to_flex(first).to_contiguous();
-    let mc = to_flex(mu).to_contiguous();
-    let shape = xc.layout().shape().clone();
-    let out = shift_lerp_forward(values(&xc), values(&fc), values(&mc), shape[1]);
-    from_flex(tensor(out, shape))
+    let inputs = [Input::new(x), Input::new(first), Input::new(mu)];
+    let [x, first, mu] = &inputs;
+    let shape = x.shape().clone();
+    let out = shift_lerp_forward(x.values(), first.values(), mu.values(), shape[1]);
+    finish(ShiftLerpOp, inputs, tensor(out, shape), |s| s)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -570,34 +560,22 @@ struct ReluSquareOp;
 
 impl Backward<Flex, 1> for ReluSquareOp {
     /// The contiguous input.
-    type State = FlexTensor;
+    type State = [FlexTensor; 1];
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = parent_ids(&ops);
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let x = ops.state;
+        let [x] = ops.state;
         let dx = relu_square_backward(values(&x), values(&grad));
         register(grads, node_x, dx, x.layout().shape());
     }
 }
 
-/// [`super::relu_square`] on `Autodiff<Flex>` (checked by the caller).
-pub(super) fn relu_square_autodiff<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let x = to_ad(x);
-    let xc = x.primitive.to_contiguous();
-    let out = tensor(
-        relu_square_forward(values(&xc)),
-        xc.layout().shape().clone(),
-    );
-    let out = record(ReluSquareOp, [&x], || xc, out);
-    from_ad(out)
-}
-
-/// [`super::relu_square`] on `Flex` without autodiff.
-pub(super) fn relu_square_inference<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let xc = to_flex(x).to_contiguous();
-    let out = relu_square_forward(values(&xc));
-    from_flex(tensor(out, xc.layout().shape().clone()))
+/// [`super::relu_square`] (on a backend that [`handles`] accepted).
+pub(super) fn relu_square<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = Input::new(x);
+    let out = tensor(relu_square_forward(x.values()), x.shape().clone());
+    finish(ReluSquareOp, [x], out, |s| s)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,12 +648,12 @@ struct SigmoidGateOp;
 
 impl Backward<Flex, 2> for SigmoidGateOp {
     /// The contiguous gate input `r` and gated value `y`.
-    type State = (FlexTensor, FlexTensor);
+    type State = [FlexTensor; 2];
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_r, node_y] = parent_ids(&ops);
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (r, y) = ops.state;
+        let [r, y] = ops.state;
         let (dr, dy) = sigmoid_gate_backward(values(&r), values(&y), values(&grad));
         let shape = r.layout().shape().clone();
         register(grads, node_r, dr, &shape);
@@ -683,29 +661,18 @@ impl Backward<Flex, 2> for SigmoidGateOp {
     }
 }
 
-/// [`super::sigmoid_gate`] on `Autodiff<Flex>` (checked by the caller, with the shapes).
-pub(super) fn sigmoid_gate_autodiff<B: Backend, const D: usize>(
+/// [`super::sigmoid_gate`] (on a backend that [`handles`] accepted, shapes checked).
+pub(super) fn sigmoid_gate<B: Backend, const D: usize>(
     r: Tensor<B, D>,
     y: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    let (r, y) = (to_ad(r), to_ad(y));
-    let (rc, yc) = (r.primitive.to_contiguous(), y.primitive.to_contiguous());
+    let inputs = [Input::new(r), Input::new(y)];
+    let [r, y] = &inputs;
     let out = tensor(
-        sigmoid_gate_forward(values(&rc), values(&yc)),
-        rc.layout().shape().clone(),
+        sigmoid_gate_forward(r.values(), y.values()),
+        r.shape().clone(),
     );
-    let out = record(SigmoidGateOp, [&r, &y], || (rc, yc), out);
-    from_ad(out)
-}
-
-/// [`super::sigmoid_gate`] on `Flex` without autodiff.
-pub(super) fn sigmoid_gate_inference<B: Backend, const D: usize>(
-    r: Tensor<B, D>,
-    y: Tensor<B, D>,
-) -> Tensor<B, D> {
-    let (rc, yc) = (to_flex(r).to_contiguous(), to_flex(y).to_contiguous());
-    let out = sigmoid_gate_forward(values(&rc), values(&yc));
-    from_flex(tensor(out, rc.layout().shape().clone()))
+    finish(SigmoidGateOp, inputs, out, |s| s)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -861,46 +828,20 @@ impl Backward<Flex, 2> for LstmCellOp {
     }
 }
 
-/// [`super::lstm_cell`] on `Autodiff<Flex>` (checked by the caller, with the shapes): the
+/// [`super::lstm_cell`] (on a backend that [`handles`] accepted, shapes checked): the
 /// `[h | c]` rows `[B, 2H]`.
-pub(super) fn lstm_cell_autodiff<B: Backend>(
-    gates: Tensor<B, 2>,
-    c_prev: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let (gates, c_prev) = (to_ad(gates), to_ad(c_prev));
-    let (gc, cc) = (
-        gates.primitive.to_contiguous(),
-        c_prev.primitive.to_contiguous(),
-    );
-    let [batch, hidden] = [cc.layout().shape()[0], cc.layout().shape()[1]];
+pub(super) fn lstm_cell<B: Backend>(gates: Tensor<B, 2>, c_prev: Tensor<B, 2>) -> Tensor<B, 2> {
+    let inputs = [Input::new(gates), Input::new(c_prev)];
+    let [gates, c_prev] = &inputs;
+    let [batch, hidden] = [c_prev.shape()[0], c_prev.shape()[1]];
     let out = tensor(
-        lstm_cell_forward(values(&gc), values(&cc), hidden),
+        lstm_cell_forward(gates.values(), c_prev.values(), hidden),
         Shape::new([batch, 2 * hidden]),
     );
     let kept = out.clone();
-    let out = record(
-        LstmCellOp,
-        [&gates, &c_prev],
-        || LstmCellState {
-            gates: gc,
-            c_prev: cc,
-            out: kept,
-        },
-        out,
-    );
-    from_ad(out)
-}
-
-/// [`super::lstm_cell`] on `Flex` without autodiff: the `[h | c]` rows `[B, 2H]`.
-pub(super) fn lstm_cell_inference<B: Backend>(
-    gates: Tensor<B, 2>,
-    c_prev: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let (gc, cc) = (
-        to_flex(gates).to_contiguous(),
-        to_flex(c_prev).to_contiguous(),
-    );
-    let [batch, hidden] = [cc.layout().shape()[0], cc.layout().shape()[1]];
-    let out = lstm_cell_forward(values(&gc), values(&cc), hidden);
-    from_flex(tensor(out, Shape::new([batch, 2 * hidden])))
+    finish(LstmCellOp, inputs, out, |[gates, c_prev]| LstmCellState {
+        gates,
+        c_prev,
+        out: kept,
+    })
 }

@@ -10,12 +10,12 @@
 //! the same numbers in one pass over the data forward and one pass backward.
 //!
 //! Model code stays backend-generic: every function takes `Tensor<B, D>` for any `B: Backend`.
-//! On burn-flex under autodiff (`Autodiff<Flex>`, the default CPU training backend) with `f32`
-//! tensors it runs the fused kernels of this module; on burn-flex without autodiff (inference)
-//! burn-flex's own LayerNorm and the fused forward of the other kernels; on every other backend,
+//! On burn-flex with `f32` tensors it runs the fused kernels of this module: under autodiff
+//! (`Autodiff<Flex>`, the default CPU training backend) as one recorded operation with its own
+//! backward step, without autodiff (inference) the same forward kernel; on every other backend,
 //! and for other float types, the composition of Burn tensor operations in the `*_reference`
-//! function next to it, which is also what the tests compare the kernels against. The backend is recognised by its type (`TypeId`), so no trait
-//! bound spreads into the models.
+//! function next to it, which is also what the tests compare the kernels against. The backend
+//! is recognised by its type (`TypeId`), so no trait bound spreads into the models.
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
@@ -33,7 +33,7 @@ pub fn layer_norm<B: Backend, const D: usize>(
     epsilon: f64,
 ) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    if flex::is_autodiff_f32::<B>(&[
+    if flex::handles::<B>(&[
         x.dtype(),
         gamma.dtype(),
         beta.as_ref().map_or(gamma.dtype(), |b| b.dtype()),
@@ -81,14 +81,8 @@ pub fn shift_lerp<B: Backend>(
     );
     assert_eq!(mu.dims(), [1, 1, d], "shift_lerp: `mu` must be [1, 1, d]");
     #[cfg(feature = "flex")]
-    let dtypes = [x.dtype(), first.dtype(), mu.dtype()];
-    #[cfg(feature = "flex")]
-    if flex::is_autodiff_f32::<B>(&dtypes) {
-        return flex::shift_lerp_autodiff(x, first, mu);
-    }
-    #[cfg(feature = "flex")]
-    if flex::is_flex_f32::<B>(&dtypes) {
-        return flex::shift_lerp_inference(x, first, mu);
+    if flex::handles::<B>(&[x.dtype(), first.dtype(), mu.dtype()]) {
+        return flex::shift_lerp(x, first, mu);
     }
     shift_lerp_reference(x, first, mu)
 }
@@ -113,12 +107,8 @@ pub fn shift_lerp_reference<B: Backend>(
 /// Squared ReLU, `max(x, 0)²` (the activation of RWKV's channel mixing).
 pub fn relu_square<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    if flex::is_autodiff_f32::<B>(&[x.dtype()]) {
-        return flex::relu_square_autodiff(x);
-    }
-    #[cfg(feature = "flex")]
-    if flex::is_flex_f32::<B>(&[x.dtype()]) {
-        return flex::relu_square_inference(x);
+    if flex::handles::<B>(&[x.dtype()]) {
+        return flex::relu_square(x);
     }
     relu_square_reference(x)
 }
@@ -139,12 +129,8 @@ pub fn sigmoid_gate<B: Backend, const D: usize>(r: Tensor<B, D>, y: Tensor<B, D>
         "sigmoid_gate: r and y must have one shape"
     );
     #[cfg(feature = "flex")]
-    if flex::is_autodiff_f32::<B>(&[r.dtype(), y.dtype()]) {
-        return flex::sigmoid_gate_autodiff(r, y);
-    }
-    #[cfg(feature = "flex")]
-    if flex::is_flex_f32::<B>(&[r.dtype(), y.dtype()]) {
-        return flex::sigmoid_gate_inference(r, y);
+    if flex::handles::<B>(&[r.dtype(), y.dtype()]) {
+        return flex::sigmoid_gate(r, y);
     }
     sigmoid_gate_reference(r, y)
 }
@@ -174,20 +160,11 @@ pub fn lstm_cell<B: Backend>(
         "lstm_cell: gates must be [batch, 4·hidden] for a [batch, hidden] cell state"
     );
     #[cfg(feature = "flex")]
-    {
-        let dtypes = [gates.dtype(), c_prev.dtype()];
-        let hc = if flex::is_autodiff_f32::<B>(&dtypes) {
-            Some(flex::lstm_cell_autodiff(gates.clone(), c_prev.clone()))
-        } else if flex::is_flex_f32::<B>(&dtypes) {
-            Some(flex::lstm_cell_inference(gates.clone(), c_prev.clone()))
-        } else {
-            None
-        };
-        if let Some(hc) = hc {
-            let h = hc.clone().slice([0..batch, 0..hidden]);
-            let c = hc.slice([0..batch, hidden..2 * hidden]);
-            return (h, c);
-        }
+    if flex::handles::<B>(&[gates.dtype(), c_prev.dtype()]) {
+        let hc = flex::lstm_cell(gates, c_prev);
+        let h = hc.clone().slice([0..batch, 0..hidden]);
+        let c = hc.slice([0..batch, hidden..2 * hidden]);
+        return (h, c);
     }
     lstm_cell_reference(gates, c_prev)
 }
@@ -267,6 +244,21 @@ mod tests {
                 close(db, dbr, &format!("{what}: d/dbeta"));
             }
         }
+    }
+
+    /// Without autodiff (inference on `Flex`) the same kernel against burn-flex's own
+    /// LayerNorm, on a strided input.
+    #[test]
+    fn layer_norm_inference_matches_burn() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 3>::random([6, 130, 48], Distribution::Normal(-1.0, 3.0), &dev)
+            .swap_dims(0, 1);
+        let g = Tensor::<Flex, 1>::random([48], Distribution::Normal(1.0, 0.5), &dev);
+        let b = Tensor::<Flex, 1>::random([48], Distribution::Normal(0.0, 0.5), &dev);
+        let fused = layer_norm(x.clone(), g.clone(), Some(b.clone()), 1e-5).into_data();
+        let burn = layer_norm_reference(x, g, Some(b), 1e-5).into_data();
+        assert_eq!(fused.shape, burn.shape);
+        fused.assert_approx_eq::<f32>(&burn, Tolerance::absolute(2e-5).set_relative(1e-4));
     }
 
     /// A hand-computed row: x = [1, 2, 3, 6], mean 3, biased var 3.5.
