@@ -348,9 +348,6 @@ pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
     if is_pointwise(layer) {
         return pointwise_conv2d(layer, x);
     }
-    if current().is_none() {
-        return layer.forward(x);
-    }
     let [_, _, height, width] = x.dims();
     let ((top, bottom), (left, right)) = match layer.padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
@@ -409,7 +406,8 @@ fn pointwise<B: Backend>(
 
 /// `conv2d(x, weight, bias, options)` with explicit weights (e.g. BatchNorm folded into them)
 /// and symmetric padding, on the same paths as [`conv2d_layer`]: a pointwise convolution as a
-/// matrix product, the rest through Burn's convolution in the autocast dtype.
+/// matrix product, the rest through Burn's convolution in the autocast dtype, or in full
+/// precision through [`crate::fused::conv2d`] (im2col + GEMM per image on burn-flex).
 pub fn conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -425,7 +423,7 @@ pub fn conv2d<B: Backend>(
         return pointwise(x, weight, bias);
     }
     match current() {
-        None => burn::tensor::module::conv2d(x, weight, bias, options),
+        None => crate::fused::conv2d(x, weight, bias, options),
         Some(h) => {
             let out = x.dtype();
             let y = burn::tensor::module::conv2d(

@@ -19,6 +19,7 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::ConvOptions;
 
 #[cfg(feature = "flex")]
 mod flex;
@@ -186,7 +187,46 @@ pub fn lstm_cell_reference<B: Backend>(
     (h, c)
 }
 
-#[cfg(test)]
+/// 2-D convolution, `torch.nn.functional.conv2d` (NCHW, weight `[Co, Ci/groups, kh, kw]`,
+/// symmetric padding).
+///
+/// On burn-flex, for one group, it runs im2col + GEMM image by image forward and backward
+/// (see the burn-flex module); otherwise Burn's own `conv2d`.
+///
+/// # Panics
+/// When the shapes do not fit together.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if options.groups == 1
+        && flex::handles::<B>(&[
+            x.dtype(),
+            weight.dtype(),
+            bias.as_ref().map_or(weight.dtype(), |b| b.dtype()),
+        ])
+    {
+        return flex::conv2d(x, weight, bias, &options);
+    }
+    conv2d_reference(x, weight, bias, options)
+}
+
+/// [`conv2d`] through Burn's own `conv2d` operation.
+pub fn conv2d_reference<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+// The tests compare the burn-flex kernels with the Burn compositions, so they need the kernels:
+// without the `flex` feature both sides would be the composition.
+#[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
@@ -439,5 +479,104 @@ mod tests {
         close(a.3, b.3, "d/dgates1");
         close(a.4, b.4, "d/dgates2");
         close(a.5, b.5, "d/dc0");
+    }
+
+    /// Forward values and the gradients of input, weight and bias against Burn's convolution,
+    /// over the geometries of a ResNet (3×3 padded, strided 3×3, strided 1×1, the 7×7 stem)
+    /// and odd ones (non-square kernel, unequal strides and dilations, no bias), with batches
+    /// that take the per-image path and ones that take the multi-threaded-GEMM path.
+    #[test]
+    fn conv2d_matches_burn() {
+        let dev = Default::default();
+        // (n, ci, h, w, co, [kh, kw], stride, padding, dilation, bias)
+        type Case = (
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            [usize; 2],
+            [usize; 2],
+            [usize; 2],
+            [usize; 2],
+            bool,
+        );
+        let cases: [Case; 6] = [
+            (9, 5, 9, 7, 4, [3, 3], [1, 1], [1, 1], [1, 1], true),
+            (1, 5, 9, 7, 6, [3, 3], [2, 2], [1, 1], [1, 1], true),
+            (5, 6, 8, 9, 3, [1, 1], [2, 2], [0, 0], [1, 1], false),
+            (2, 3, 15, 12, 4, [7, 7], [2, 2], [3, 3], [1, 1], false),
+            (17, 3, 10, 11, 5, [3, 2], [2, 1], [0, 1], [2, 1], true),
+            (4, 2, 6, 6, 3, [2, 3], [1, 3], [2, 0], [1, 2], true),
+        ];
+        for (n, ci, h, w, co, k, stride, padding, dilation, with_bias) in cases {
+            let x0 = Tensor::<AD, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let w0 =
+                Tensor::<AD, 4>::random([co, ci, k[0], k[1]], Distribution::Normal(0.0, 0.5), &dev);
+            let b0 = Tensor::<AD, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev);
+            let options = ConvOptions::new(stride, padding, dilation, 1);
+            let run = |fused: bool| {
+                let (x, wt, b) = (
+                    x0.clone().require_grad(),
+                    w0.clone().require_grad(),
+                    b0.clone().require_grad(),
+                );
+                let bias = with_bias.then(|| b.clone());
+                let y = if fused {
+                    conv2d(x.clone(), wt.clone(), bias, options.clone())
+                } else {
+                    conv2d_reference(x.clone(), wt.clone(), bias, options.clone())
+                };
+                // A fixed, position-dependent upstream gradient.
+                let up = Tensor::<AD, 1, Int>::arange(0..y.shape().num_elements() as i64, &dev)
+                    .float()
+                    .mul_scalar(0.37)
+                    .sin()
+                    .reshape(y.shape());
+                let grads = (y.clone() * up).sum().backward();
+                let db = b.grad(&grads).map(Tensor::<AD, 1>::from_inner);
+                (
+                    y,
+                    Tensor::<AD, 4>::from_inner(x.grad(&grads).unwrap()),
+                    Tensor::<AD, 4>::from_inner(wt.grad(&grads).unwrap()),
+                    db,
+                )
+            };
+            let (y, dx, dw, db) = run(true);
+            let (yr, dxr, dwr, dbr) = run(false);
+            let what = format!(
+                "n {n}, ci {ci}, {h}×{w}, co {co}, k {k:?}, stride {stride:?}, padding {padding:?}, dilation {dilation:?}"
+            );
+            close(y, yr, &format!("{what}: output"));
+            close(dx, dxr, &format!("{what}: d/dx"));
+            close(dw, dwr, &format!("{what}: d/dweight"));
+            assert_eq!(db.is_some(), with_bias, "{what}: bias gradient presence");
+            if let (Some(db), Some(dbr)) = (db, dbr) {
+                close(db, dbr, &format!("{what}: d/dbias"));
+            }
+        }
+    }
+
+    /// By hand: a 3×3 image of 1..9, a 2×2 kernel of ones, stride 1, padding 1 (so the
+    /// corners see one pixel), bias 0.5, and without autodiff.
+    #[test]
+    fn conv2d_by_hand() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 1>::from_floats([1., 2., 3., 4., 5., 6., 7., 8., 9.], &dev)
+            .reshape([1, 1, 3, 3]);
+        let w = Tensor::<Flex, 4>::ones([1, 1, 2, 2], &dev);
+        let b = Tensor::<Flex, 1>::from_floats([0.5], &dev);
+        let y = conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        let want = [
+            1.0, 3.0, 5.0, 3.0, //
+            5.0, 12.0, 16.0, 9.0, //
+            11.0, 24.0, 28.0, 15.0, //
+            7.0, 15.0, 17.0, 9.0,
+        ]
+        .map(|v: f32| v + 0.5);
+        y.into_data().assert_approx_eq::<f32>(
+            &TensorData::new(want.to_vec(), [1, 1, 4, 4]),
+            Tolerance::absolute(1e-6),
+        );
     }
 }

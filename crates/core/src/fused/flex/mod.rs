@@ -23,6 +23,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorPrimitive};
 use rayon::prelude::*;
 
+mod conv;
+
 /// The default CPU training backend.
 type Ad = Autodiff<Flex>;
 
@@ -844,4 +846,63 @@ pub(super) fn lstm_cell<B: Backend>(gates: Tensor<B, 2>, c_prev: Tensor<B, 2>) -
         c_prev,
         out: kept,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution
+
+#[derive(Debug)]
+struct Conv2dOp {
+    geometry: conv::Geometry,
+}
+
+impl Backward<Flex, 3> for Conv2dOp {
+    /// The contiguous input and weight.
+    type State = [FlexTensor; 2];
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = parent_ids(&ops);
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [x, w] = ops.state;
+        let wanted = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
+        let [dx, dw, db] = conv::backward(
+            &self.geometry,
+            values(&x),
+            values(&w),
+            values(&grad),
+            wanted,
+        );
+        let bias_shape = Shape::new([w.layout().shape()[0]]);
+        for (node, grad, shape) in [
+            (node_x, dx, x.layout().shape()),
+            (node_w, dw, w.layout().shape()),
+            (node_b, db, &bias_shape),
+        ] {
+            if let Some(grad) = grad {
+                register(grads, node, grad, shape);
+            }
+        }
+    }
+}
+
+/// [`super::conv2d`] (on a backend that [`handles`] accepted, one group).
+pub(super) fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: &burn::tensor::ops::ConvOptions<2>,
+) -> Tensor<B, 4> {
+    let geometry = conv::Geometry::new(x.dims(), weight.dims(), options);
+    let [co, ..] = weight.dims();
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([co], &weight.device()));
+    assert_eq!(
+        bias.dims(),
+        [co],
+        "conv2d: the bias must have one value per output channel"
+    );
+    let inputs = [Input::new(x), Input::new(weight), Input::new(bias)];
+    let [x, w, b] = &inputs;
+    let y = conv::forward(&geometry, x.values(), w.values(), b.values());
+    let y = tensor(y, Shape::new(geometry.out_shape()));
+    finish(Conv2dOp { geometry }, inputs, y, |[x, w, _]| [x, w])
 }
