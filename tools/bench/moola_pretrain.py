@@ -19,7 +19,6 @@ Usage: python tools/bench/moola_pretrain.py --methods masked-lstm,ts-tcc --windo
 """
 import argparse
 import json
-import resource
 import os
 import sys
 import time
@@ -33,6 +32,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 sys.path.insert(0, HERE)
 from moola_nets import MaskedAutoencoderNet, TSTCCNet, info_nce  # noqa: E402
 from moola_step import raw_price_windows, time_warp  # noqa: E402
+
+from peak_rss import peak_rss_bytes  # noqa: E402 (sibling module)
 
 
 def views_aug(x):
@@ -129,7 +130,7 @@ def main():
             "precision": "32",
             "parameters": sum(p.numel() for p in net.parameters()),
         })
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = peak_rss_bytes()
     for r in results:
         r["peak_rss_bytes"] = peak
     json.dump(results, sys.stdout)

@@ -14,7 +14,6 @@ Usage: python tools/bench/moola_step.py --models simple_lstm,cnn_transformer,rwk
 """
 import argparse
 import json
-import resource
 import os
 import sys
 import time
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
 from moola_nets import CnnTransformerNet, RWKVTSNet, SimpleLSTMNet  # noqa: E402
+
+from peak_rss import peak_rss_bytes  # noqa: E402 (sibling module)
 
 T, FEAT, INNER_START, INNER_END = 105, 4, 30, 75
 
@@ -148,7 +149,7 @@ def main():
             "median_ms": float(sorted(times)[len(times) // 2]),
             "steps_ms": times,
         })
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = peak_rss_bytes()
     for r in results:
         r["peak_rss_bytes"] = peak
     json.dump(results, sys.stdout)

@@ -13,7 +13,6 @@ Usage: python tools/bench/reid_step.py --p 16 --k 4 --height 256 --width 128 --s
 """
 import argparse
 import json
-import resource
 import os
 import sys
 import time
@@ -23,6 +22,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
 from reid_fixtures import ReidNet  # noqa: E402
 from reid_losses import ce_label_smooth, center_loss, ctl, euclidean_dist, triplet  # noqa: E402
+
+from peak_rss import peak_rss_bytes  # noqa: E402 (sibling module)
 
 
 def main():
@@ -79,7 +80,7 @@ def main():
         "step_ms": sorted(times)[len(times) // 2],
         "steps_ms": times,
         "embed_images_per_s": rate,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
+        "peak_rss_bytes": peak_rss_bytes(),
     }, sys.stdout)
 
 

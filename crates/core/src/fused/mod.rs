@@ -8,6 +8,9 @@
 //! `native_layer_norm`. The RWKV token shift (`cat(state, x[:, :-1])` followed by
 //! `x·μ + shifted·(1 − μ)`) took 101 ms against PyTorch's 37 ms. Each function here computes
 //! the same numbers in one pass over the data forward and one pass backward.
+//! [`conv2d`] is the same idea for convolutions: im2col + GEMM image by image in both
+//! directions, where Burn's generic convolution backward went through layout conversions on one
+//! thread (a ResNet50 training step on 2 cores: 15.3–15.9 s → 9.3–10.7 s).
 //!
 //! Model code stays backend-generic: every function takes `Tensor<B, D>` for any `B: Backend`.
 //! On burn-flex with `f32` tensors it runs the fused kernels of this module: under autodiff
