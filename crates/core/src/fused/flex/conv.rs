@@ -254,18 +254,30 @@ fn matmul(
     }
 }
 
-/// How the images of a batch share the threads: one image per task with single-threaded
-/// GEMMs when there are enough images, otherwise one image after another with multi-threaded
-/// GEMMs. Either way every output element is computed the same way.
-fn per_image(g: &Geometry) -> bool {
-    g.n >= 2 * rayon::current_num_threads()
-}
-
-fn gemm_threads(per_image: bool) -> Parallelism {
-    if per_image {
-        Parallelism::None
+/// Runs `one(cols, gemm threads, out_n, in_n)` for every image `n`, where `out` and `input` hold
+/// the images' blocks of `out_len` and `in_len` values and `cols` is an im2col-sized scratch
+/// buffer. With enough images (two per thread) each task takes whole images and multiplies on
+/// one thread; otherwise the images go one after another with multi-threaded GEMMs. Either way
+/// every output element is computed the same way.
+fn each_image(
+    g: &Geometry,
+    (out, out_len): (&mut [f32], usize),
+    (input, in_len): (&[f32], usize),
+    one: impl Fn(&mut Vec<f32>, Parallelism, &mut [f32], &[f32]) + Sync,
+) {
+    let new_cols = || vec![0f32; g.k() * g.out_plane()];
+    if g.n >= 2 * rayon::current_num_threads() {
+        out.par_chunks_exact_mut(out_len)
+            .zip(input.par_chunks_exact(in_len))
+            .for_each_init(new_cols, |cols, (o, i)| one(cols, Parallelism::None, o, i));
     } else {
-        Parallelism::Rayon(0)
+        let mut cols = new_cols();
+        for (o, i) in out
+            .chunks_exact_mut(out_len)
+            .zip(input.chunks_exact(in_len))
+        {
+            one(&mut cols, Parallelism::Rayon(0), o, i);
+        }
     }
 }
 
@@ -274,9 +286,7 @@ fn gemm_threads(per_image: bool) -> Parallelism {
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let (k, plane) = (g.k(), g.out_plane());
     let mut y = vec![0f32; g.n * g.out_image()];
-    let per_image = per_image(g);
-    let par = gemm_threads(per_image);
-    let one = |cols: &mut Vec<f32>, (y, x): (&mut [f32], &[f32])| {
+    let one = |cols: &mut Vec<f32>, par, y: &mut [f32], x: &[f32]| {
         im2col(g, x, cols);
         matmul(
             y,
@@ -290,17 +300,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> 
             row.iter_mut().for_each(|v| *v += b);
         }
     };
-    let new_cols = || vec![0f32; k * plane];
-    if per_image {
-        y.par_chunks_exact_mut(g.out_image())
-            .zip(x.par_chunks_exact(g.in_image()))
-            .for_each_init(new_cols, one);
-    } else {
-        let mut cols = new_cols();
-        y.chunks_exact_mut(g.out_image())
-            .zip(x.chunks_exact(g.in_image()))
-            .for_each(|pair| one(&mut cols, pair));
-    }
+    each_image(g, (&mut y, g.out_image()), (x, g.in_image()), one);
     y
 }
 
@@ -316,9 +316,7 @@ pub(super) fn backward(
     let (k, plane) = (g.k(), g.out_plane());
     let dx = want_x.then(|| {
         let mut dx = vec![0f32; g.n * g.in_image()];
-        let per_image = per_image(g);
-        let par = gemm_threads(per_image);
-        let one = |cols: &mut Vec<f32>, (dx, dy): (&mut [f32], &[f32])| {
+        let one = |cols: &mut Vec<f32>, par, dx: &mut [f32], dy: &[f32]| {
             matmul(
                 cols,
                 [k, plane, g.co],
@@ -329,17 +327,7 @@ pub(super) fn backward(
             );
             col2im(g, cols, dx);
         };
-        let new_cols = || vec![0f32; k * plane];
-        if per_image {
-            dx.par_chunks_exact_mut(g.in_image())
-                .zip(dy.par_chunks_exact(g.out_image()))
-                .for_each_init(new_cols, one);
-        } else {
-            let mut cols = new_cols();
-            dx.chunks_exact_mut(g.in_image())
-                .zip(dy.chunks_exact(g.out_image()))
-                .for_each(|pair| one(&mut cols, pair));
-        }
+        each_image(g, (&mut dx, g.in_image()), (dy, g.out_image()), one);
         dx
     });
     let dw = want_w.then(|| {
