@@ -267,35 +267,29 @@ impl<B: Backend> BatchNorm<B> {
         // for the batch statistics) took its element-by-element strided path, which was a third
         // of a ResNet50 training step.
         let x = x.reshape([batch, channels, spatial]);
-        let (centred, var) = if B::ad_enabled(&x.device()) {
+        if B::ad_enabled(&x.device()) {
+            // Batch statistics, one fused operation on burn-flex (`crate::fused::batch_norm`).
+            let (y, mean, var) =
+                crate::fused::batch_norm(x, self.weight.val(), self.bias.val(), self.epsilon);
             let n = batch * spatial;
-            let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(n as f64); // [1, C, 1]
-            let centred = ops::sub(x, mean.clone());
-            let var = centred
-                .clone()
-                .square()
-                .sum_dim(2)
-                .sum_dim(0)
-                .div_scalar(n as f64); // biased, [1, C, 1]
             let unbiased = if n > 1 {
-                var.clone().detach().mul_scalar(n as f64 / (n as f64 - 1.0))
+                var.mul_scalar(n as f64 / (n as f64 - 1.0))
             } else {
-                var.clone().detach()
+                var
             };
             let m = self.momentum;
-            let device = centred.device();
+            let device = y.device();
             let rm = self.running_mean.value_sync().to_device(&device);
             let rv = self.running_var.value_sync().to_device(&device);
             self.running_mean
-                .update(rm.mul_scalar(1.0 - m) + mean.detach().reshape([channels]).mul_scalar(m));
+                .update(rm.mul_scalar(1.0 - m) + mean.mul_scalar(m));
             self.running_var
-                .update(rv.mul_scalar(1.0 - m) + unbiased.reshape([channels]).mul_scalar(m));
-            (centred, var)
-        } else {
-            let mean = self.running_mean.value().reshape([1, channels, 1]);
-            let var = self.running_var.value().reshape([1, channels, 1]);
-            (ops::sub(x, mean), var)
-        };
+                .update(rv.mul_scalar(1.0 - m) + unbiased.mul_scalar(m));
+            return y.reshape(dims);
+        }
+        let mean = self.running_mean.value().reshape([1, channels, 1]);
+        let var = self.running_var.value().reshape([1, channels, 1]);
+        let centred = ops::sub(x, mean);
         // y = (x − μ)·(γ/σ) + β: two broadcast ops over the activation after the centring.
         // Folding μ into the shift (x·a + b) would save one more but loses precision when
         // |μ| ≫ σ (raw prices).

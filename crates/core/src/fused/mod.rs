@@ -190,6 +190,62 @@ pub fn lstm_cell_reference<B: Backend>(
     (h, c)
 }
 
+/// Training-mode BatchNorm of `x [N, C, S]` with the batch's own statistics:
+/// `(x − mean)/sqrt(var + ε)·γ + β` per channel, with the biased variance (PyTorch's
+/// `batch_norm` with `training=True`). Returns the output and the batch mean and biased
+/// variance `[C]` (outside the graph), for the running statistics.
+///
+/// Burn records this as a dozen operations, several of which keep a copy of the activation
+/// for their backward step; the fused operation keeps the input and two numbers per channel,
+/// as PyTorch's `native_batch_norm` does.
+///
+/// # Panics
+/// When γ or β do not have one value per channel.
+pub fn batch_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [_, c, _] = x.dims();
+    assert_eq!(
+        gamma.dims(),
+        [c],
+        "batch_norm: gamma must have one value per channel"
+    );
+    assert_eq!(
+        beta.dims(),
+        [c],
+        "batch_norm: beta must have one value per channel"
+    );
+    #[cfg(feature = "flex")]
+    if flex::handles::<B>(&[x.dtype(), gamma.dtype(), beta.dtype()]) {
+        let device = x.device();
+        let (y, mean, var) = flex::batch_norm(x, gamma, beta, epsilon);
+        let stat = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
+        return (y, stat(mean), stat(var));
+    }
+    batch_norm_reference(x, gamma, beta, epsilon)
+}
+
+/// [`batch_norm`] as Burn tensor operations (sums, a centring, a square, a square root and
+/// the affine map, with the per-channel values broadcast by [`crate::ops`]).
+pub fn batch_norm_reference<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, c, s] = x.dims();
+    let m = (n * s) as f64;
+    let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(m); // [1, C, 1]
+    let centred = crate::ops::sub(x, mean.clone());
+    let var = centred.clone().square().sum_dim(2).sum_dim(0).div_scalar(m); // biased
+    let scale = gamma.reshape([1, c, 1]) / var.clone().add_scalar(epsilon).sqrt();
+    let y = crate::ops::add(crate::ops::mul(centred, scale), beta.reshape([1, c, 1]));
+    (y, mean.detach().reshape([c]), var.detach().reshape([c]))
+}
+
 /// 2-D convolution, `torch.nn.functional.conv2d` (NCHW, weight `[Co, Ci/groups, kh, kw]`,
 /// symmetric padding).
 ///
@@ -302,6 +358,50 @@ mod tests {
         let burn = layer_norm_reference(x, g, Some(b), 1e-5).into_data();
         assert_eq!(fused.shape, burn.shape);
         fused.assert_approx_eq::<f32>(&burn, Tolerance::absolute(2e-5).set_relative(1e-4));
+    }
+
+    /// Output, batch statistics and the gradients of x, γ and β against the composition, for
+    /// channels of different means and scales, rows shorter than a SIMD block and one value per
+    /// row.
+    #[test]
+    fn batch_norm_matches_composition() {
+        let dev = Default::default();
+        for &[n, c, s] in &[[3, 5, 7], [17, 4, 33], [6, 3, 1]] {
+            let x0 = Tensor::<AD, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev)
+                .mul(
+                    Tensor::<AD, 1, Int>::arange(1..c as i64 + 1, &dev)
+                        .float()
+                        .reshape([1, c, 1]),
+                )
+                .add_scalar(3.0);
+            let g0 = Tensor::<AD, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
+            let b0 = Tensor::<AD, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
+            let up = Tensor::<AD, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+            let run = |fused: bool| {
+                let (x, g, b) = (
+                    x0.clone().require_grad(),
+                    g0.clone().require_grad(),
+                    b0.clone().require_grad(),
+                );
+                let (y, mean, var) = if fused {
+                    batch_norm(x.clone(), g.clone(), b.clone(), 1e-5)
+                } else {
+                    batch_norm_reference(x.clone(), g.clone(), b.clone(), 1e-5)
+                };
+                let grads = (y.clone() * up.clone()).sum().backward();
+                let d1 = |t: &Tensor<AD, 1>| Tensor::<AD, 1>::from_inner(t.grad(&grads).unwrap());
+                let dx = Tensor::<AD, 3>::from_inner(x.grad(&grads).unwrap());
+                (y, dx, d1(&g), d1(&b), mean, var)
+            };
+            let (a, r) = (run(true), run(false));
+            let what = format!("[{n}, {c}, {s}]");
+            close(a.0, r.0, &format!("{what}: output"));
+            close(a.1, r.1, &format!("{what}: d/dx"));
+            close(a.2, r.2, &format!("{what}: d/dgamma"));
+            close(a.3, r.3, &format!("{what}: d/dbeta"));
+            close(a.4, r.4, &format!("{what}: mean"));
+            close(a.5, r.5, &format!("{what}: var"));
+        }
     }
 
     /// A hand-computed row: x = [1, 2, 3, 6], mean 3, biased var 3.5.

@@ -906,3 +906,197 @@ pub(super) fn conv2d<B: Backend>(
     let y = tensor(y, Shape::new(geometry.out_shape()));
     finish(Conv2dOp { geometry }, inputs, y, |[x, w, _]| [x, w])
 }
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm (training: batch statistics)
+
+/// `Σ a·(b − mu)` in [`LANES`] partial sums (`a = b` gives the squared deviations).
+fn dot_centred(a: &[f32], b: &[f32], mu: f32) -> f32 {
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * (y - mu))
+        .sum();
+    let mut acc = [0f32; LANES];
+    for (ca, cb) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += x * (y - mu);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ x` of one row in [`LANES`] partial sums.
+fn row_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The rows `[S]` of channel `ch` in a contiguous `[N, C, S]` buffer.
+fn channel_rows(x: &[f32], [_, c, s]: [usize; 3], ch: usize) -> impl Iterator<Item = &[f32]> {
+    x.chunks_exact(s).skip(ch).step_by(c)
+}
+
+/// Per-channel mean and biased variance of `x [N, C, S]`: row sums in f32 lanes, channel totals
+/// in f64, two passes.
+fn batch_norm_stats(x: &[f32], dims: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+    let [n, c, s] = dims;
+    let m = (n * s) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let total = |f: &dyn Fn(&[f32]) -> f32| {
+                channel_rows(x, dims, ch)
+                    .map(|r| f64::from(f(r)))
+                    .sum::<f64>()
+            };
+            let mean = (total(&row_sum) / m) as f32;
+            let var = (total(&|r| dot_centred(r, r, mean)) / m) as f32;
+            (mean, var)
+        })
+        .unzip()
+}
+
+/// `y = (x − mean)·(γ·rstd) + β` for every `[S]` row of `x [N, C, S]`.
+fn batch_norm_forward(
+    x: &[f32],
+    [_, c, s]: [usize; 3],
+    mean: &[f32],
+    scale: &[f32],
+    beta: &[f32],
+) -> Vec<f32> {
+    let mut y = uninit(x.len());
+    y.par_chunks_mut(s)
+        .zip(x.par_chunks(s))
+        .enumerate()
+        .for_each(|(row, (y, x))| {
+            let ch = row % c;
+            let (mu, a, b) = (mean[ch], scale[ch], beta[ch]);
+            for (y, x) in y.iter_mut().zip(x) {
+                y.write((x - mu) * a + b);
+            }
+        });
+    // SAFETY: the rows cover every element.
+    unsafe { init(y) }
+}
+
+/// Gradients of [`batch_norm_forward`] with batch statistics, for the upstream gradient `g`
+/// (`M = N·S` values per channel):
+///
+/// ```text
+/// s1 = Σ g,  s2 = Σ g·(x − mean)                       (per channel)
+/// dβ = s1,  dγ = s2·rstd
+/// dx = γ·rstd·(g − s1/M − (x − mean)·rstd²·s2/M)
+/// ```
+fn batch_norm_backward(
+    x: &[f32],
+    g: &[f32],
+    dims: [usize; 3],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let [n, c, s] = dims;
+    let m = (n * s) as f32;
+    let (s1, s2): (Vec<f32>, Vec<f32>) = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let rows = channel_rows(x, dims, ch).zip(channel_rows(g, dims, ch));
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for (x, g) in rows {
+                s1 += f64::from(row_sum(g));
+                s2 += f64::from(dot_centred(g, x, mean[ch]));
+            }
+            (s1 as f32, s2 as f32)
+        })
+        .unzip();
+    let mut dx = uninit(x.len());
+    dx.par_chunks_mut(s)
+        .zip(x.par_chunks(s).zip(g.par_chunks(s)))
+        .enumerate()
+        .for_each(|(row, (dx, (x, g)))| {
+            let ch = row % c;
+            let (mu, r) = (mean[ch], rstd[ch]);
+            let a = gamma[ch] * r;
+            let (b, k) = (s1[ch] / m, r * r * s2[ch] / m);
+            for ((dx, x), g) in dx.iter_mut().zip(x).zip(g) {
+                dx.write(a * (g - b - (x - mu) * k));
+            }
+        });
+    let dgamma = s2.iter().zip(rstd).map(|(s2, r)| s2 * r).collect();
+    // SAFETY: the rows cover every element.
+    (unsafe { init(dx) }, dgamma, s1)
+}
+
+#[derive(Debug)]
+struct BatchNormOp;
+
+#[derive(Debug, Clone)]
+struct BatchNormState {
+    /// The contiguous input `[N, C, S]` and γ.
+    x: FlexTensor,
+    gamma: FlexTensor,
+    /// Per-channel mean and `1/sqrt(var + ε)`.
+    stats: Arc<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Backward<Flex, 3> for BatchNormOp {
+    type State = BatchNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = parent_ids(&ops);
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = ops.state;
+        let shape = s.x.layout().shape().clone();
+        let dims = [shape[0], shape[1], shape[2]];
+        let (dx, dgamma, dbeta) = batch_norm_backward(
+            values(&s.x),
+            values(&grad),
+            dims,
+            values(&s.gamma),
+            &s.stats.0,
+            &s.stats.1,
+        );
+        register(grads, node_x, dx, &shape);
+        register(grads, node_gamma, dgamma, &Shape::new([dims[1]]));
+        register(grads, node_beta, dbeta, &Shape::new([dims[1]]));
+    }
+}
+
+/// [`super::batch_norm`] (on a backend that [`handles`] accepted, shapes checked).
+pub(super) fn batch_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> (Tensor<B, 3>, Vec<f32>, Vec<f32>) {
+    let inputs = [Input::new(x), Input::new(gamma), Input::new(beta)];
+    let [x, gamma, beta] = &inputs;
+    let shape = x.shape().clone();
+    let dims = [shape[0], shape[1], shape[2]];
+    let (mean, var) = batch_norm_stats(x.values(), dims);
+    let rstd: Vec<f32> = var
+        .iter()
+        .map(|v| 1.0 / (v + epsilon as f32).sqrt())
+        .collect();
+    let scale: Vec<f32> = rstd
+        .iter()
+        .zip(gamma.values())
+        .map(|(r, g)| r * g)
+        .collect();
+    let y = batch_norm_forward(x.values(), dims, &mean, &scale, beta.values());
+    let stats = Arc::new((mean.clone(), rstd));
+    let y = finish(BatchNormOp, inputs, tensor(y, shape), |[x, gamma, _]| {
+        BatchNormState { x, gamma, stats }
+    });
+    (y, mean, var)
+}
