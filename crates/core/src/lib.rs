@@ -27,9 +27,9 @@
 //! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
 //!   [`io`]: atomic writes; [`progress`]: progress bars and logging; [`alloc`]: allocator
 //!   tuning for training processes; [`ops`]: broadcasting element-wise ops laid out for the
-//!   CPU backend's fast kernels; [`fused`]: LayerNorm, LSTM cell, RWKV and 2-D convolution
-//!   kernels as single autodiff operations with their own backward on burn-flex; [`nn`]:
-//!   Dropout, BatchNorm and LayerNorm with PyTorch's numbers.
+//!   CPU backend's fast kernels; [`fused`]: LayerNorm, BatchNorm, LSTM cell, RWKV and 2-D
+//!   convolution kernels as single autodiff operations with their own backward on burn-flex;
+//!   [`nn`]: Dropout, BatchNorm and LayerNorm with PyTorch's numbers.
 
 pub mod alloc;
 pub mod amp;
