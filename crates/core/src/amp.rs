@@ -345,20 +345,7 @@ fn pad_unevenly<B: Backend, const D: usize, const N: usize>(
 /// convolution backward computes `dW` as a convolution with batch and channels swapped, which
 /// for a 1×1 kernel degenerates into one matrix-vector product per input channel.
 pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    if is_pointwise(layer) {
-        return pointwise_conv2d(layer, x);
-    }
-    let [_, _, height, width] = x.dims();
-    let ((top, bottom), (left, right)) = match layer.padding {
-        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
-        PaddingConfig2d::Same => (
-            same_padding(layer.kernel_size[0], layer.stride[0], height),
-            same_padding(layer.kernel_size[1], layer.stride[1], width),
-        ),
-        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
-    };
-    let (x, padding) = pad_unevenly(x, [(top, bottom), (left, right)]);
-    let options = ConvOptions::new(layer.stride, padding, layer.dilation, layer.groups);
+    let (x, options) = layer_input(layer, x);
     conv2d(
         x,
         layer.weight.val(),
@@ -367,19 +354,38 @@ pub fn conv2d_layer<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
     )
 }
 
-/// Whether `layer` is a 1×1, stride-1, unpadded, ungrouped convolution.
-fn is_pointwise<B: Backend>(layer: &Conv2d<B>) -> bool {
-    let unpadded = match layer.padding {
-        PaddingConfig2d::Valid => true,
-        PaddingConfig2d::Explicit(a, b, c, d) => a == 0 && b == 0 && c == 0 && d == 0,
-        PaddingConfig2d::Same => true, // a 1×1 kernel at stride 1 needs no padding
-    };
-    layer.kernel_size == [1, 1] && layer.stride == [1, 1] && layer.groups == 1 && unpadded
+/// `x` with `layer`'s uneven padding applied, and the options of the convolution left to run
+/// on it (symmetric padding).
+pub(crate) fn layer_input<B: Backend>(
+    layer: &Conv2d<B>,
+    x: Tensor<B, 4>,
+) -> (Tensor<B, 4>, ConvOptions<2>) {
+    let [_, _, height, width] = x.dims();
+    let (x, padding) = pad_unevenly(x, layer_padding(layer, height, width));
+    let options = ConvOptions::new(layer.stride, padding, layer.dilation, layer.groups);
+    (x, options)
 }
 
-/// A pointwise convolution as `W · x` per image, under the autocast policy.
-fn pointwise_conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    pointwise(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+/// `[(top, bottom), (left, right)]` padding of `layer` on a `height × width` input.
+fn layer_padding<B: Backend>(
+    layer: &Conv2d<B>,
+    height: usize,
+    width: usize,
+) -> [(usize, usize); 2] {
+    match layer.padding {
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Same => [
+            same_padding(layer.kernel_size[0], layer.stride[0], height),
+            same_padding(layer.kernel_size[1], layer.stride[1], width),
+        ],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+    }
+}
+
+/// Whether a `kernel` convolution with `options` is pointwise: 1×1, stride 1, unpadded, one
+/// group.
+fn is_pointwise(kernel: [usize; 2], options: &ConvOptions<2>) -> bool {
+    kernel == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0] && options.groups == 1
 }
 
 /// `W [Co, Ci, 1, 1] · x [N, Ci, H, W] (+ b)` as a batched matrix product.
@@ -415,11 +421,7 @@ pub fn conv2d<B: Backend>(
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
     let [_, _, kh, kw] = weight.dims();
-    if [kh, kw] == [1, 1]
-        && options.stride == [1, 1]
-        && options.padding == [0, 0]
-        && options.groups == 1
-    {
+    if is_pointwise([kh, kw], &options) {
         return pointwise(x, weight, bias);
     }
     match current() {
@@ -643,6 +645,14 @@ mod tests {
         }
     }
 
+    /// Whether [`conv2d_layer`] takes the matrix-product path for `conv` on a 4×6 input.
+    fn layer_is_pointwise<B: Backend>(conv: &Conv2d<B>) -> bool {
+        let padding = layer_padding(conv, 4, 6);
+        let symmetric = padding.map(|(a, b)| if a == b { a } else { usize::MAX });
+        let options = ConvOptions::new(conv.stride, symmetric, conv.dilation, conv.groups);
+        is_pointwise(conv.kernel_size, &options)
+    }
+
     #[test]
     fn pointwise_convolutions_equal_burns_convolution_with_gradients() {
         use burn::backend::Autodiff;
@@ -657,7 +667,7 @@ mod tests {
                 .with_bias(bias)
                 .with_padding(padding)
                 .init::<AD>(&device);
-            assert!(is_pointwise(&conv));
+            assert!(layer_is_pointwise(&conv));
             let x = Tensor::<AD, 4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device)
                 .require_grad();
             let g = Tensor::<AD, 4>::random([3, 7, 4, 6], Distribution::Normal(0.0, 1.0), &device);
@@ -681,7 +691,7 @@ mod tests {
             let conv = Conv2dConfig::new([5, 7], kernel)
                 .with_stride(stride)
                 .init::<Flex>(&device);
-            assert!(!is_pointwise(&conv));
+            assert!(!layer_is_pointwise(&conv));
         }
         // Under bf16 autocast: within bf16 rounding of the f32 result.
         let conv = Conv2dConfig::new([8, 4], [1, 1]).init::<Flex>(&device);

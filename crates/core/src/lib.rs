@@ -27,9 +27,11 @@
 //! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
 //!   [`io`]: atomic writes; [`progress`]: progress bars and logging; [`alloc`]: allocator
 //!   tuning for training processes; [`ops`]: broadcasting element-wise ops laid out for the
-//!   CPU backend's fast kernels; [`fused`]: LayerNorm, BatchNorm, LSTM cell, RWKV and 2-D
-//!   convolution kernels as single autodiff operations with their own backward on burn-flex;
-//!   [`nn`]: Dropout, BatchNorm and LayerNorm with PyTorch's numbers.
+//!   CPU backend's fast kernels; [`fused`]: LayerNorm, BatchNorm, LSTM cell, RWKV, ReLU and 2-D
+//!   convolution kernels as single autodiff operations with their own backward on burn-flex,
+//!   and the inference convolution with its BatchNorm, residual and ReLU in one pass;
+//!   [`nn`]: Dropout, BatchNorm and LayerNorm with PyTorch's numbers, and the
+//!   convolution + BatchNorm (+ residual + ReLU) unit of a ResNet.
 
 pub mod alloc;
 pub mod amp;

@@ -2,6 +2,7 @@
 //! or not fast enough on CPU.
 
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, RunningState};
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use rand::{RngCore, SeedableRng};
@@ -287,19 +288,84 @@ impl<B: Backend> BatchNorm<B> {
                 .update(rv.mul_scalar(1.0 - m) + unbiased.mul_scalar(m));
             return y.reshape(dims);
         }
-        let mean = self.running_mean.value().reshape([1, channels, 1]);
-        let var = self.running_var.value().reshape([1, channels, 1]);
-        let centred = ops::sub(x, mean);
-        // y = (x − μ)·(γ/σ) + β: two broadcast ops over the activation after the centring.
-        // Folding μ into the shift (x·a + b) would save one more but loses precision when
-        // |μ| ≫ σ (raw prices).
-        let scale =
-            self.weight.val().reshape([1, channels, 1]) / var.add_scalar(self.epsilon).sqrt();
-        let y = ops::add(
-            ops::mul(centred, scale),
-            self.bias.val().reshape([1, channels, 1]),
-        );
-        y.reshape(dims)
+        self.running_norm().apply(x).reshape(dims)
+    }
+
+    /// The evaluation map `(x − μ)·s + β` with the running statistics, `s = γ/√(σ² + ε)`.
+    pub fn running_norm(&self) -> ChannelNorm<B> {
+        ChannelNorm {
+            mean: self.running_mean.value(),
+            scale: self.weight.val() / self.running_var.value().add_scalar(self.epsilon).sqrt(),
+            beta: self.bias.val(),
+        }
+    }
+}
+
+/// `relu(bn(conv(x)) + residual)`, the unit of a ResNet (`residual` and the ReLU each
+/// optional).
+///
+/// Training (autodiff) or under autocast: [`crate::amp::conv2d_layer`], [`BatchNorm::forward`]
+/// (batch statistics), the sum and [`crate::fused::relu`]. Evaluation in full precision: one
+/// [`crate::fused::conv2d_epilogue`] with the running statistics, which on burn-flex applies the
+/// BatchNorm, the residual and the ReLU to each image's output while it is in cache, with the
+/// same roundings as the separate operations.
+pub fn conv2d_batch_norm<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    residual: Option<Tensor<B, 4>>,
+    relu: bool,
+) -> Tensor<B, 4> {
+    if B::ad_enabled(&x.device()) || crate::amp::current().is_some() {
+        let mut y = bn.forward(crate::amp::conv2d_layer(conv, x));
+        if let Some(r) = residual {
+            y = y + r;
+        }
+        return if relu { crate::fused::relu(y) } else { y };
+    }
+    let (x, options) = crate::amp::layer_input(conv, x);
+    let then = crate::fused::Epilogue {
+        norm: Some(bn.running_norm()),
+        residual,
+        relu,
+    };
+    crate::fused::conv2d_epilogue(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+        then,
+    )
+}
+
+/// A per-channel affine normalisation `(x − mean)·scale + beta` of `[N, C, ...]` activations
+/// (a BatchNorm once its statistics are known), one value per channel in each field.
+#[derive(Debug, Clone)]
+pub struct ChannelNorm<B: Backend> {
+    /// μ.
+    pub mean: Tensor<B, 1>,
+    /// `γ/√(σ² + ε)`.
+    pub scale: Tensor<B, 1>,
+    /// β.
+    pub beta: Tensor<B, 1>,
+}
+
+impl<B: Backend> ChannelNorm<B> {
+    /// Normalises `[N, C, S]`.
+    pub fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, c, _] = x.dims();
+        self.apply_centred(ops::sub(x, self.mean.clone().reshape([1, c, 1])))
+    }
+
+    /// `centred·scale + beta` on `centred = x − mean` `[N, C, S]`: two broadcast passes after
+    /// the centring, through [`crate::ops`]. Folding μ into the shift (`x·a + b`) would save one
+    /// more but loses precision when |μ| ≫ σ (raw prices).
+    pub fn apply_centred(&self, centred: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, c, _] = centred.dims();
+        ops::add(
+            ops::mul(centred, self.scale.clone().reshape([1, c, 1])),
+            self.beta.clone().reshape([1, c, 1]),
+        )
     }
 }
 

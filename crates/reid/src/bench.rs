@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Timed embedding batches.
     #[arg(long, default_value_t = 2)]
     pub embed_batches: usize,
+    /// Embed with the BatchNorms folded into the convolution weights
+    /// (`ReidModel::with_folded_batchnorm`) instead of applied after each convolution.
+    #[arg(long)]
+    pub fold_batchnorm: bool,
     /// Precisions to time, e.g. `32,16-mixed,bf16-mixed` (empty: `32`).
     #[arg(long, value_delimiter = ',', default_value = "32")]
     pub precisions: Vec<Precision>,
@@ -176,7 +180,7 @@ impl BackendJob for Job<'_> {
             }
             eprintln!("  [{}] step {step}: {ms:.0} ms", self.precision);
         }
-        let eval = model.valid();
+        let eval = model.valid().with_folded_batchnorm(a.fold_batchnorm);
         let xe = Tensor::<B::InnerBackend, 4>::random(
             [a.embed_batch, 3, a.height, a.width],
             burn::tensor::Distribution::Normal(0.0, 1.0),

@@ -412,6 +412,7 @@ fn bench_times_a_ctl_step_for_any_k_and_writes_json() {
         warmup: 0,
         embed_batch: 3,
         embed_batches: 1,
+        fold_batchnorm: false,
         precisions: vec![kiln::amp::Precision::F32, kiln::amp::Precision::Bf16Mixed],
         torch: kiln::bench::TorchSide {
             no_torch: true,

@@ -41,7 +41,7 @@ use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::relu;
+use kiln::fused::relu;
 use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use kiln::{amp, ops};
 use serde::{Deserialize, Serialize};

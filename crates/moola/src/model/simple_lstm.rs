@@ -18,8 +18,8 @@
 
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::fused::relu;
 use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use serde::{Deserialize, Serialize};
 

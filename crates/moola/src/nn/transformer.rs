@@ -17,8 +17,8 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::fused::relu;
 use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 
 use super::attention::{AttentionMask, MultiheadAttention, MultiheadAttentionConfig};

@@ -36,9 +36,9 @@ use burn::nn::{
     Initializer, InstanceNorm, InstanceNormConfig, Linear, LinearConfig, PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::ConvOptions;
+use kiln::fused::relu;
 use kiln::nn::BatchNorm;
 use serde::{Deserialize, Serialize};
 
@@ -337,16 +337,20 @@ impl ResNetConfig {
     }
 }
 
-/// `bn(conv(x))`. With `fold` and without autodiff (evaluation with running statistics) the
-/// BatchNorm is folded into the convolution — weight·s and bias β − μ·s with s = γ/√(σ² + ε) —
-/// which replaces the BatchNorm's four per-channel broadcast passes over the activation (slow on
-/// Flex) by one bias add. Equal to the unfolded result up to f32 rounding, in a different order
-/// from PyTorch's; hence opt-in ([`ResNet::with_folded_batchnorm`]).
+/// `relu(bn(conv(x)) + residual)` (the residual and the ReLU each optional):
+/// [`kiln::nn::conv2d_batch_norm`], which in evaluation runs the BatchNorm, the residual and the
+/// ReLU inside the convolution's per-image pass with the roundings of the separate operations.
+///
+/// With `fold` and without autodiff (evaluation with running statistics) the BatchNorm is
+/// instead folded into the convolution — weight·s and bias β − μ·s with s = γ/√(σ² + ε). Equal
+/// to the exact result up to f32 rounding, in a different order from PyTorch's; hence opt-in
+/// ([`ResNet::with_folded_batchnorm`]).
 fn conv_bn<B: Backend>(
     conv: &Conv2d<B>,
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
     fold: bool,
+    (residual, act): (Option<Tensor<B, 4>>, bool),
 ) -> Tensor<B, 4> {
     let symmetric = match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
@@ -364,14 +368,19 @@ fn conv_bn<B: Backend>(
         {
             p
         }
-        _ => return bn.forward(kiln::amp::conv2d_layer(conv, x)),
+        _ => return kiln::nn::conv2d_batch_norm(conv, bn, x, residual, act),
     };
     let channels = bn.num_features();
     let scale = bn.weight.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
     let shift = bn.bias.val() - bn.running_mean.value() * scale.clone();
-    let weight = conv.weight.val() * scale.reshape([channels, 1, 1, 1]);
+    let weight = kiln::ops::mul(conv.weight.val(), scale.reshape([channels, 1, 1, 1]));
     let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
-    kiln::amp::conv2d(x, weight, Some(shift), options)
+    let y = kiln::amp::conv2d(x, weight, Some(shift), options);
+    let y = match residual {
+        Some(r) => y + r,
+        None => y,
+    };
+    if act { relu(y) } else { y }
 }
 
 /// The IBN-a normalisation (`IBN` in `resnet_ibn_a.py`): InstanceNorm2d(half, affine) on the
@@ -463,18 +472,20 @@ impl<B: Backend> Block<B> {
     pub fn forward_with(&self, x: Tensor<B, 4>, fold_batchnorm: bool) -> Tensor<B, 4> {
         let fold = fold_batchnorm;
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => conv_bn(conv, bn, x.clone(), fold),
+            Some((conv, bn)) => conv_bn(conv, bn, x.clone(), fold, (None, false)),
             None => x.clone(),
         };
-        let mut out = match &self.bn1 {
-            FirstNorm::Batch(bn) => conv_bn(&self.conv1, bn, x, fold),
-            FirstNorm::Ibn(ibn) => ibn.forward(kiln::amp::conv2d_layer(&self.conv1, x)),
+        let out = match &self.bn1 {
+            FirstNorm::Batch(bn) => conv_bn(&self.conv1, bn, x, fold, (None, true)),
+            FirstNorm::Ibn(ibn) => relu(ibn.forward(kiln::amp::conv2d_layer(&self.conv1, x))),
         };
-        out = conv_bn(&self.conv2, &self.bn2, relu(out), fold);
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = conv_bn(conv3, bn3, relu(out), fold);
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = conv_bn(&self.conv2, &self.bn2, out, fold, (None, true));
+                conv_bn(conv3, bn3, out, fold, (Some(shortcut), true))
+            }
+            _ => conv_bn(&self.conv2, &self.bn2, out, fold, (Some(shortcut), true)),
         }
-        relu(out + shortcut)
     }
 }
 
@@ -507,8 +518,13 @@ pub struct ResNet<B: Backend> {
 impl<B: Backend> ResNet<B> {
     /// conv1 → bn1 (→ ReLU for IBN-a): the map that enters the max-pool, `[N, width, H/2, W/2]`.
     pub fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = conv_bn(&self.conv1, &self.bn1, x, self.fold_batchnorm);
-        if self.stem_relu { relu(x) } else { x }
+        conv_bn(
+            &self.conv1,
+            &self.bn1,
+            x,
+            self.fold_batchnorm,
+            (None, self.stem_relu),
+        )
     }
 
     /// The layer4 feature map: `[N, feature_dim, H/16, W/16]` with last stride 1

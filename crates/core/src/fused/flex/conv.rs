@@ -83,6 +83,12 @@ impl Geometry {
         [self.n, self.co, self.oh, self.ow]
     }
 
+    /// Whether the im2col matrix of an image is the image itself (`[Ci, H·W]`): a 1×1 kernel
+    /// at stride 1 without padding.
+    fn pointwise(&self) -> bool {
+        [self.kh, self.kw] == [1, 1] && self.stride == [1, 1] && self.pad == [0, 0]
+    }
+
     /// Rows of the im2col matrix (`Ci·kh·kw`).
     fn k(&self) -> usize {
         self.ci * self.kh * self.kw
@@ -254,40 +260,102 @@ fn matmul(
     }
 }
 
-/// Runs `one(cols, gemm threads, out_n, in_n)` for every image `n`, where `out` and `input` hold
-/// the images' blocks of `out_len` and `in_len` values and `cols` is an im2col-sized scratch
-/// buffer. With enough images (two per thread) each task takes whole images and multiplies on
-/// one thread; otherwise the images go one after another with multi-threaded GEMMs. Either way
-/// every output element is computed the same way.
+/// Runs `one(cols, gemm threads, n, out_n, in_n)` for every image `n`, where `out` and `input`
+/// hold the images' blocks of `out_len` and `in_len` values and `cols` is a scratch buffer of
+/// `scratch` values. With enough images (two per thread) each task takes whole images and
+/// multiplies on one thread; otherwise the images go one after another with multi-threaded
+/// GEMMs. Either way every output element is computed the same way.
 fn each_image(
     g: &Geometry,
+    scratch: usize,
     (out, out_len): (&mut [f32], usize),
     (input, in_len): (&[f32], usize),
-    one: impl Fn(&mut Vec<f32>, Parallelism, &mut [f32], &[f32]) + Sync,
+    one: impl Fn(&mut Vec<f32>, Parallelism, usize, &mut [f32], &[f32]) + Sync,
 ) {
-    let new_cols = || vec![0f32; g.k() * g.out_plane()];
+    let new_cols = || vec![0f32; scratch];
     if g.n >= 2 * rayon::current_num_threads() {
         out.par_chunks_exact_mut(out_len)
             .zip(input.par_chunks_exact(in_len))
-            .for_each_init(new_cols, |cols, (o, i)| one(cols, Parallelism::None, o, i));
+            .enumerate()
+            .for_each_init(new_cols, |cols, (n, (o, i))| {
+                one(cols, Parallelism::None, n, o, i)
+            });
     } else {
         let mut cols = new_cols();
-        for (o, i) in out
+        for (n, (o, i)) in out
             .chunks_exact_mut(out_len)
             .zip(input.chunks_exact(in_len))
+            .enumerate()
         {
-            one(&mut cols, Parallelism::Rayon(0), o, i);
+            one(&mut cols, Parallelism::Rayon(0), n, o, i);
         }
     }
 }
 
-/// The convolution of `x` (`[N, Ci, H, W]`) with `weight` (`[Co, Ci, kh, kw]`) plus `bias`
-/// (`[Co]`), as a contiguous `[N, Co, Ho, Wo]` buffer.
-pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// What [`forward`] applies to the output values `v` of channel `c` after the GEMM, image by
+/// image while the image's output is in cache, in this order and each only when given:
+/// `v + bias[c]`; `(v − mean[c])·scale[c] + beta[c]` (a BatchNorm with running statistics);
+/// `v + residual`; `max(v, 0)`. Each step rounds as the separate tensor operation would, so the
+/// result equals the composition's bit for bit.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub(super) bias: Option<&'a [f32]>,
+    /// `[mean, scale, beta]`, one value per output channel each.
+    pub(super) norm: Option<[&'a [f32]; 3]>,
+    /// Added element-wise: the whole `[N, Co, Ho, Wo]` output's worth.
+    pub(super) residual: Option<&'a [f32]>,
+    pub(super) relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies the steps to image `n`'s output `y` (`[Co, plane]`).
+    fn apply(&self, y: &mut [f32], n: usize, plane: usize) {
+        let residual = self.residual.map(|r| &r[n * y.len()..(n + 1) * y.len()]);
+        for (c, row) in y.chunks_exact_mut(plane).enumerate() {
+            if let Some(bias) = self.bias {
+                let b = bias[c];
+                row.iter_mut().for_each(|v| *v += b);
+            }
+            if let Some([mean, scale, beta]) = self.norm {
+                let (m, s, b) = (mean[c], scale[c], beta[c]);
+                row.iter_mut().for_each(|v| *v = (*v - m) * s + b);
+            }
+            if let Some(r) = residual {
+                let r = &r[c * plane..(c + 1) * plane];
+                row.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+            }
+            if self.relu {
+                row.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    }
+}
+
+/// The convolution of `x` (`[N, Ci, H, W]`) with `weight` (`[Co, Ci, kh, kw]`) followed by
+/// `then`, as a contiguous `[N, Co, Ho, Wo]` buffer. A pointwise convolution multiplies the
+/// image itself, without an im2col copy.
+///
+/// # Panics
+/// When the epilogue's per-channel values or residual do not fit the output.
+pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], then: &Epilogue) -> Vec<f32> {
     let (k, plane) = (g.k(), g.out_plane());
+    let channels = |v: &[f32]| assert_eq!(v.len(), g.co, "conv2d: per-channel values");
+    then.bias
+        .into_iter()
+        .chain(then.norm.into_iter().flatten())
+        .for_each(channels);
+    if let Some(r) = then.residual {
+        assert_eq!(r.len(), g.n * g.out_image(), "conv2d: the residual's size");
+    }
     let mut y = vec![0f32; g.n * g.out_image()];
-    let one = |cols: &mut Vec<f32>, par, y: &mut [f32], x: &[f32]| {
-        im2col(g, x, cols);
+    let scratch = if g.pointwise() { 0 } else { k * plane };
+    let one = |cols: &mut Vec<f32>, par, n, y: &mut [f32], x: &[f32]| {
+        let cols: &[f32] = if g.pointwise() {
+            x
+        } else {
+            im2col(g, x, cols);
+            cols
+        };
         matmul(
             y,
             [g.co, plane, k],
@@ -296,11 +364,9 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> 
             false,
             par,
         );
-        for (row, b) in y.chunks_exact_mut(plane).zip(bias) {
-            row.iter_mut().for_each(|v| *v += b);
-        }
+        then.apply(y, n, plane);
     };
-    each_image(g, (&mut y, g.out_image()), (x, g.in_image()), one);
+    each_image(g, scratch, (&mut y, g.out_image()), (x, g.in_image()), one);
     y
 }
 
@@ -316,7 +382,7 @@ pub(super) fn backward(
     let (k, plane) = (g.k(), g.out_plane());
     let dx = want_x.then(|| {
         let mut dx = vec![0f32; g.n * g.in_image()];
-        let one = |cols: &mut Vec<f32>, par, dx: &mut [f32], dy: &[f32]| {
+        let one = |cols: &mut Vec<f32>, par, _, dx: &mut [f32], dy: &[f32]| {
             matmul(
                 cols,
                 [k, plane, g.co],
@@ -327,7 +393,13 @@ pub(super) fn backward(
             );
             col2im(g, cols, dx);
         };
-        each_image(g, (&mut dx, g.in_image()), (dy, g.out_image()), one);
+        each_image(
+            g,
+            k * plane,
+            (&mut dx, g.in_image()),
+            (dy, g.out_image()),
+            one,
+        );
         dx
     });
     let dw = want_w.then(|| {

@@ -109,14 +109,24 @@ fn finish<B: Backend, const D: usize, Op: Backward<Flex, N>, const N: usize>(
             .node
             .clone()
     });
+    // The inputs' graph tensors (and with them their reference-count tokens) stay alive until
+    // the step is registered: Burn 0.21's `backward()` on another thread sweeps graph nodes that
+    // no live tensor references, and could otherwise take this step's parents in between
+    // (tracel-ai/burn#5573).
+    let (values, graphs): (Vec<_>, Vec<_>) =
+        inputs.into_iter().map(|i| (i.values, i.graph)).unzip();
+    let values: [FlexTensor; N] = values
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("fused: N inputs give N values"));
     let out = match op
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(state(inputs.map(|i| i.values)), out),
+        OpsKind::Tracked(prep) => prep.finish(state(values), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
+    drop(graphs);
     cast(Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(out)))
 }
 
@@ -328,36 +338,45 @@ fn layer_norm_backward(
     (unsafe { init(dx) }, dgamma.to_vec(), dbeta.to_vec())
 }
 
+/// LayerNorm and training-mode BatchNorm share their saved state (the input, γ and two
+/// statistics per normalised group) and their gradient bookkeeping; only the kernels differ.
 #[derive(Debug)]
-struct LayerNormOp;
+enum NormOp {
+    /// Over the last axis; statistics per row.
+    Layer,
+    /// Over the batch and spatial axes of `[N, C, S]`; statistics per channel.
+    Batch,
+}
 
 #[derive(Debug, Clone)]
-struct LayerNormState {
+struct NormState {
     /// The contiguous input.
     x: FlexTensor,
     gamma: FlexTensor,
-    /// Per-row mean and `1/sqrt(var + ε)`.
+    /// Per-group mean and `1/sqrt(var + ε)`.
     stats: Arc<(Vec<f32>, Vec<f32>)>,
 }
 
-impl Backward<Flex, 3> for LayerNormOp {
-    type State = LayerNormState;
+impl Backward<Flex, 3> for NormOp {
+    type State = NormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = parent_ids(&ops);
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let s = ops.state;
-        let (dx, dgamma, dbeta) = layer_norm_backward(
-            values(&s.x),
-            values(&grad),
-            values(&s.gamma),
-            &s.stats.0,
-            &s.stats.1,
-        );
-        let d = dgamma.len();
-        register(grads, node_x, dx, s.x.layout().shape());
-        register(grads, node_gamma, dgamma, &Shape::new([d]));
-        register(grads, node_beta, dbeta, &Shape::new([d]));
+        let shape = s.x.layout().shape().clone();
+        let (x, g, gamma) = (values(&s.x), values(&grad), values(&s.gamma));
+        let (mean, rstd) = (&s.stats.0, &s.stats.1);
+        let (dx, dgamma, dbeta) = match self {
+            NormOp::Layer => layer_norm_backward(x, g, gamma, mean, rstd),
+            NormOp::Batch => {
+                batch_norm_backward(x, g, [shape[0], shape[1], shape[2]], gamma, mean, rstd)
+            }
+        };
+        let params = Shape::new([dgamma.len()]);
+        register(grads, node_x, dx, &shape);
+        register(grads, node_gamma, dgamma, &params);
+        register(grads, node_beta, dbeta, &params);
     }
 }
 
@@ -380,7 +399,7 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(
     let (y, mean, rstd) =
         layer_norm_forward(x.values(), gamma.values(), beta.values(), epsilon as f32);
     let y = tensor(y, x.shape().clone());
-    finish(LayerNormOp, inputs, y, |[x, gamma, _]| LayerNormState {
+    finish(NormOp::Layer, inputs, y, |[x, gamma, _]| NormState {
         x,
         gamma,
         stats: Arc::new((mean, rstd)),
@@ -528,33 +547,50 @@ pub(super) fn shift_lerp<B: Backend>(
 /// Elements per rayon task of the element-wise kernels.
 const ELEMS_PER_TASK: usize = 1 << 16;
 
-fn relu_square_forward(x: &[f32]) -> Vec<f32> {
+/// `f(x)` element by element, in parallel chunks.
+fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = uninit(x.len());
     out.par_chunks_mut(ELEMS_PER_TASK)
         .zip(x.par_chunks(ELEMS_PER_TASK))
         .for_each(|(o, x)| {
             for (o, &v) in o.iter_mut().zip(x) {
-                let r = v.max(0.0);
-                o.write(r * r);
+                o.write(f(v));
             }
         });
     // SAFETY: the chunks cover every element.
     unsafe { init(out) }
 }
 
-/// `dx = g · 2·max(x, 0)`.
-fn relu_square_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
-    let mut dx = uninit(x.len());
-    dx.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(x.par_chunks(ELEMS_PER_TASK))
-        .zip(g.par_chunks(ELEMS_PER_TASK))
-        .for_each(|((o, x), g)| {
-            for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                o.write(gv * 2.0 * v.max(0.0));
+/// `f(a, b)` element by element, in parallel chunks.
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "fused: element-wise operands differ in size"
+    );
+    let mut out = uninit(a.len());
+    out.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(a.par_chunks(ELEMS_PER_TASK))
+        .zip(b.par_chunks(ELEMS_PER_TASK))
+        .for_each(|((o, a), b)| {
+            for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+                o.write(f(u, v));
             }
         });
     // SAFETY: the chunks cover every element.
-    unsafe { init(dx) }
+    unsafe { init(out) }
+}
+
+fn relu_square_forward(x: &[f32]) -> Vec<f32> {
+    map1(x, |v| {
+        let r = v.max(0.0);
+        r * r
+    })
+}
+
+/// `dx = g · 2·max(x, 0)`.
+fn relu_square_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
+    map2(x, g, |v, gv| gv * 2.0 * v.max(0.0))
 }
 
 #[derive(Debug)]
@@ -578,6 +614,37 @@ pub(super) fn relu_square<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor
     let x = Input::new(x);
     let out = tensor(relu_square_forward(x.values()), x.shape().clone());
     finish(ReluSquareOp, [x], out, |s| s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReLU keeping its output
+
+#[derive(Debug)]
+struct ReluOp;
+
+impl Backward<Flex, 1> for ReluOp {
+    /// The output `y`: `y > 0` exactly where `x > 0`.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = parent_ids(&ops);
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let y = ops.state;
+        let dx = map2(
+            values(&y),
+            values(&grad),
+            |y, g| if y > 0.0 { g } else { 0.0 },
+        );
+        register(grads, node_x, dx, y.layout().shape());
+    }
+}
+
+/// [`super::relu`] (on `Autodiff<Flex>`, which [`handles`] accepted).
+pub(super) fn relu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = Input::new(x);
+    let y = tensor(map1(x.values(), |v| v.max(0.0)), x.shape().clone());
+    let saved = y.clone();
+    finish(ReluOp, [x], y, |_| saved)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -902,9 +969,44 @@ pub(super) fn conv2d<B: Backend>(
     );
     let inputs = [Input::new(x), Input::new(weight), Input::new(bias)];
     let [x, w, b] = &inputs;
-    let y = conv::forward(&geometry, x.values(), w.values(), b.values());
+    let then = conv::Epilogue {
+        bias: Some(b.values()),
+        ..Default::default()
+    };
+    let y = conv::forward(&geometry, x.values(), w.values(), &then);
     let y = tensor(y, Shape::new(geometry.out_shape()));
     finish(Conv2dOp { geometry }, inputs, y, |[x, w, _]| [x, w])
+}
+
+/// [`super::conv2d_epilogue`] (inference on `Flex`, which [`handles`] accepted, one group).
+pub(super) fn conv2d_epilogue<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: &burn::tensor::ops::ConvOptions<2>,
+    then: super::Epilogue<B>,
+) -> Tensor<B, 4> {
+    let geometry = conv::Geometry::new(x.dims(), weight.dims(), options);
+    let (x, w) = (Input::new(x), Input::new(weight));
+    let bias = bias.map(Input::new);
+    let norm = then.norm.map(|n| [n.mean, n.scale, n.beta].map(Input::new));
+    let residual = then.residual.map(|r| {
+        assert_eq!(
+            r.dims(),
+            geometry.out_shape(),
+            "conv2d: the residual must have the output's shape"
+        );
+        Input::new(r)
+    });
+    let epilogue = conv::Epilogue {
+        bias: bias.as_ref().map(Input::values),
+        norm: norm.as_ref().map(|n| n.each_ref().map(Input::values)),
+        residual: residual.as_ref().map(Input::values),
+        relu: then.relu,
+    };
+    let y = conv::forward(&geometry, x.values(), w.values(), &epilogue);
+    let y = tensor(y, Shape::new(geometry.out_shape()));
+    cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1037,41 +1139,6 @@ fn batch_norm_backward(
     (unsafe { init(dx) }, dgamma, s1)
 }
 
-#[derive(Debug)]
-struct BatchNormOp;
-
-#[derive(Debug, Clone)]
-struct BatchNormState {
-    /// The contiguous input `[N, C, S]` and γ.
-    x: FlexTensor,
-    gamma: FlexTensor,
-    /// Per-channel mean and `1/sqrt(var + ε)`.
-    stats: Arc<(Vec<f32>, Vec<f32>)>,
-}
-
-impl Backward<Flex, 3> for BatchNormOp {
-    type State = BatchNormState;
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = parent_ids(&ops);
-        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let s = ops.state;
-        let shape = s.x.layout().shape().clone();
-        let dims = [shape[0], shape[1], shape[2]];
-        let (dx, dgamma, dbeta) = batch_norm_backward(
-            values(&s.x),
-            values(&grad),
-            dims,
-            values(&s.gamma),
-            &s.stats.0,
-            &s.stats.1,
-        );
-        register(grads, node_x, dx, &shape);
-        register(grads, node_gamma, dgamma, &Shape::new([dims[1]]));
-        register(grads, node_beta, dbeta, &Shape::new([dims[1]]));
-    }
-}
-
 /// [`super::batch_norm`] (on a backend that [`handles`] accepted, shapes checked).
 pub(super) fn batch_norm<B: Backend>(
     x: Tensor<B, 3>,
@@ -1095,8 +1162,8 @@ pub(super) fn batch_norm<B: Backend>(
         .collect();
     let y = batch_norm_forward(x.values(), dims, &mean, &scale, beta.values());
     let stats = Arc::new((mean.clone(), rstd));
-    let y = finish(BatchNormOp, inputs, tensor(y, shape), |[x, gamma, _]| {
-        BatchNormState { x, gamma, stats }
+    let y = finish(NormOp::Batch, inputs, tensor(y, shape), |[x, gamma, _]| {
+        NormState { x, gamma, stats }
     });
     (y, mean, var)
 }

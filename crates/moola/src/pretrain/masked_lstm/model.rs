@@ -16,8 +16,8 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::fused::relu;
 use kiln::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};

@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, bail};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use kiln::amp;
+use kiln::fused::relu;
 use kiln::nn::{LayerNorm, LayerNormConfig};
 use serde::{Deserialize, Serialize};
 
