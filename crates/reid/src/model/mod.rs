@@ -234,7 +234,7 @@ impl<B: Backend> ReidModel<B> {
     }
 
     /// Folds (or not) the backbone's BatchNorms into its convolutions for evaluation without
-    /// autodiff (faster embeddings; see [`ResNet::with_folded_batchnorm`]).
+    /// autodiff (a different rounding, no faster; see [`ResNet::with_folded_batchnorm`]).
     pub fn with_folded_batchnorm(mut self, fold: bool) -> Self {
         self.backbone.base = self.backbone.base.with_folded_batchnorm(fold);
         self

@@ -545,12 +545,14 @@ impl<B: Backend> ResNet<B> {
 
     /// Folds (or not) the BatchNorms into the convolutions when evaluating without autodiff.
     /// Training (autodiff) is unaffected. The folded weights are recomputed on every forward.
-    /// It paid off when the BatchNorm passes were slow on Flex (8×3×256×128: 1.3 s instead of
-    /// 3.6 s); since `kiln::nn::BatchNorm` lays its broadcasts out for burn-flex's fast kernel it
-    /// no longer does: ResNet50 on Flex, 2 cores, 64×3×256×128: 6.5–6.6 s folded, 6.1–6.5 s
-    /// not; one image: 0.51–0.54 s folded, 0.14 s not. Hence off by default. Results equal the
-    /// exact ones up to f32 rounding (parity fixtures: within 1.3e-4 of the float64 reference
-    /// instead of 4e-5).
+    /// Off by default: the unfolded evaluation already applies each BatchNorm (and the residual
+    /// and ReLU after it) inside the convolution's per-image pass
+    /// ([`kiln::nn::conv2d_batch_norm`]) with the exact roundings, and folding is no faster
+    /// than that (ResNet50 on Flex, 2 cores, 64×3×256×128, alternating runs of
+    /// `reid bench --no-torch --steps 1 --warmup 0 --embed-batches 4 [--fold-batchnorm]`:
+    /// 28.5 / 29.7 img/s folded, 27.9 / 32.5 img/s not). Folded results equal the exact ones up
+    /// to f32 rounding (parity fixtures: within 1.3e-4 of the float64 reference instead of
+    /// 4e-5).
     pub fn with_folded_batchnorm(mut self, fold: bool) -> Self {
         self.fold_batchnorm = fold;
         self
