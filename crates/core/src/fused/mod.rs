@@ -699,6 +699,30 @@ mod tests {
         close(a.5, b.5, "d/dc0");
     }
 
+    /// A convolution of the tests: `(n, ci, h, w, co, [kh, kw], stride, padding, dilation)`.
+    type ConvCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+    );
+
+    /// Random input `[n, ci, h, w]`, weight, bias and the options of `case`.
+    fn conv_inputs<B: Backend>(
+        &(n, ci, h, w, co, k, stride, padding, dilation): &ConvCase,
+        dev: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 1>, ConvOptions<2>) {
+        let x = Tensor::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), dev);
+        let wt = Tensor::random([co, ci, k[0], k[1]], Distribution::Normal(0.0, 0.5), dev);
+        let b = Tensor::random([co], Distribution::Normal(0.0, 0.5), dev);
+        (x, wt, b, ConvOptions::new(stride, padding, dilation, 1))
+    }
+
     /// Forward values and the gradients of input, weight and bias against Burn's convolution,
     /// over the geometries of a ResNet (3×3 padded, strided 3×3, strided 1×1, the 7×7 stem)
     /// and odd ones (non-square kernel, unequal strides and dilations, no bias), with batches
@@ -706,33 +730,17 @@ mod tests {
     #[test]
     fn conv2d_matches_burn() {
         let dev = Default::default();
-        // (n, ci, h, w, co, [kh, kw], stride, padding, dilation, bias)
-        type Case = (
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            [usize; 2],
-            [usize; 2],
-            [usize; 2],
-            [usize; 2],
-            bool,
-        );
-        let cases: [Case; 6] = [
-            (9, 5, 9, 7, 4, [3, 3], [1, 1], [1, 1], [1, 1], true),
-            (1, 5, 9, 7, 6, [3, 3], [2, 2], [1, 1], [1, 1], true),
-            (5, 6, 8, 9, 3, [1, 1], [2, 2], [0, 0], [1, 1], false),
-            (2, 3, 15, 12, 4, [7, 7], [2, 2], [3, 3], [1, 1], false),
-            (17, 3, 10, 11, 5, [3, 2], [2, 1], [0, 1], [2, 1], true),
-            (4, 2, 6, 6, 3, [2, 3], [1, 3], [2, 0], [1, 2], true),
+        let cases: [(ConvCase, bool); 6] = [
+            ((9, 5, 9, 7, 4, [3, 3], [1, 1], [1, 1], [1, 1]), true),
+            ((1, 5, 9, 7, 6, [3, 3], [2, 2], [1, 1], [1, 1]), true),
+            ((5, 6, 8, 9, 3, [1, 1], [2, 2], [0, 0], [1, 1]), false),
+            ((2, 3, 15, 12, 4, [7, 7], [2, 2], [3, 3], [1, 1]), false),
+            ((17, 3, 10, 11, 5, [3, 2], [2, 1], [0, 1], [2, 1]), true),
+            ((4, 2, 6, 6, 3, [2, 3], [1, 3], [2, 0], [1, 2]), true),
         ];
-        for (n, ci, h, w, co, k, stride, padding, dilation, with_bias) in cases {
-            let x0 = Tensor::<AD, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev);
-            let w0 =
-                Tensor::<AD, 4>::random([co, ci, k[0], k[1]], Distribution::Normal(0.0, 0.5), &dev);
-            let b0 = Tensor::<AD, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev);
-            let options = ConvOptions::new(stride, padding, dilation, 1);
+        for (case, with_bias) in cases {
+            let (n, ci, h, w, co, k, stride, padding, dilation) = case;
+            let (x0, w0, b0, options) = conv_inputs::<AD>(&case, &dev);
             let run = |fused: bool| {
                 let (x, wt, b) = (
                     x0.clone().require_grad(),
@@ -782,38 +790,21 @@ mod tests {
     #[test]
     fn conv2d_epilogue_matches_composition() {
         let dev = Default::default();
-        // (n, ci, h, w, co, [kh, kw], stride, padding)
-        type Case = (
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            [usize; 2],
-            [usize; 2],
-            [usize; 2],
-        );
-        let cases: [Case; 5] = [
-            (9, 5, 9, 7, 4, [3, 3], [1, 1], [1, 1]),
-            (1, 6, 8, 9, 3, [1, 1], [1, 1], [0, 0]),
-            (5, 6, 8, 9, 3, [1, 1], [1, 1], [0, 0]),
-            (5, 6, 8, 9, 3, [1, 1], [2, 2], [0, 0]),
-            (2, 3, 15, 12, 4, [7, 7], [2, 2], [3, 3]),
+        let cases: [ConvCase; 5] = [
+            (9, 5, 9, 7, 4, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (1, 6, 8, 9, 3, [1, 1], [1, 1], [0, 0], [1, 1]),
+            (5, 6, 8, 9, 3, [1, 1], [1, 1], [0, 0], [1, 1]),
+            (5, 6, 8, 9, 3, [1, 1], [2, 2], [0, 0], [1, 1]),
+            (2, 3, 15, 12, 4, [7, 7], [2, 2], [3, 3], [1, 1]),
         ];
-        for (n, ci, h, w, co, k, stride, padding) in cases {
-            let x = Tensor::<Flex, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev);
-            let wt = Tensor::<Flex, 4>::random(
-                [co, ci, k[0], k[1]],
-                Distribution::Normal(0.0, 0.5),
-                &dev,
-            );
-            let b = Tensor::<Flex, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev);
+        for case in cases {
+            let (n, ci, _, _, co, k, stride, _, _) = case;
+            let (x, wt, b, options) = conv_inputs::<Flex>(&case, &dev);
             let norm = ChannelNorm {
                 mean: Tensor::random([co], Distribution::Normal(0.5, 1.0), &dev),
                 scale: Tensor::random([co], Distribution::Normal(1.0, 0.5), &dev),
                 beta: Tensor::random([co], Distribution::Normal(0.0, 0.5), &dev),
             };
-            let options = ConvOptions::new(stride, padding, [1, 1], 1);
             let out = conv2d(x.clone(), wt.clone(), None, options.clone()).dims();
             let r = Tensor::<Flex, 4>::random(out, Distribution::Normal(0.0, 1.0), &dev);
             for mask in 0..16 {
