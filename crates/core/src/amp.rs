@@ -647,9 +647,9 @@ mod tests {
 
     /// Whether [`conv2d_layer`] takes the matrix-product path for `conv` on a 4×6 input.
     fn layer_is_pointwise<B: Backend>(conv: &Conv2d<B>) -> bool {
-        let padding = layer_padding(conv, 4, 6);
-        let symmetric = padding.map(|(a, b)| if a == b { a } else { usize::MAX });
-        let options = ConvOptions::new(conv.stride, symmetric, conv.dilation, conv.groups);
+        let [_, channels, ..] = conv.weight.dims();
+        let x = Tensor::<B, 4>::zeros([1, channels, 4, 6], &conv.weight.device());
+        let (_, options) = layer_input(conv, x);
         is_pointwise(conv.kernel_size, &options)
     }
 

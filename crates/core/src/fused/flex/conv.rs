@@ -336,7 +336,8 @@ impl Epilogue<'_> {
 /// image itself, without an im2col copy.
 ///
 /// # Panics
-/// When the epilogue's per-channel values or residual do not fit the output.
+/// When the epilogue's per-channel values do not fit the output (the caller checks the
+/// residual's shape).
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], then: &Epilogue) -> Vec<f32> {
     let (k, plane) = (g.k(), g.out_plane());
     let channels = |v: &[f32]| assert_eq!(v.len(), g.co, "conv2d: per-channel values");
@@ -344,9 +345,6 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], then: &Epilogue) 
         .into_iter()
         .chain(then.norm.into_iter().flatten())
         .for_each(channels);
-    if let Some(r) = then.residual {
-        assert_eq!(r.len(), g.n * g.out_image(), "conv2d: the residual's size");
-    }
     let mut y = vec![0f32; g.n * g.out_image()];
     let scratch = if g.pointwise() { 0 } else { k * plane };
     let one = |cols: &mut Vec<f32>, par, n, y: &mut [f32], x: &[f32]| {
