@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use burn::backend::Autodiff;
+use kiln::backend::Autodiff;
 use kiln::backend::CpuBackend;
 use kiln::metrics::ClassificationReport;
 use moola::Classifier;

@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::backend::Autodiff;
+use kiln::backend::Autodiff;
 use kiln::backend::CpuBackend;
 use moola::Classifier;
 use moola::data::{LabelMap, OhlcOptions, WindowSet, read_any, windows_from_ohlc_csv};

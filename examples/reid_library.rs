@@ -6,7 +6,7 @@
 //! ```
 
 use anyhow::Result;
-use burn::backend::Autodiff;
+use kiln::backend::Autodiff;
 use kiln::backend::CpuBackend;
 use reid::{Learner, ReidConfig, StepKind};
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
+use kiln::backend::{Autodiff, Flex};
 use moola::Classifier;
 use moola::data::{WindowSet, read_any};
 use moola::model::{ModelSpec, SimpleLstmConfig};
@@ -154,4 +154,17 @@ fn reid_learner_trains_writes_a_checkpoint_and_embeds_like_it() {
     let a: Vec<f32> = trained.model.embed(x.clone()).into_data().to_vec().unwrap();
     let b: Vec<f32> = loaded.model.embed(x).into_data().to_vec().unwrap();
     assert_eq!(a, b);
+}
+
+/// The README's library program is the downstream example that `.ci/run` builds and runs outside
+/// the workspace, character for character.
+#[test]
+fn the_readme_library_program_is_the_one_ci_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let program =
+        std::fs::read_to_string(root().join("tests/downstream/examples/readme.rs")).unwrap();
+    assert!(
+        readme.contains(&format!("```rust\n{program}```")),
+        "README.md's library program differs from tests/downstream/examples/readme.rs"
+    );
 }

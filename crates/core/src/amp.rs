@@ -601,7 +601,7 @@ fn scale_and_check<B: AutodiffBackend, M: AutodiffModule<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::backend::Flex;
     use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
     use burn::tensor::Distribution;
 
@@ -655,7 +655,7 @@ mod tests {
 
     #[test]
     fn pointwise_convolutions_equal_burns_convolution_with_gradients() {
-        use burn::backend::Autodiff;
+        use crate::backend::Autodiff;
         type AD = Autodiff<Flex>;
         let device = Default::default();
         for (bias, padding) in [

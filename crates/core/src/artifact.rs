@@ -16,7 +16,7 @@
 //!   a checkpoint loads wherever a model file does.
 //!
 //! ```no_run
-//! # use burn::backend::Flex;
+//! # use kiln::backend::Flex;
 //! # use burn::nn::{Linear, LinearConfig};
 //! #[derive(serde::Serialize, serde::Deserialize)]
 //! struct Card { d_in: usize, d_out: usize }
@@ -186,7 +186,7 @@ fn card_of_checkpoint<C: DeserializeOwned>(path: &Path, task: serde_json::Value)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::backend::Flex;
     use burn::nn::{Linear, LinearConfig};
     use serde::Deserialize;
 

@@ -83,12 +83,32 @@ pub trait BackendJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
+/// The burn-ndarray CPU backend.
+#[cfg(feature = "ndarray")]
+pub use burn::backend::NdArray;
+/// Burn's autodiff backend decorator, from kiln's fork of burn-autodiff 0.21.0
+/// (`vendor/burn-autodiff`, see its `FIX.md`). Use this rather than `burn::backend::Autodiff`:
+/// kiln's custom backward ops and the data-parallel trainer are built for this one.
+pub use burn_autodiff::Autodiff;
+/// The pure-Rust CPU backend, from kiln's fork of burn-flex 0.21.0 (`vendor/burn-flex`, see its
+/// `FIX.md`: the fast kernels kiln's benchmarks measure). Use this rather than
+/// `burn::backend::Flex`, which is the unpatched crate and misses `kiln::fused`'s kernels.
+#[cfg(feature = "flex")]
+pub use burn_flex::Flex;
+/// The forked crates themselves, for code that extends them (custom backward steps, kernels).
+pub mod forks {
+    pub use burn_autodiff as autodiff;
+    pub use burn_collective as collective;
+    #[cfg(feature = "flex")]
+    pub use burn_flex as flex;
+}
+
 /// The CPU backend used for `cpu` in this build.
 #[cfg(feature = "flex")]
-pub type CpuBackend = burn::backend::Flex;
+pub type CpuBackend = Flex;
 /// The CPU backend used for `cpu` in this build.
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
-pub type CpuBackend = burn::backend::NdArray;
+pub type CpuBackend = NdArray;
 
 /// The CUDA backend (f32 parameters).
 #[cfg(feature = "cuda")]
@@ -115,7 +135,7 @@ pub fn launch<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
         DeviceKind::Cpu => {
             #[cfg(any(feature = "flex", feature = "ndarray"))]
             {
-                job.run::<burn::backend::Autodiff<CpuBackend>>(Default::default())
+                job.run::<Autodiff<CpuBackend>>(Default::default())
             }
             #[cfg(not(any(feature = "flex", feature = "ndarray")))]
             {
@@ -126,7 +146,7 @@ pub fn launch<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
         DeviceKind::Flex => {
             #[cfg(feature = "flex")]
             {
-                job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default())
+                job.run::<Autodiff<Flex>>(Default::default())
             }
             #[cfg(not(feature = "flex"))]
             {
@@ -137,7 +157,7 @@ pub fn launch<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
         DeviceKind::NdArray => {
             #[cfg(feature = "ndarray")]
             {
-                job.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default())
+                job.run::<Autodiff<NdArray>>(Default::default())
             }
             #[cfg(not(feature = "ndarray"))]
             {
@@ -150,7 +170,7 @@ pub fn launch<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
             {
                 cuda_available()?;
                 let device = burn::backend::cuda::CudaDevice { index };
-                job.run::<burn::backend::Autodiff<CudaBackend>>(device)
+                job.run::<Autodiff<CudaBackend>>(device)
             }
             #[cfg(not(feature = "cuda"))]
             {

@@ -221,6 +221,24 @@ pub fn reset_sigpipe() {
     }
 }
 
+/// The body of a kiln tool's `main`: allocator tuning ([`crate::alloc::retain_freed_memory`]),
+/// [`hoist_flags`], parsing `args` (the program name first; clap prints usage errors and `--help`
+/// itself and exits, with status 2 on an error), quiet collective logs, then `run`. The `moola`
+/// and `reid` binaries are this plus [`reset_sigpipe`] and the exit status; a crate depending on
+/// them runs the same tools with `moola::cli::main_with(args)` / `reid::cli::main_with(args)`.
+pub fn run_tool<C: clap::Parser>(
+    args: Vec<String>,
+    run: impl FnOnce(C) -> Result<()>,
+) -> Result<()> {
+    crate::alloc::retain_freed_memory();
+    // Flags may follow the trailing `KEY VALUE` overrides, as yacs users write them.
+    let args = hoist_flags(&C::command(), args);
+    let cli = C::parse_from(args);
+    // burn-collective logs every tensor transfer at INFO: keep it to warnings.
+    crate::progress::init_logging(crate::dist::QUIET_LOGS);
+    run(cli)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,7 +50,7 @@
 //! # Launching two nodes on 127.0.0.1
 //!
 //! ```no_run
-//! use burn::backend::Flex;
+//! use kiln::backend::Flex;
 //! use kiln::dist::{Dist, DistConfig, Reduce};
 //!
 //! # fn main() -> anyhow::Result<()> {

@@ -33,6 +33,10 @@
 //!   [`nn`]: Dropout, BatchNorm and LayerNorm with PyTorch's numbers, and the
 //!   convolution + BatchNorm (+ residual + ReLU) unit of a ResNet.
 
+/// The Burn release kiln is built on (0.21.0, without its `autodiff` and `flex` backends, which
+/// come patched from [`backend`]), so that dependents use the same one without pinning it.
+pub use burn;
+
 pub mod alloc;
 pub mod amp;
 pub mod artifact;

@@ -372,7 +372,7 @@ impl<B: Backend> ChannelNorm<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, Flex};
+    use crate::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::{TensorData, Tolerance};
 

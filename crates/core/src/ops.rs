@@ -140,7 +140,7 @@ pub fn broadcast<B: Backend, const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, Flex};
+    use crate::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, Tolerance};
 
     type Ad = Autodiff<Flex>;
@@ -185,7 +185,7 @@ mod tests {
             for op in ops {
                 check::<Ad>(l, r, op);
                 #[cfg(feature = "ndarray")]
-                check::<Autodiff<burn::backend::NdArray>>(l, r, op);
+                check::<Autodiff<crate::backend::NdArray>>(l, r, op);
             }
         }
     }

@@ -382,9 +382,9 @@ mod tests {
         let mut a = WarmupMultiStepLr::new(1.0, 2, vec![3], 0.5);
         a.step();
         a.step();
-        let rec = a.to_record::<burn::backend::Flex>();
+        let rec = a.to_record::<crate::backend::Flex>();
         let mut b =
-            WarmupMultiStepLr::new(1.0, 2, vec![3], 0.5).load_record::<burn::backend::Flex>(rec);
+            WarmupMultiStepLr::new(1.0, 2, vec![3], 0.5).load_record::<crate::backend::Flex>(rec);
         assert_eq!(a.step(), b.step());
         assert_eq!(b.step(), 0.5);
     }

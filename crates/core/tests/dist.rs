@@ -10,11 +10,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
+use kiln::backend::{Autodiff, Flex};
 use kiln::dist::{Dist, DistConfig, Reduce};
 
 type B = Flex;

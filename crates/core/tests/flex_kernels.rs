@@ -3,10 +3,10 @@
 //! `cat`, element-wise ops on shared inputs and `Linear` gradients, against values computed
 //! here (in `f64` where rounding matters).
 
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
+use kiln::backend::{Autodiff, Flex};
 
 type B = Flex;
 

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::AdamWConfig;
@@ -11,6 +10,7 @@ use burn::optim::lr_scheduler::constant::ConstantLr;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kiln::amp::GradScaler;
+use kiln::backend::{Autodiff, Flex};
 use kiln::callbacks::{EarlyStopping, Mode, ModelCheckpoint};
 use kiln::metric_log::Row;
 use kiln::optim::{Interval, Standard};

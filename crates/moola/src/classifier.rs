@@ -2,7 +2,7 @@
 //! `save`, `load` (the API the reference's deep classifiers share).
 //!
 //! ```no_run
-//! use burn::backend::{Autodiff, Flex};
+//! use kiln::backend::{Autodiff, Flex};
 //! use moola::{Classifier, data};
 //!
 //! let train = data::read_any("datasets/BasicMotions/BasicMotions_TRAIN.ts".as_ref())?;

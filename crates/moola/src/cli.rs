@@ -350,6 +350,12 @@ impl Command {
     }
 }
 
+/// The `moola` tool on `args` (the program name first), as the `moola` binary runs it: see
+/// [`kiln::cli::run_tool`]. Returns the command's error; usage errors exit the process (status 2).
+pub fn main_with(args: Vec<String>) -> Result<()> {
+    kiln::cli::run_tool(args, run)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let mut cfg = MoolaConfig::load(cli.config_file.as_deref(), cli.command.overrides())?;

@@ -2,7 +2,7 @@
 //! network per fold, out-of-fold probabilities for every window, per-fold and pooled metrics.
 //!
 //! ```no_run
-//! use burn::backend::{Autodiff, Flex};
+//! use kiln::backend::{Autodiff, Flex};
 //! use moola::{cv, data, model::ModelSpec, train::TrainConfig};
 //!
 //! let windows = data::read_any("datasets/ohlc/windows.parquet".as_ref())?;

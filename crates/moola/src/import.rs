@@ -625,7 +625,7 @@ mod tests {
     /// Every parameter of every network has a distinct reference key.
     #[test]
     fn every_network_has_distinct_reference_keys() {
-        type B = burn::backend::Flex;
+        type B = kiln::backend::Flex;
         let device = Default::default();
         for spec in ["simple_lstm", "cnn_transformer", "rwkv_ts"] {
             let net = ModelSpec::from_name(spec)

@@ -102,7 +102,7 @@ pub fn multitask_loss<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use kiln::backend::Flex;
 
     type B = Flex;
 

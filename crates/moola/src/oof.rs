@@ -8,7 +8,7 @@
 //! class order (`np.unique`), and every fold's model must report that same order.
 //!
 //! ```no_run
-//! use burn::backend::{Autodiff, Flex};
+//! use kiln::backend::{Autodiff, Flex};
 //! use moola::{Classifier, Estimator, data, oof, splits};
 //!
 //! let windows = data::read_any("data/processed/train.parquet".as_ref())?;

@@ -10,11 +10,11 @@
 //! 2e-3 for f16 (11-bit); measured on burn-flex: bf16 6.2e-4 / 7.8e-4 / 1.2e-3 and f16 4.2e-5 /
 //! 3.2e-4 / 2.9e-4 for SimpleLSTM / CNN-Transformer / RWKV-TS.
 
-use burn::backend::Flex;
 use burn::tensor::Tensor;
 use burn::tensor::TensorData;
 use burn::tensor::activation::softmax;
 use kiln::amp::{Precision, autocast};
+use kiln::backend::Flex;
 use moola::model::{CnnTransformerConfig, ModelSpec, RwkvTsConfig, SimpleLstmConfig};
 
 type B = Flex;
@@ -95,8 +95,8 @@ fn rwkv_ts_half_forward_matches_f32() {
 /// Test accuracy on the bundled BasicMotions (40 train / 40 test) with the quickstart recipe
 /// (batch 8, up to 150 epochs, early stopping on a 15% split) in `precision`.
 fn basic_motions_accuracy(name: &str, precision: Precision) -> f64 {
-    use burn::backend::Autodiff;
     use kiln::amp::PrecisionSetting;
+    use kiln::backend::Autodiff;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/BasicMotions");
     let train = moola::data::read_any(&dir.join("BasicMotions_TRAIN.ts")).unwrap();
     let test = moola::data::read_any(&dir.join("BasicMotions_TEST.ts")).unwrap();

@@ -677,7 +677,7 @@ fn pretrain_then_train_from_the_encoder_then_stack_and_audit() {
 
 /// Predicted probabilities of a saved model on a set, through the library.
 fn probabilities(model: &Path, data: &WindowSet) -> Vec<Vec<f64>> {
-    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    type B = kiln::backend::Autodiff<kiln::backend::Flex>;
     let clf = moola::Classifier::<B>::load(model, Default::default(), Default::default())
         .expect("the saved model loads");
     clf.predict_proba(data).expect("the saved model predicts")
@@ -687,7 +687,7 @@ fn probabilities(model: &Path, data: &WindowSet) -> Vec<Vec<f64>> {
 fn weights(model: &Path) -> Vec<(String, Vec<f32>)> {
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::tensor::{Tensor, backend::Backend};
-    type B = burn::backend::Flex;
+    type B = kiln::backend::Flex;
     struct Collect(Vec<String>, Vec<(String, Vec<f32>)>);
     impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
         fn enter_module(&mut self, name: &str, _container_type: &str) {

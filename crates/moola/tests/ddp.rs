@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use kiln::amp::{Precision, PrecisionSetting};
+use kiln::backend::{Autodiff, Flex};
 use kiln::dist::{Dist, DistConfig};
 use moola::data::WindowSet;
 use moola::model::{ModelSpec, SimpleLstmConfig};

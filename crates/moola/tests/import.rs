@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, softmax};
+use kiln::backend::Flex;
 use moola::import::{ImportOptions, import_torch_checkpoint, import_torch_checkpoint_with};
 use moola::model::{InnerWindow, ModelSpec, Net};
 use serde::Deserialize;

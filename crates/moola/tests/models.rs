@@ -2,10 +2,10 @@
 //! window handling at other lengths, configuration errors, initialisation, train/eval behaviour
 //! and gradient flow. (PyTorch parity is in `tests/import.rs`.)
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use kiln::backend::{Autodiff, Flex};
 use moola::model::cnn_transformer::branch_channels;
 use moola::model::{
     CnnTransformer, CnnTransformerConfig, InnerWindow, ModelSpec, Net, RwkvTsConfig,

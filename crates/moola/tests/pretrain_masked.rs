@@ -4,9 +4,9 @@
 //! Every test holds kiln's global lock: the backend generator is process-global, and a test
 //! that initialises a model while another trains would change that run's draws.
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
+use kiln::backend::{Autodiff, Flex};
 use moola::data::WindowSet;
 use moola::model::{SimpleLstm, SimpleLstmConfig};
 use moola::pretrain::masked_lstm::{

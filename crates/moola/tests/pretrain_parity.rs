@@ -10,8 +10,8 @@
 
 use std::path::PathBuf;
 
-use burn::backend::Flex;
 use burn::prelude::*;
+use kiln::backend::Flex;
 use kiln::torch::{Import, TorchFile};
 use moola::pretrain::masked_lstm::model::mask_with;
 use moola::pretrain::masked_lstm::{BiLstmMaskedAutoencoder, BiLstmMaskedAutoencoderConfig};

@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
+use kiln::backend::{Autodiff, Flex};
 use moola::WindowSet;
 use moola::model::{CnnTransformer, CnnTransformerConfig};
 use moola::pretrain::ts_tcc::{

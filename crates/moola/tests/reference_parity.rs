@@ -18,8 +18,8 @@
 
 use std::path::PathBuf;
 
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
+use kiln::backend::{Autodiff, Flex};
 use moola::data::WindowSet;
 use moola::import::import_torch_checkpoint;
 use moola::loss;

@@ -1,6 +1,6 @@
 //! The training recipe and the Classifier API end to end, on small models and data.
 
-use burn::backend::{Autodiff, Flex};
+use kiln::backend::{Autodiff, Flex};
 use moola::Classifier;
 use moola::data::WindowSet;
 use moola::model::{CnnTransformerConfig, InnerWindow, ModelSpec, RwkvTsConfig, SimpleLstmConfig};

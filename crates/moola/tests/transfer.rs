@@ -1,7 +1,7 @@
 //! A pre-trained encoder carried into a classifier's `fit`: loaded into the network `fit` builds,
 //! frozen, unfrozen on schedule with the learning-rate factor, and kept across refits.
 
-use burn::backend::{Autodiff, Flex};
+use kiln::backend::{Autodiff, Flex};
 use moola::Classifier;
 use moola::data::WindowSet;
 use moola::model::{ModelSpec, Net, SimpleLstmConfig};

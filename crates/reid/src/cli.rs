@@ -99,6 +99,12 @@ pub struct ConvertArgs {
     pub out: PathBuf,
 }
 
+/// The `reid` tool on `args` (the program name first), as the `reid` binary runs it: see
+/// [`kiln::cli::run_tool`]. Returns the command's error; usage errors exit the process (status 2).
+pub fn main_with(args: Vec<String>) -> Result<()> {
+    kiln::cli::run_tool(args, run)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let progress = cli.runtime.progress();

@@ -2,7 +2,7 @@
 //! out, in the spirit of Burn's `learner.fit(...)`.
 //!
 //! ```no_run
-//! use burn::backend::{Autodiff, Flex};
+//! use kiln::backend::{Autodiff, Flex};
 //! use reid::{Learner, ReidConfig, StepKind};
 //!
 //! let cfg = ReidConfig::load(None, &["DATASETS.ROOT_DIR".into(), "datasets/fashion-mnist-reid".into()])?;

@@ -8,9 +8,9 @@
 //! burn-flex (embedding / logits): ResNet18 bf16 4.1e-3 / 4.0e-3, f16 3.5e-4 / 5.0e-4;
 //! ResNet50-IBN-a bf16 7.3e-3 / 1.3e-2, f16 1.0e-3 / 1.1e-3.
 
-use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use kiln::amp::{Precision, autocast};
+use kiln::backend::Flex;
 use reid::model::ReidModelConfig;
 
 type B = Flex;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, Flex};
+use kiln::backend::{Autodiff, Flex};
 use kiln::dist::{Dist, DistConfig};
 use reid::cli::StepKind;
 use reid::config::ReidConfig;

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use kiln::backend::{Autodiff, Flex};
 use ndarray::ArrayD;
 use reid::model::{
     Arch, ReaderKind, ReidModel, ResNetConfig, load_imagenet_weights, load_reference_checkpoint,

@@ -3,8 +3,8 @@
 
 use std::cell::Cell;
 
-use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
+use kiln::backend::{Autodiff, Flex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reid::loss::{

@@ -1,11 +1,11 @@
 //! The reid model without fixtures: shapes, the stem-ReLU difference, initialisation, the frozen
 //! BNNeck bias, and configuration errors. PyTorch parity is in `tests/import.rs`.
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use kiln::backend::{Autodiff, Flex};
 use reid::model::import::torch_keys;
 use reid::model::{Arch, FirstNorm, ReidModel, ReidModelConfig, ResNetConfig};
 
@@ -381,5 +381,5 @@ fn bench_resnet50_forward_backward() {
         .unwrap_or([8, 256, 128]);
     run::<AD>("flex", shape);
     #[cfg(feature = "ndarray")]
-    run::<Autodiff<burn::backend::NdArray>>("ndarray", shape);
+    run::<Autodiff<kiln::backend::NdArray>>("ndarray", shape);
 }

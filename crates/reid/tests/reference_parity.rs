@@ -8,10 +8,10 @@
 //! arrays relative to their largest entry, `|a_i − b_i| ≤ 1e-4 · max_j |b_j|` (gradients are
 //! often far below 1, where an absolute 1e-4 would accept anything).
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
+use kiln::backend::{Autodiff, Flex};
 use kiln::optim::{LrControl, Optimization};
 use reid::ReidConfig;
 use reid::ReidModel;

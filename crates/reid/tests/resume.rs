@@ -11,12 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, Optimizer, Sgd};
 use burn::record::Record;
 use burn::tensor::{Bool, Int, Tensor};
+use kiln::backend::{Autodiff, Flex};
 use kiln::checkpoint::{CheckpointMeta, load_checked, read_checkpoint, record_from_bytes};
 use reid::cli::StepKind;
 use reid::config::ReidConfig;

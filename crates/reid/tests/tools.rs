@@ -8,11 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use burn::backend::Flex;
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Tensor, TensorData};
 use image::{Rgb, RgbImage};
 use kiln::DeviceKind;
+use kiln::backend::Flex;
 use kiln::checkpoint::{CheckpointMeta, record_to_bytes, write_checkpoint};
 use ndarray::{Array1, Array2};
 use ndarray_npy::{read_npy, write_npy};

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Tensor, TensorData};
+use kiln::backend::{Autodiff, Flex};
 use kiln::optim::{LrControl, Optimization};
 use reid::cli::StepKind;
 use reid::config::ReidConfig;

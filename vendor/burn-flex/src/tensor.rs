@@ -589,7 +589,15 @@ fn copy_nd_blocks<E: Copy + Send + Sync>(
             out.copy_from_slice(&src[start..start + block]);
         } else {
             let (rows, cols) = (shape[rank - 2], shape[rank - 1]);
-            copy_2d_tiled(out, src, start, rows, cols, strides[rank - 2], strides[rank - 1]);
+            copy_2d_tiled(
+                out,
+                src,
+                start,
+                rows,
+                cols,
+                strides[rank - 2],
+                strides[rank - 1],
+            );
         }
     };
     #[cfg(feature = "rayon")]

@@ -379,7 +379,7 @@ pub fn conv2d_epilogue_reference<B: Backend>(
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, Flex};
+    use crate::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, Tolerance};
 
     type AD = Autodiff<Flex>;

@@ -10,17 +10,17 @@ use std::any::{Any, TypeId};
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-use burn::backend::autodiff::NodeId;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::FlexTensor;
-use burn::backend::flex::ops::fast_exp::{sigmoid_in_place, tanh_in_place};
-use burn::backend::{Autodiff, Flex};
+use crate::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorPrimitive};
+use burn_autodiff::NodeId;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+use burn_flex::ops::fast_exp::{sigmoid_in_place, tanh_in_place};
 use rayon::prelude::*;
 
 mod conv;

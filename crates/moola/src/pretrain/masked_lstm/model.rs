@@ -380,7 +380,7 @@ pub fn mask_with<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, Flex};
+    use kiln::backend::{Autodiff, Flex};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

@@ -53,7 +53,7 @@ pub fn info_nce_loss<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use kiln::backend::Flex;
 
     type B = Flex;
 

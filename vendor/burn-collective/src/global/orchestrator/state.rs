@@ -138,7 +138,8 @@ impl GlobalCollectiveState {
         self.node_addresses.remove(&node_id);
         self.node_peers.remove(&node_id);
         self.num_global_peers = 0;
-        self.monitor.set_registered_nodes(self.registered_nodes.len());
+        self.monitor
+            .set_registered_nodes(self.registered_nodes.len());
 
         let mut register_requests = vec![];
         core::mem::swap(&mut register_requests, &mut self.register_requests);
@@ -197,7 +198,8 @@ impl GlobalCollectiveState {
         }
         self.node_addresses.insert(node_id, node_addr);
         self.node_peers.insert(node_id, peers);
-        self.monitor.set_registered_nodes(self.registered_nodes.len());
+        self.monitor
+            .set_registered_nodes(self.registered_nodes.len());
 
         self.register_requests
             .push((session_id, request_id, node_id));
