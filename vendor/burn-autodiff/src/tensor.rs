@@ -2,6 +2,8 @@ use crate::{
     checkpoint::{base::Checkpointer, builder::CheckpointerBuilder},
     grads::Gradients,
     graph::{ComputingProperty, Node, NodeId, NodeRef, Parent, Requirement, Step},
+    // kiln patch: see `AutodiffTensor::into_parts`.
+    ops::NodeGuard,
     runtime::{AutodiffClient, AutodiffClientImpl},
 };
 use alloc::{boxed::Box, sync::Arc, vec};
@@ -141,7 +143,8 @@ impl<B: Backend> AutodiffTensor<B> {
             parent_nodes
                 .iter()
                 .filter_map(|node| node.clone_if_require_grad())
-                .map(|node| Parent::new(node.id))
+                // kiln patch: record whether each parent is a leaf (tracel-ai/burn#5645).
+                .map(|node| Parent::new(node.id, node.order == 0))
                 .collect(),
             order,
             NodeId::new(),
@@ -164,7 +167,9 @@ impl<B: Backend> AutodiffTensor<B> {
     ///
     /// # Warning
     ///
-    /// This should be called only once per tensor.
+    /// This should be called only once per tensor. The inputs of the operation that created it
+    /// must stay alive (or be held by [`NodeGuard`]s) until this method returns.
+    // kiln patch: the sentence above documents the contract of tracel-ai/burn#5647.
     pub fn register_step<S: Step + 'static>(
         self,
         step_that_created_the_tensor: S,
@@ -180,6 +185,16 @@ impl<B: Backend> AutodiffTensor<B> {
 
     pub fn into_primitive(self) -> B::FloatTensorPrimitive {
         self.primitive
+    }
+
+    // kiln patch: backported from tracel-ai/burn#5647 (fix for #5573). Moving `node` and
+    // `primitive` out of a tensor drops its reference-count token `rc`; a concurrent backward
+    // pass may then free the node as an orphan before the operation consuming it has registered
+    // its step. `into_parts` moves the token into a guard that the operation keeps until then.
+    /// Moves out the primitive and a [`NodeGuard`] that keeps this tensor's node available
+    /// until the operation consuming it has registered its step.
+    pub fn into_parts(self) -> (B::FloatTensorPrimitive, NodeGuard) {
+        (self.primitive, NodeGuard::new(self.node, self.rc))
     }
 
     #[cfg(not(feature = "distributed"))]

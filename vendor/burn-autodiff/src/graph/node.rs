@@ -48,6 +48,13 @@ pub type NodeRef = Arc<Node>;
 #[derive(new, Debug, Clone, PartialEq, Eq)]
 pub struct Parent {
     pub id: NodeId,
+    // kiln patch: whether the parent is a leaf (order 0), backported from tracel-ai/burn#5645.
+    // A leaf's no-op root step is consumed by the first backward pass that reaches it, but the
+    // leaf stays a valid gradient endpoint: graph cleanup must not treat branches that only share
+    // a consumed leaf as unavailable, and the backward traversal must accept a missing leaf step
+    // while rejecting a missing intermediate one (see `graph::traversal`).
+    /// Leaves remain valid gradient endpoints after their no-op root step is consumed.
+    pub is_leaf: bool,
 }
 
 impl Node {

@@ -1,4 +1,5 @@
 use super::Backward;
+// kiln patch: imports `NodeRefCount` for `NodeGuard` (tracel-ai/burn#5647).
 use crate::{
     checkpoint::{
         base::Checkpointer,
@@ -8,7 +9,7 @@ use crate::{
     },
     grads::Gradients,
     graph::{ComputingProperty, NodeId, NodeRef, Parent, Requirement, Step},
-    tensor::AutodiffTensor,
+    tensor::{AutodiffTensor, NodeRefCount},
 };
 use alloc::boxed::Box;
 use burn_backend::{Backend, TensorMetadata, tensor::FloatTensor};
@@ -17,6 +18,58 @@ use core::marker::PhantomData;
 
 #[cfg(feature = "distributed")]
 use burn_backend::distributed::DistributedParams;
+
+// kiln patch: `NodeGuard` and `register_step` below are backported from tracel-ai/burn#5647 (the
+// fix for #5573). The graph's memory management counts the holders of each node's reference
+// token (`AutodiffTensor::rc`); a backward pass on any thread sweeps every graph for nodes whose
+// token has no holder left and frees them. An operation that drops its inputs' tokens before
+// registering its own step (Burn 0.21's `float_cat`) let that sweep free the inputs' steps in
+// between, so their ancestors silently got no gradient. The guard keeps an input's token until
+// the step that depends on it is registered. Upstream also made `OpsPrep` hold guards, which
+// changes the public `Backward::prepare` signature; this fork keeps 0.21's signature, whose
+// callers keep their input tensors (and tokens) alive until `finish` returns (see FIX.md).
+/// Keeps an input node available while a dependent operation is being prepared.
+///
+/// Obtain it with `AutodiffTensor::into_parts` and keep it until the operation's step has been
+/// registered. Do not store guards in backward steps or checkpoint state: those references
+/// would prevent abandoned graphs from being reclaimed.
+#[derive(Debug)]
+#[must_use = "keep the guard until the dependent operation's step is registered"]
+pub struct NodeGuard {
+    node: NodeRef,
+    _reference: NodeRefCount,
+}
+
+impl NodeGuard {
+    pub(crate) fn new(node: NodeRef, reference: NodeRefCount) -> Self {
+        Self {
+            node,
+            _reference: reference,
+        }
+    }
+
+    /// Returns the input's node identifier.
+    pub fn id(&self) -> NodeId {
+        self.node.id
+    }
+
+    pub(crate) fn node_ref(&self) -> &NodeRef {
+        &self.node
+    }
+}
+
+/// Registers a child step before releasing its input guards.
+pub(crate) fn register_step<B: Backend, S: Step + 'static>(
+    input_guards: impl IntoIterator<Item = NodeGuard>,
+    output: AutodiffTensor<B>,
+    step: S,
+    checkpointer_builder: CheckpointerBuilder,
+) -> AutodiffTensor<B> {
+    let output = output.register_step(step, checkpointer_builder);
+    // Registration publishes the dependency before its input references are released.
+    drop(input_guards);
+    output
+}
 
 /// Operation in preparation.
 ///

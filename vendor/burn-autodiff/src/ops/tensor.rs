@@ -5,6 +5,7 @@ use core::marker::PhantomData;
 #[allow(unused_imports, reason = "required on aarch64, unused on x86_64")]
 use num_traits::float::Float;
 
+// kiln patch: imports `ops::register_step` (tracel-ai/burn#5647), used by `float_cat`.
 use crate::{
     Autodiff,
     checkpoint::{
@@ -13,7 +14,7 @@ use crate::{
     },
     grads::Gradients,
     graph::{ComputingProperty, NodeId, NodeRef, Parent, Requirement, Step},
-    ops::{Backward, Ops, OpsKind, binary, broadcast_shape, unary},
+    ops::{Backward, Ops, OpsKind, binary, broadcast_shape, register_step, unary},
     retro_binary, retro_unary, retro_unary_scalar,
     tensor::AutodiffTensor,
     utils::duplicate,
@@ -3330,11 +3331,19 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
         let mut nodes = Vec::with_capacity(tensors.len());
         let mut primitives = Vec::with_capacity(tensors.len());
         let mut dim_sizes = Vec::with_capacity(tensors.len());
+        // kiln patch: keep each input's reference-count token until the step is registered
+        // (tracel-ai/burn#5647, the fix for #5573). Moving `node` and `primitive` out of each
+        // tensor in this closure dropped its `rc`, and a `backward()` on another thread could
+        // then free an input's graph node as an orphan before `register_step` below: the input's
+        // ancestors silently got no gradient.
+        let mut guards = Vec::with_capacity(tensors.len());
 
         tensors.into_iter().for_each(|tensor| {
-            dim_sizes.push(tensor.primitive.shape()[dim]);
-            nodes.push(tensor.node);
-            primitives.push(tensor.primitive);
+            let (primitive, guard) = tensor.into_parts();
+            dim_sizes.push(primitive.shape()[dim]);
+            nodes.push(guard.node_ref().clone());
+            primitives.push(primitive);
+            guards.push(guard);
         });
 
         let requirement = Requirement::from_nodes(&nodes);
@@ -3356,17 +3365,17 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
         let output =
             AutodiffTensor::from_parents(output, &nodes, requirement, cat_computing_property);
 
-        let mut parents = Vec::new();
+        // kiln patch: the parents, with their `is_leaf` flag, as recorded on the output's node
+        // (tracel-ai/burn#5645); Burn 0.21 rebuilt them here from the ids alone.
+        let parents = output.node.parents.clone();
 
         let nodes = nodes
             .into_iter()
             .map(|node| node.clone_if_require_grad())
             .collect::<Vec<_>>();
-        for node in nodes.iter().flatten() {
-            parents.push(Parent { id: node.id });
-        }
         let ops = CatStep::<B>::new(nodes, dim_sizes, output.node.clone(), dim, parents);
-        output.register_step(ops, checkpointer_builder)
+        // kiln patch: register the step, then release the inputs' guards (tracel-ai/burn#5647).
+        register_step(guards, output, ops, checkpointer_builder)
     }
 
     fn float_max_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {

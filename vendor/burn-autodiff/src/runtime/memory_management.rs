@@ -9,7 +9,9 @@ use core::mem;
 
 #[derive(Default, Debug)]
 pub struct GraphMemoryManagement {
-    nodes: HashMap<NodeRefCount, Vec<NodeId>>,
+    // kiln patch: the parents are kept whole (with `Parent::is_leaf`) rather than as ids, so that
+    // a consumed leaf does not invalidate the branches that use it (tracel-ai/burn#5645).
+    nodes: HashMap<NodeRefCount, Vec<Parent>>,
     leaves: HashSet<NodeId>,
     statuses: HashMap<NodeId, NodeMemoryStatus>,
 }
@@ -37,8 +39,8 @@ impl GraphMemoryManagement {
         }
 
         self.leaves.insert(node_id);
-        self.nodes
-            .insert(node, parents.iter().map(|p| p.id).collect());
+        // kiln patch: keep `Parent::is_leaf` (tracel-ai/burn#5645).
+        self.nodes.insert(node, parents.to_vec());
     }
 
     /// Free the node from the state.
@@ -107,7 +109,8 @@ impl GraphMemoryManagement {
             );
 
             // Check if parents are either empty or absent from self.nodes
-            let parents_absent = parents.iter().all(|p| !self.nodes.contains_key(p));
+            // kiln patch: parents are `Parent`s (tracel-ai/burn#5645).
+            let parents_absent = parents.iter().all(|p| !self.nodes.contains_key(&p.id));
 
             if !is_useful && Arc::strong_count(id) == 1 && parents_absent {
                 to_delete.push(*id.as_ref())
@@ -128,7 +131,13 @@ impl GraphMemoryManagement {
             Some(parents) => {
                 let mut node_status = NodeMemoryStatus::Unknown;
                 for parent in parents {
-                    let parent_status = self.unavailable_propagation(parent);
+                    // kiln patch (tracel-ai/burn#5645): consuming a leaf's no-op step must not
+                    // invalidate another branch, including when the leaf's tensor handle has
+                    // already been dropped.
+                    if parent.is_leaf && !self.nodes.contains_key(&parent.id) {
+                        continue;
+                    }
+                    let parent_status = self.unavailable_propagation(parent.id);
                     if let NodeMemoryStatus::Unavailable = parent_status {
                         node_status = NodeMemoryStatus::Unavailable;
                     }
@@ -161,6 +170,9 @@ impl GraphMemoryManagement {
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
+                // kiln patch: skip consumed leaves (tracel-ai/burn#5645).
+                .filter(|parent| !parent.is_leaf || self.nodes.contains_key(&parent.id))
+                .map(|parent| parent.id)
         };
 
         loop {
@@ -244,6 +256,9 @@ impl GraphMemoryManagement {
                         .cloned()
                         .unwrap_or_default()
                         .into_iter()
+                        // kiln patch: skip consumed leaves (tracel-ai/burn#5645).
+                        .filter(|parent| !parent.is_leaf || self.nodes.contains_key(&parent.id))
+                        .map(|parent| parent.id)
                     {
                         if !visited.contains(&parent) {
                             to_visit.push(parent);
@@ -290,5 +305,82 @@ impl PopNodeSet {
     #[inline(always)]
     fn insert(&mut self, node_id: NodeId) {
         self.hash_set.insert(node_id);
+    }
+}
+
+// kiln patch: unit tests of the `Parent::is_leaf` handling (tracel-ai/burn#5645) and of
+// `NodeGuard` (tracel-ai/burn#5647).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        graph::{ComputingProperty, Node, NodeRef, Requirement},
+        ops::NodeGuard,
+        runtime::AutodiffClientImpl,
+    };
+
+    fn id(value: u64) -> NodeId {
+        NodeId { value }
+    }
+
+    /// Leaf 0 with two branches, 1 = f(0) and 2 = g(0); a backward pass from 1 has consumed
+    /// 1 and 0, whose tensors are gone. Returns 2's token and the nodes the cleanup frees.
+    fn consume_one_branch(keep_other_branch: bool) -> (Option<NodeRefCount>, Vec<NodeId>) {
+        let mut memory = GraphMemoryManagement::default();
+        let leaf = [Parent::new(id(0), true)];
+        memory.register(Arc::new(id(0)), &[]);
+        memory.register(Arc::new(id(1)), &leaf);
+        let other = Arc::new(id(2));
+        memory.register(other.clone(), &leaf);
+
+        memory.consume_node(id(1));
+        memory.consume_node(id(0));
+
+        let other = keep_other_branch.then_some(other);
+        let mut freed = Vec::new();
+        memory.free_unavailable_nodes(|node| freed.push(*node));
+        (other, freed)
+    }
+
+    #[test]
+    fn consumed_leaf_keeps_a_live_branch() {
+        let (_other, freed) = consume_one_branch(true);
+        assert!(freed.is_empty(), "freed {freed:?}");
+    }
+
+    #[test]
+    fn consumed_leaf_still_frees_an_abandoned_branch() {
+        let (_, mut freed) = consume_one_branch(false);
+        // (0.21 may report a node twice: once as unavailable and once as an unused root.)
+        freed.dedup();
+        assert_eq!(freed, vec![id(2)]);
+    }
+
+    #[test]
+    fn guard_keeps_its_node_from_the_orphan_sweep() {
+        let node: NodeRef = Arc::new(Node::new(
+            vec![],
+            1,
+            id(1),
+            Requirement::Grad,
+            ComputingProperty::Ambiguous,
+            AutodiffClientImpl::new(),
+            #[cfg(feature = "distributed")]
+            None,
+        ));
+        let rc: NodeRefCount = Arc::new(id(1));
+        let mut memory = GraphMemoryManagement::default();
+        memory.register(rc.clone(), &[Parent::new(id(0), true)]);
+
+        // The tensor is consumed by an operation that has not registered its step yet.
+        let guard = NodeGuard::new(node, rc);
+        let mut freed = Vec::new();
+        memory.free_unused_roots(|node| freed.push(*node));
+        assert!(freed.is_empty(), "freed {freed:?} while guarded");
+        assert_eq!(guard.id(), id(1));
+
+        drop(guard);
+        memory.free_unused_roots(|node| freed.push(*node));
+        assert_eq!(freed, vec![id(1)]);
     }
 }

@@ -71,14 +71,9 @@ impl AutodiffServer {
         root_tensor: FloatTensor<B>,
         node_id: NodeId,
     ) -> Gradients {
-        let step = self.steps.remove(&node_id).expect(
-            "Node should have a step registered, did you forget to call \
-             `Tensor::register_grad` on the tensor where you need gradients?",
-        );
-        let builder = self.actions_builder.remove(&node_id).unwrap();
-
-        let mut consumed = Vec::new();
-        let tape_result = self.build_tape(node_id, step, builder, &mut consumed);
+        // kiln patch: validate the whole ancestry before consuming any step (tracel-ai/burn#5645).
+        let consumed = self.collect_steps(node_id);
+        let tape_result = self.build_tape(&consumed);
 
         let grads = Gradients::new::<B>(root_node.clone(), root_tensor);
         let gradients = Self::execute_steps(tape_result.tape, grads, tape_result.checkpointer);
@@ -86,6 +81,36 @@ impl AutodiffServer {
         self.cleanup::<NC>(&consumed);
 
         gradients
+    }
+
+    // kiln patch: backported from tracel-ai/burn#5645. 0.21's traversal removed the steps as it
+    // went and skipped a missing one, so a backward pass through an intermediate whose step was
+    // already consumed or freed silently returned incomplete gradients. Collect (and check) the
+    // steps first; the graph mutex stays locked through validation and consumption, and a
+    // rejected backward leaves every step in place.
+    /// The nodes whose steps the backward pass from `node_id` consumes, root first.
+    ///
+    /// # Panics
+    ///
+    /// If `node_id` has no step, or one of its non-leaf ancestors' steps is missing.
+    fn collect_steps(&self, node_id: NodeId) -> Vec<NodeId> {
+        BreadthFirstSearch
+            .collect_steps(node_id, &self.steps)
+            .unwrap_or_else(|missing| {
+                if missing == node_id {
+                    // 0.21's message for a root without a step.
+                    panic!(
+                        "Node should have a step registered, did you forget to call \
+                         `Tensor::register_grad` on the tensor where you need gradients?"
+                    );
+                }
+                panic!(
+                    "Cannot run backward: graph tape has already been consumed at {missing}. \
+                     Burn does not support retain_graph. Combine losses before backward or \
+                     recompute the forward pass. Use detach() only to intentionally sever \
+                     gradients through the previous computation."
+                );
+            })
     }
 
     fn cleanup<NC: NodeCleaner>(&mut self, consumed: &Vec<NodeId>) {
@@ -109,17 +134,15 @@ impl AutodiffServer {
         });
     }
 
-    fn build_tape(
-        &mut self,
-        node: NodeId,
-        node_step: StepBoxed,
-        mut builder: CheckpointerBuilder,
-        consumed: &mut Vec<NodeId>,
-    ) -> TapeResult {
-        let mut tape = (0..node_step.depth() + 1)
+    // kiln patch: consumes the steps `collect_steps` validated, in its order (the order 0.21's
+    // traversal visited them), instead of traversing the graph itself (tracel-ai/burn#5645).
+    fn build_tape(&mut self, nodes: &[NodeId]) -> TapeResult {
+        let root_depth = self.steps[&nodes[0]].depth();
+        let mut tape = (0..root_depth + 1)
             .map(|_| Vec::with_capacity(1))
             .collect::<Vec<_>>();
 
+        let mut builder = CheckpointerBuilder::default();
         let mut tree = HashMap::default();
 
         #[cfg(feature = "distributed")]
@@ -127,10 +150,12 @@ impl AutodiffServer {
         #[cfg(feature = "distributed")]
         let mut distributed_params = HashMap::default();
 
-        BreadthFirstSearch.traverse(node, node_step, &mut self.steps, |id, step| {
+        for &id in nodes {
+            let step = self
+                .steps
+                .remove(&id)
+                .expect("Validated steps must remain registered until tape construction");
             self.memory_management.consume_node(id);
-            // Clean up consumed node
-            consumed.push(id);
 
             let depth = step.depth();
 
@@ -157,7 +182,7 @@ impl AutodiffServer {
             if let Some(node_builder) = self.actions_builder.remove(&id) {
                 builder.extend(node_builder);
             }
-        });
+        }
 
         let checkpointer = builder.build(NodeTree::new(tree));
 
@@ -200,14 +225,9 @@ impl AutodiffServer {
         root_tensor: FloatTensor<B>,
         node_id: NodeId,
     ) -> Gradients {
-        let step = self.steps.remove(&node_id).expect(
-            "Node should have a step registered, did you forget to call \
-             `Tensor::register_grad` on the tensor where you need gradients?",
-        );
-        let builder = self.actions_builder.remove(&node_id).unwrap();
-
-        let mut consumed = Vec::new();
-        let tape_result = self.build_tape(node_id, step, builder, &mut consumed);
+        // kiln patch: validate the whole ancestry before consuming any step (tracel-ai/burn#5645).
+        let consumed = self.collect_steps(node_id);
+        let tape_result = self.build_tape(&consumed);
 
         let gradients = self.compute_gradients::<B>(root_node, root_tensor, tape_result);
         self.cleanup::<NC>(&consumed);
