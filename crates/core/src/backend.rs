@@ -243,6 +243,7 @@ pub fn launch_workers<J: DistJob>(
             cfg.devices_per_node
         );
     }
+    let shared = locals.len() > 1;
     let handles: Vec<_> = locals
         .into_iter()
         .enumerate()
@@ -253,7 +254,12 @@ pub fn launch_workers<J: DistJob>(
             };
             std::thread::Builder::new()
                 .name(format!("worker-{local_rank}"))
-                .spawn(move || launch(device, worker))
+                .spawn(move || {
+                    // Several workers in one process: random draws stay off the backends'
+                    // process-wide generators (see `kiln::seed`).
+                    let _worker = shared.then(crate::seed::worker_guard);
+                    launch(device, worker)
+                })
         })
         .collect::<std::io::Result<_>>()?;
     let mut first = None;

@@ -166,7 +166,9 @@ pub struct CheckpointMeta {
     pub global_step: usize,
     /// The run's seed (every random stream derives from it and the epoch).
     pub seed: u64,
-    /// Epoch-level metrics of the last completed epoch.
+    /// Epoch-level metrics of the last completed epoch. JSON has no NaN or infinity: such
+    /// values are written as `null` and read back as NaN.
+    #[serde(deserialize_with = "nan_for_null")]
     pub metrics: BTreeMap<String, f64>,
     /// Callback states by callback name.
     pub callbacks: BTreeMap<String, serde_json::Value>,
@@ -175,6 +177,15 @@ pub struct CheckpointMeta {
     /// Names and lengths of the binary sections that follow the header.
     #[serde(default)]
     pub sections: Vec<(String, u64)>,
+}
+
+/// Reads a metrics map whose non-finite values JSON wrote as `null`.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let raw = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 const MAGIC: &[u8] = b"KILNCKPT1\n";
@@ -259,6 +270,172 @@ pub fn read_checkpoint(
     Ok((meta, sections))
 }
 
+/// The float parameters of a record written by [`record_to_bytes`] (a checkpoint's `model`
+/// section, a model file's weights), by path (`lstm.layers.0.weight_ih`), in the record's order,
+/// as f32 values. Reads the record's structure, so no model needs to be built: for comparing two
+/// runs' weights, or inspecting a file.
+pub fn record_params(bytes: &[u8]) -> Result<Vec<(String, Vec<f32>)>> {
+    let value: MpkValue = rmp_serde::from_slice(bytes).context("the record is not MessagePack")?;
+    let MpkValue::Map(top) = value else {
+        bail!("the record is not a map");
+    };
+    let item = top
+        .into_iter()
+        .find(|(k, _)| k == "item")
+        .map(|(_, v)| v)
+        .context("the record has no `item`")?;
+    let mut out = Vec::new();
+    collect_params(&item, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+/// [`record_params`] of a kiln checkpoint's `model` section.
+pub fn checkpoint_params(path: impl AsRef<Path>) -> Result<Vec<(String, Vec<f32>)>> {
+    let path = path.as_ref();
+    let (_, sections) = read_checkpoint(path)?;
+    let model = sections
+        .get("model")
+        .with_context(|| format!("checkpoint {} has no model section", path.display()))?;
+    record_params(model).with_context(|| format!("reading the weights of {}", path.display()))
+}
+
+/// A MessagePack value, as much of it as a Burn record needs.
+enum MpkValue {
+    Map(Vec<(String, MpkValue)>),
+    Seq(Vec<MpkValue>),
+    Bytes(Vec<u8>),
+    Str(String),
+    Int(i64),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for MpkValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MpkValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a MessagePack value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<MpkValue, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((k, v)) = map.next_entry::<MpkValue, MpkValue>()? {
+                    let key = match k {
+                        MpkValue::Str(s) => s,
+                        MpkValue::Int(i) => i.to_string(),
+                        _ => String::from("?"),
+                    };
+                    entries.push((key, v));
+                }
+                Ok(MpkValue::Map(entries))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<MpkValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(MpkValue::Seq(items))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Bytes(v))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Str(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Int(v as i64))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Other)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Other)
+            }
+            fn visit_none<E>(self) -> std::result::Result<MpkValue, E> {
+                Ok(MpkValue::Other)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<MpkValue, D::Error> {
+                serde::Deserialize::deserialize(d)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// Walks a record item: a map with a `param` entry holding `bytes`, `shape` and `dtype` is a
+/// float parameter (ints and bools are skipped).
+fn collect_params(
+    value: &MpkValue,
+    path: &mut Vec<String>,
+    out: &mut Vec<(String, Vec<f32>)>,
+) -> Result<()> {
+    match value {
+        MpkValue::Map(entries) => {
+            let field = |name: &str| entries.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            if let Some(MpkValue::Map(param)) = field("param") {
+                let get = |name: &str| param.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                if let (Some(MpkValue::Bytes(bytes)), Some(MpkValue::Str(dtype))) =
+                    (get("bytes"), get("dtype"))
+                {
+                    let values: Vec<f32> = match dtype.as_str() {
+                        "F32" => bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
+                        "F64" => bytes
+                            .chunks_exact(8)
+                            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                            .collect(),
+                        "F16" => bytes
+                            .chunks_exact(2)
+                            .map(|b| burn::tensor::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                            .collect(),
+                        "BF16" => bytes
+                            .chunks_exact(2)
+                            .map(|b| burn::tensor::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                            .collect(),
+                        _ => return Ok(()),
+                    };
+                    out.push((path.join("."), values));
+                }
+                return Ok(());
+            }
+            for (k, v) in entries {
+                path.push(k.clone());
+                collect_params(v, path, out)?;
+                path.pop();
+            }
+        }
+        MpkValue::Seq(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(i.to_string());
+                collect_params(v, path, out)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +471,48 @@ mod tests {
         assert!(err.contains("truncated"), "{err}");
         std::fs::write(&path, b"garbage").unwrap();
         assert!(read_checkpoint(&path).is_err());
+    }
+
+    #[test]
+    fn non_finite_metrics_round_trip_as_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nan.ckpt");
+        let meta = CheckpointMeta {
+            epochs_completed: 1,
+            global_step: 1,
+            seed: 1,
+            metrics: [("a".to_string(), f64::NAN), ("b".to_string(), 2.0)].into(),
+            callbacks: BTreeMap::new(),
+            task: serde_json::Value::Null,
+            sections: vec![],
+        };
+        write_checkpoint(&path, meta, vec![("model", vec![0])]).unwrap();
+        let (m, _) = read_checkpoint(&path).unwrap();
+        assert!(m.metrics["a"].is_nan());
+        assert_eq!(m.metrics["b"], 2.0);
+    }
+
+    #[test]
+    fn record_params_reads_every_float_tensor_by_path() {
+        use burn::nn::{Linear, LinearConfig};
+        type B = crate::backend::Flex;
+        #[derive(Module, Debug)]
+        struct Two<B: Backend> {
+            first: Linear<B>,
+            layers: Vec<Linear<B>>,
+        }
+        let device = Default::default();
+        let m = materialize(Two::<B> {
+            first: LinearConfig::new(2, 3).init(&device),
+            layers: vec![LinearConfig::new(3, 1).with_bias(false).init(&device)],
+        });
+        let bytes = record_to_bytes::<B, _>(m.clone().into_record()).unwrap();
+        let params = record_params(&bytes).unwrap();
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["first.weight", "first.bias", "layers.0.weight"]);
+        let w: Vec<f32> = m.first.weight.val().into_data().to_vec().unwrap();
+        assert_eq!(params[0].1, w);
+        assert_eq!(params[2].1.len(), 3);
+        assert!(record_params(b"not a record").is_err());
     }
 }

@@ -51,6 +51,11 @@ pub struct RuntimeArgs {
     /// Seconds a collective may wait for a peer before the run stops with an error.
     #[arg(long, global = true, default_value_t = 120.0)]
     pub dist_timeout: f64,
+    /// Train on one device exactly as N data-parallel ranks would: each step forwards the N
+    /// ranks' batches and back-propagates the mean of their losses (see
+    /// `kiln::TrainerConfig::virtual_ranks`); e.g. to check a `--devices 0,1` run on one device.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub virtual_ranks: usize,
 }
 
 impl RuntimeArgs {
@@ -74,6 +79,17 @@ impl RuntimeArgs {
     pub fn dist_config(&self) -> Result<Option<DistConfig>> {
         let devices = self.local_devices().len();
         let parallel = devices > 1 || self.num_nodes > 1;
+        if self.virtual_ranks == 0 {
+            bail!("--virtual-ranks must be at least 1");
+        }
+        if self.virtual_ranks > 1 && parallel {
+            bail!(
+                "--virtual-ranks {} emulates data parallelism on one device: it cannot be \
+                 combined with {devices} devices × {} nodes",
+                self.virtual_ranks,
+                self.num_nodes
+            );
+        }
         match self.strategy {
             Some(Strategy::SingleDevice) if parallel => bail!(
                 "--strategy single-device contradicts {devices} devices × {} nodes",

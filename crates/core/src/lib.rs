@@ -61,6 +61,7 @@ pub mod progress;
 pub mod seed;
 pub mod step;
 pub mod sync;
+pub mod testing;
 pub mod torch;
 pub mod trainer;
 

@@ -41,9 +41,11 @@ impl DropoutConfig {
 /// xoshiro256++ (`rand`'s `SmallRng`) in parallel chunks, already scaled, and applied with one
 /// multiplication. Burn's `random_like(Bernoulli)` draws every element through ChaCha12 and its
 /// generic sampler, then multiplies twice: a fifth of a CNN-Transformer training step at batch
-/// 512. The chunk generators are seeded from one draw of the backend's own generator, so
-/// `kiln::seed` still makes runs reproducible. Other backends (CUDA) use Burn's device-side
-/// path.
+/// 512. The chunk generators are seeded from the training thread's own stream
+/// ([`crate::seed::next_seed`]), so a run is reproducible, and so is each worker of an
+/// in-process data-parallel run. Other backends (CUDA, wgpu) use Burn's device-side sampler when
+/// one worker trains in the process; with several, its process-wide generator would make the
+/// masks depend on thread timing, so the mask is drawn on the host and uploaded.
 #[derive(Module, Clone, Debug)]
 #[module(custom_display)]
 pub struct Dropout {
@@ -84,15 +86,20 @@ impl ModuleDisplay for Dropout {
 }
 
 /// An inverted-dropout mask of `shape`, already scaled: `1/keep` with probability `keep`, else 0
-/// (f32, not tracked by autodiff). Drawn on the host on CPU backends (see [`Dropout`]),
-/// with Burn's Bernoulli sampler elsewhere.
+/// (f32, not tracked by autodiff). Drawn on the host on CPU backends and whenever several
+/// training workers share the process (see [`Dropout`]), with Burn's Bernoulli sampler
+/// otherwise.
 pub fn dropout_mask<B: Backend, const D: usize>(
     shape: burn::tensor::Shape,
     keep: f64,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    if host_random::<B>(device) {
-        let data = host_mask(shape.num_elements(), keep, backend_seed::<B>(device));
+    if host_random::<B>(device) || crate::seed::workers_share_process() {
+        let data = host_mask(
+            shape.num_elements(),
+            keep,
+            crate::seed::next_seed::<B>(device),
+        );
         Tensor::from_data(TensorData::new(data, shape), device)
     } else {
         Tensor::<B, D>::random(shape, Distribution::Bernoulli(keep), device).div_scalar(keep)
@@ -127,20 +134,6 @@ fn host_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
 fn host_random<B: Backend>(device: &B::Device) -> bool {
     let name = B::name(device);
     name.contains("flex") || name.contains("ndarray")
-}
-
-/// One 64-bit seed drawn from the backend's own generator (which `kiln::seed` seeds): four
-/// 16-bit words, since a backend's integers may be 32-bit and signed.
-fn backend_seed<B: Backend>(device: &B::Device) -> u64 {
-    let words: Vec<i64> =
-        Tensor::<B, 1, Int>::random([4], Distribution::Uniform(0.0, 65_536.0), device)
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .unwrap_or_default();
-    words
-        .iter()
-        .fold(0u64, |acc, &w| (acc << 16) | (w as u64 & 0xFFFF))
 }
 
 /// Configuration of a [`LayerNorm`] (the API of `burn::nn::LayerNormConfig`).

@@ -92,6 +92,60 @@ pub struct TrainerConfig {
     pub precision: Precision,
     /// Device strategy.
     pub strategy: Strategy,
+    /// Train on one device exactly as this many data-parallel ranks would (1: an ordinary run):
+    /// every optimiser step forwards each rank's batch (its share of the global batch, drawn
+    /// with its own random streams, see [`EpochInfo::rank`]) and back-propagates the mean of
+    /// their losses, which is the gradient that data-parallel training all-reduces. A way to
+    /// check a data-parallel run against one device, or to run a multi-device recipe's exact
+    /// batches where there is only one device. Not combined with [`Strategy::Ddp`].
+    #[serde(default = "one")]
+    pub virtual_ranks: usize,
+    /// When a diverging run stops with an error instead of training on.
+    #[serde(default)]
+    pub divergence: DivergenceCheck,
+}
+
+/// When a diverging run stops (Lightning's `detect_anomaly` / terminate-on-NaN, and an
+/// exploding loss): with an error that names the optimiser step and the loss, before that step
+/// is applied, so the checkpoints written before it stay the run's last. Tools expose both as
+/// configuration keys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DivergenceCheck {
+    /// Stop when the training loss becomes non-finite (outside `16-mixed`'s skip-and-halve
+    /// rule, which stops after too many consecutive skips instead). Off: such steps are applied
+    /// as they come.
+    pub terminate_on_nan: bool,
+    /// Stop when a step's (finite) training loss exceeds this many times the lowest running
+    /// mean of the loss so far (an exponential mean, α 0.1, checked from the 11th step). 0 (or
+    /// any value that is not a finite positive number) turns the check off. The default, 1e4,
+    /// is far outside the noise of any healthy run. The check applies while the running mean is
+    /// positive.
+    pub factor: f64,
+}
+
+impl Default for DivergenceCheck {
+    fn default() -> Self {
+        Self {
+            terminate_on_nan: true,
+            factor: DIVERGENCE_FACTOR,
+        }
+    }
+}
+
+impl DivergenceCheck {
+    fn factor(&self) -> Option<f64> {
+        (self.factor.is_finite() && self.factor > 0.0).then_some(self.factor)
+    }
+}
+
+/// Default of [`DivergenceCheck::factor`].
+pub const DIVERGENCE_FACTOR: f64 = 1e4;
+
+/// Steps before the divergence check starts comparing (the running mean needs a start).
+const DIVERGENCE_WARMUP_STEPS: usize = 10;
+
+fn one() -> usize {
+    1
 }
 
 impl TrainerConfig {
@@ -107,6 +161,8 @@ impl TrainerConfig {
             progress: true,
             precision: Precision::F32,
             strategy: Strategy::SingleDevice,
+            virtual_ranks: 1,
+            divergence: DivergenceCheck::default(),
         }
     }
 }
@@ -126,6 +182,16 @@ pub struct EpochInfo {
     pub rank: usize,
     /// Replicas of a data-parallel run (1 otherwise).
     pub world_size: usize,
+}
+
+impl EpochInfo {
+    /// The seed of this replica's own random streams (augmentation, mixup, masking): the run
+    /// seed on rank 0 and on one device, a seed derived from it and the rank on the others (see
+    /// [`crate::seed::rank_seed`]). What every replica must draw alike (shuffling, sharding)
+    /// uses [`EpochInfo::seed`].
+    pub fn stream_seed(&self) -> u64 {
+        seed::rank_seed(self.seed, self.rank)
+    }
 }
 
 /// What a training step returns.
@@ -247,6 +313,39 @@ pub struct Trainer {
     callbacks: Vec<Box<dyn Callback>>,
     stepper: Stepper,
     fingerprint: String,
+    divergence: DivergenceWatch,
+}
+
+/// The running mean of the training loss and its lowest value, for
+/// [`DivergenceCheck::factor`].
+#[derive(Debug, Clone, Default)]
+struct DivergenceWatch {
+    steps: usize,
+    mean: Option<f64>,
+    lowest: f64,
+}
+
+impl DivergenceWatch {
+    /// Takes a step's loss; returns the lowest running mean when the loss exceeds `factor`
+    /// times it (after the warm-up steps, and while the running mean is positive).
+    fn observe(&mut self, loss: f64, factor: f64) -> Option<f64> {
+        if !loss.is_finite() {
+            return None;
+        }
+        self.steps += 1;
+        if self.steps > DIVERGENCE_WARMUP_STEPS && self.lowest > 0.0 && loss > factor * self.lowest
+        {
+            return Some(self.lowest);
+        }
+        let mean = self.mean.map_or(loss, |m| 0.9 * m + 0.1 * loss);
+        self.mean = Some(mean);
+        self.lowest = if self.steps == 1 {
+            mean
+        } else {
+            self.lowest.min(mean)
+        };
+        None
+    }
 }
 
 /// Consecutive skipped (non-finite) `16-mixed` steps after which training stops: by then the
@@ -275,6 +374,7 @@ impl Trainer {
             callbacks: Vec::new(),
             stepper: Stepper::default(),
             fingerprint: String::new(),
+            divergence: DivergenceWatch::default(),
         }
     }
 
@@ -339,6 +439,16 @@ impl Trainer {
         if self.config.val_every_n_epochs == 0 {
             bail!("val_every_n_epochs must be at least 1");
         }
+        if self.config.virtual_ranks == 0 {
+            bail!("virtual_ranks must be at least 1");
+        }
+        if self.config.virtual_ranks > 1 && self.dist().is_some() {
+            bail!(
+                "virtual ranks ({}) emulate data parallelism on one device: they cannot be \
+                 combined with a data-parallel run",
+                self.config.virtual_ranks
+            );
+        }
         if self.config.strategy == Strategy::Ddp && self.dist().is_none() {
             bail!(
                 "strategy ddp needs a worker handle (Trainer::with_dist): launch the run through \
@@ -363,6 +473,13 @@ impl Trainer {
     {
         self.check_supported::<B>(device)?;
         let cfg = self.config.clone();
+        self.divergence = DivergenceWatch::default();
+        // A run directory this fit creates is removed again if it fails before its first
+        // checkpoint (a resumed or caller-made directory is left alone).
+        let new_dir = match (&cfg.run_dir, self.is_main()) {
+            (Some(dir), true) => RunDirGuard::new(dir),
+            _ => None,
+        };
         self.stepper.set_precision(cfg.precision);
         let (mut model, progress) = self.resume(task, model, optim, device)?;
         let Progress {
@@ -418,7 +535,10 @@ impl Trainer {
                 rank: self.dist().map_or(0, Dist::rank),
                 world_size: self.dist().map_or(1, Dist::world_size),
             };
-            seed::seed_backend::<B>(device, seed, "epoch", epoch as u64);
+            // This worker's own random streams for the epoch (dropout; see `kiln::seed`).
+            let stream_seed = info.stream_seed();
+            seed::seed_thread(stream_seed, "epoch", epoch as u64);
+            seed::seed_backend::<B>(device, stream_seed, "epoch", epoch as u64);
             model = task.on_epoch_start(model, &info, optim)?;
             optim.on_epoch_start(epoch);
             let lr = optim.lr();
@@ -514,6 +634,9 @@ impl Trainer {
         if restore && let Some(best) = best_model {
             model = best;
             restored_best = true;
+        }
+        if let Some(new_dir) = new_dir {
+            new_dir.keep();
         }
         Ok(FitOutcome {
             model,
@@ -612,9 +735,32 @@ impl Trainer {
         let cfg = self.config.clone();
         let epoch = info.epoch;
         let started = Instant::now();
-        let loader = task.train_loader(info, seed::derive(info.seed, "data", epoch as u64))?;
+        // One loader per (virtual) rank; without virtual ranks, just this replica's.
+        let ranks = cfg.virtual_ranks.max(1);
+        let infos: Vec<EpochInfo> = if ranks == 1 {
+            vec![*info]
+        } else {
+            (0..ranks)
+                .map(|rank| EpochInfo {
+                    rank,
+                    world_size: ranks,
+                    ..*info
+                })
+                .collect()
+        };
+        let data_seed = seed::derive(info.seed, "data", epoch as u64);
+        let mut loaders = infos
+            .iter()
+            .map(|i| task.train_loader(i, data_seed))
+            .collect::<Result<Vec<_>>>()?;
+        // Each virtual rank's own random stream, swapped in around its forward pass (a real
+        // replica's thread was seeded with it at the epoch start).
+        let mut streams: Vec<_> = infos
+            .iter()
+            .map(|i| seed::rng(i.stream_seed(), "epoch", epoch as u64))
+            .collect();
         let bar = progress::bar(
-            loader.len,
+            loaders[0].len,
             &format!("epoch {}/{}", epoch + 1, cfg.max_epochs),
             cfg.progress && self.is_main(),
         );
@@ -623,27 +769,92 @@ impl Trainer {
         let mut global_step = info.global_step;
         let mut skipped = 0usize;
         let mut consecutive_skips = 0usize;
-        for (b, batch) in loader.batches.enumerate() {
-            let batch = batch.with_context(|| format!("loading batch {b} of epoch {epoch}"))?;
-            let step_info = EpochInfo {
-                global_step,
-                ..*info
-            };
-            let out = self
-                .stepper
-                .forward(|| task.training_step(&model, batch, &step_info))?;
-            let loss: f64 = out.loss.clone().into_scalar().elem();
-            if !loss.is_finite() && !cfg.precision.needs_scaler() && self.dist().is_none() {
+        for b in 0.. {
+            let batches: Vec<_> = loaders.iter_mut().map(|l| l.batches.next()).collect();
+            if batches.iter().all(Option::is_none) {
+                break;
+            }
+            if batches.iter().any(Option::is_none) {
                 bail!(
-                    "the training loss became {loss} at epoch {epoch}, batch {b}: check the \
-                     input data for NaN/inf values or lower the learning rate"
+                    "the virtual ranks' loaders have different numbers of batches in epoch {epoch}"
                 );
             }
+            let mut outs = Vec::with_capacity(ranks);
+            for ((batch, rank_info), stream) in batches.into_iter().zip(&infos).zip(&mut streams) {
+                let batch = batch
+                    .expect("checked above")
+                    .with_context(|| format!("loading batch {b} of epoch {epoch}"))?;
+                let step_info = EpochInfo {
+                    global_step,
+                    ..*rank_info
+                };
+                let out = if ranks == 1 {
+                    self.stepper
+                        .forward(|| task.training_step(&model, batch, &step_info))?
+                } else {
+                    seed::with_thread_stream(stream, || {
+                        self.stepper
+                            .forward(|| task.training_step(&model, batch, &step_info))
+                    })?
+                };
+                outs.push(out);
+            }
+            let mut losses = Vec::with_capacity(ranks);
+            for out in &outs {
+                let loss: f64 = out.loss.clone().into_scalar().elem();
+                // Data-parallel replicas decide on the all-reduced gradients instead (the
+                // stepper's check), so that all of them stop at the same step.
+                if !loss.is_finite()
+                    && cfg.divergence.terminate_on_nan
+                    && !cfg.precision.needs_scaler()
+                    && self.dist().is_none()
+                {
+                    bail!(
+                        "the training loss became {loss} at epoch {epoch}, batch {b} (optimiser \
+                         step {}): check the input data for NaN/inf values or lower the learning \
+                         rate; the checkpoints written before this step are kept",
+                        global_step + 1
+                    );
+                }
+                losses.push(loss);
+            }
+            if let Some(factor) = cfg.divergence.factor() {
+                // The step's mean loss over every (virtual or real) replica, so that all
+                // replicas decide alike.
+                let mut total = vec![losses.iter().sum::<f64>(), losses.len() as f64];
+                if let Some(dist) = self.dist() {
+                    total = dist.all_reduce_f64::<B::InnerBackend>(&total, device)?;
+                }
+                let mean = total[0] / total[1];
+                if let Some(lowest) = self.divergence.observe(mean, factor) {
+                    bail!(
+                        "the training loss exploded to {mean:.4e} at epoch {epoch}, batch {b} \
+                         (optimiser step {}), over {factor:e} times its lowest running mean \
+                         {lowest:.4e}: the run diverged. Lower the learning rate or check the \
+                         data; the checkpoints written before this step are kept (the \
+                         divergence factor setting turns this check off)",
+                        global_step + 1
+                    );
+                }
+            }
+            let losses_mean = losses.iter().sum::<f64>() / ranks as f64;
+            let loss = outs
+                .iter()
+                .map(|o| o.loss.clone())
+                .reduce(|a, b| a + b)
+                .expect("at least one rank");
+            let loss = if ranks == 1 {
+                loss
+            } else {
+                loss.div_scalar(ranks as f64)
+            };
             let status;
-            (model, status) = self
-                .stepper
-                .step(model, out.loss, optim)
-                .with_context(|| format!("optimiser step at epoch {epoch}, batch {b}"))?;
+            (model, status) = self.stepper.step(model, loss, optim).with_context(|| {
+                format!(
+                    "optimiser step {} (epoch {epoch}, batch {b})",
+                    global_step + 1
+                )
+            })?;
             global_step += 1;
             if status == StepStatus::Applied {
                 consecutive_skips = 0;
@@ -653,23 +864,28 @@ impl Trainer {
                 if consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
                     bail!(
                         "{consecutive_skips} consecutive steps had inf/NaN gradients under \
-                         precision {} (loss scale now {:e}) at epoch {epoch}, batch {b}: the \
-                         model diverged; check the data or lower the learning rate",
+                         precision {} (loss scale now {:e}), the last at epoch {epoch}, batch {b} \
+                         (optimiser step {global_step}, loss {:e}): the model diverged; check the \
+                         data or lower the learning rate; the checkpoints written before are kept",
                         cfg.precision,
-                        self.stepper.scaler().scale
+                        self.stepper.scaler().scale,
+                        losses_mean
                     );
                 }
             }
-            let n = out.batch_size as f64;
-            seen += out.batch_size;
-            if loss.is_finite() {
-                *sums.entry("loss".into()).or_default() += loss * n;
-            }
-            for (name, v) in out.logs {
-                *sums.entry(name).or_default() += v * n;
+            let shown = losses_mean;
+            for (out, loss) in outs.into_iter().zip(losses) {
+                let n = out.batch_size as f64;
+                seen += out.batch_size;
+                if loss.is_finite() {
+                    *sums.entry("loss".into()).or_default() += loss * n;
+                }
+                for (name, v) in out.logs {
+                    *sums.entry(name).or_default() += v * n;
+                }
             }
             let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {loss:.4} | {rate:.1} samples/s"));
+            bar.set_message(format!("loss {shown:.4} | {rate:.1} samples/s"));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -751,6 +967,59 @@ impl Trainer {
             ));
         }
         Ok(sections)
+    }
+}
+
+/// A run directory that a failed run should not leave behind.
+///
+/// Armed for a directory that does not exist yet (call [`RunDirGuard::new`] before creating
+/// it): when the guard is dropped without [`RunDirGuard::keep`] and the directory holds no
+/// `checkpoints/` yet, the directory is removed, with the parents the run created if they are
+/// left empty. A directory that existed before (a resumed run's, one a caller made) is never
+/// touched. [`Trainer::fit`] guards the `run_dir` it creates; a tool that writes into its run
+/// directory before training (a `config.yaml`) arms one itself.
+#[derive(Debug)]
+pub struct RunDirGuard {
+    dir: PathBuf,
+    /// The outermost directory this run created (`dir` or one of its parents).
+    created: PathBuf,
+    armed: bool,
+}
+
+impl RunDirGuard {
+    /// Guards `dir` if it does not exist yet; `None` when it does.
+    pub fn new(dir: &std::path::Path) -> Option<Self> {
+        let mut created = None;
+        for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            if ancestor.exists() {
+                break;
+            }
+            created = Some(ancestor.to_path_buf());
+        }
+        created.map(|created| Self {
+            dir: dir.to_path_buf(),
+            created,
+            armed: true,
+        })
+    }
+
+    /// The run succeeded: keep the directory.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RunDirGuard {
+    fn drop(&mut self) {
+        if !self.armed || self.dir.join("checkpoints").exists() {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for parent in self.dir.ancestors().skip(1) {
+            if !parent.starts_with(&self.created) || std::fs::remove_dir(parent).is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -390,7 +390,13 @@ pub fn run(cli: Cli) -> Result<()> {
             device,
             &local_devices,
             dist.clone(),
-            PretrainJob::new(cfg, a, method, progress),
+            PretrainJob {
+                cfg,
+                args: a,
+                method,
+                progress,
+                virtual_ranks: cli.runtime.virtual_ranks,
+            },
         )
     };
     match cli.command {
@@ -422,6 +428,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     cfg,
                     args: a,
                     progress,
+                    virtual_ranks: cli.runtime.virtual_ranks,
                 },
             )
         }
@@ -600,6 +607,7 @@ struct TrainJob {
     cfg: MoolaConfig,
     args: TrainArgs,
     progress: bool,
+    virtual_ranks: usize,
 }
 
 impl kiln::backend::DistJob for TrainJob {
@@ -613,6 +621,7 @@ impl kiln::backend::DistJob for TrainJob {
             cfg,
             args,
             progress,
+            virtual_ranks,
         } = self;
         // Data-parallel workers other than rank 0 train and write nothing.
         let main = dist.as_ref().is_none_or(kiln::dist::Dist::is_main);
@@ -640,6 +649,10 @@ impl kiln::backend::DistJob for TrainJob {
             }
         };
         let out = model_dir(&cfg, args.out, &args.model);
+        // A run that fails before its first checkpoint leaves no directory behind.
+        let new_dir = main
+            .then(|| kiln::trainer::RunDirGuard::new(&out))
+            .flatten();
         if main {
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
@@ -650,9 +663,14 @@ impl kiln::backend::DistJob for TrainJob {
             resume_from: args.resume,
             progress,
             dist,
+            virtual_ranks,
+            divergence: cfg.divergence,
             ..RunOptions::default()
         });
         let fit = clf.fit(&train_set)?;
+        if let Some(new_dir) = new_dir {
+            new_dir.keep();
+        }
         if !main {
             return Ok(());
         }
@@ -901,6 +919,7 @@ impl BackendJob for OofJob {
                     let clf = Classifier::<B>::new(spec.clone(), train_cfg.clone(), device.clone())
                         .with_run_options(RunOptions {
                             progress,
+                            divergence: cfg.divergence,
                             ..RunOptions::default()
                         });
                     Ok(Box::new(clf) as Box<dyn crate::Estimator>)
@@ -1086,17 +1105,7 @@ struct PretrainJob {
     args: PretrainArgs,
     method: PretrainMethod,
     progress: bool,
-}
-
-impl PretrainJob {
-    fn new(cfg: MoolaConfig, args: PretrainArgs, method: PretrainMethod, progress: bool) -> Self {
-        Self {
-            cfg,
-            args,
-            method,
-            progress,
-        }
-    }
+    virtual_ranks: usize,
 }
 
 impl kiln::backend::DistJob for PretrainJob {
@@ -1112,6 +1121,7 @@ impl kiln::backend::DistJob for PretrainJob {
             args,
             method,
             progress,
+            virtual_ranks,
         } = self;
         let name = match method {
             PretrainMethod::MaskedLstm => "masked_lstm",
@@ -1135,6 +1145,11 @@ impl kiln::backend::DistJob for PretrainJob {
             .unwrap_or_else(|| cfg.paths.artifacts_dir.join("encoders").join(name));
         // Data-parallel workers other than rank 0 train and write nothing.
         let main = dist.as_ref().is_none_or(kiln::dist::Dist::is_main);
+        // A run that fails before its first checkpoint leaves no directory behind (the guard
+        // drops with this function: a finished run has its checkpoints, and is kept).
+        let _new_dir = main
+            .then(|| kiln::trainer::RunDirGuard::new(&out))
+            .flatten();
         if main {
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
@@ -1144,6 +1159,8 @@ impl kiln::backend::DistJob for PretrainJob {
             run_dir: Some(out.clone()),
             progress,
             dist,
+            virtual_ranks,
+            divergence: cfg.divergence,
             ..RunOptions::default()
         };
         let encoder_path = out.join("encoder");

@@ -71,6 +71,9 @@ pub struct MoolaConfig {
     pub rwkv_ts: ModelSection<RwkvTsConfig>,
     /// Pre-training recipes.
     pub pretrain: PretrainSection,
+    /// When a diverging run stops with an error (`divergence.terminate_on_nan`, default True;
+    /// `divergence.factor`, default 1e4, 0 = off): for every training and pre-training run.
+    pub divergence: kiln::trainer::DivergenceCheck,
 }
 
 impl Default for MoolaConfig {
@@ -101,6 +104,7 @@ impl Default for MoolaConfig {
                 train: TrainConfig::for_model("rwkv_ts"),
             },
             pretrain: PretrainSection::default(),
+            divergence: kiln::trainer::DivergenceCheck::default(),
         }
     }
 }

@@ -215,6 +215,11 @@ pub struct RunOptions {
     /// Callbacks run after the recipe's own (early stopping, checkpointing), one fresh instance
     /// per fit.
     pub callbacks: Vec<kiln::callbacks::CallbackFactory>,
+    /// Train as this many data-parallel ranks would, on one device (0 or 1: an ordinary run;
+    /// see `kiln::TrainerConfig::virtual_ranks`).
+    pub virtual_ranks: usize,
+    /// When a diverging run stops with an error.
+    pub divergence: kiln::trainer::DivergenceCheck,
 }
 
 /// Labels, pointer targets and the shape of a labelled set, ready for training.
@@ -409,7 +414,7 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
     ) -> Result<StepOutput<B>> {
         let (t, f) = (self.seq_len, self.n_features);
         let b = idx.len();
-        let mut rng = kiln::seed::rng(info.seed, "augment", info.global_step as u64);
+        let mut rng = kiln::seed::rng(info.stream_seed(), "augment", info.global_step as u64);
         let mut x = gather(&self.train.x, t * f, &idx);
         self.config.temporal_aug.apply(&mut x, b, t, f, &mut rng);
         let mixed = mixup_cutmix(
@@ -725,8 +730,9 @@ impl<B: AutodiffBackend> Session<B> {
             data.seq_len,
             data.n_features
         );
-        kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
-        let net: Net<B> = spec.init(data.n_features, n_classes, data.seq_len, device)?;
+        let net: Net<B> = kiln::seed::init_module(device, config.seed, || {
+            spec.init(data.n_features, n_classes, data.seq_len, device)
+        })?;
         let net = transfer_encoder(net, &config.encoder, device)?;
         tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&net));
         let val = match validation {
@@ -798,6 +804,8 @@ pub fn fit<B: AutodiffBackend>(
     tc.resume_from = run.resume_from.clone();
     tc.progress = run.progress;
     tc.precision = config.precision.resolve_for::<B>(device);
+    tc.virtual_ranks = run.virtual_ranks.max(1);
+    tc.divergence = run.divergence;
     let mut trainer = Trainer::new(tc);
     if let Some(dist) = &run.dist {
         let fingerprint = serde_json::to_string(&(spec, config, data.len(), data.seq_len))?;

@@ -93,8 +93,9 @@ fn rwkv_ts_half_forward_matches_f32() {
 }
 
 /// Test accuracy on the bundled BasicMotions (40 train / 40 test) with the quickstart recipe
-/// (batch 8, up to 150 epochs, early stopping on a 15% split) in `precision`.
-fn basic_motions_accuracy(name: &str, precision: Precision) -> f64 {
+/// (batch 8, up to 150 epochs, early stopping on a 15% split) in `precision`, and the test
+/// probabilities.
+fn basic_motions_accuracy(name: &str, precision: Precision) -> (f64, Vec<Vec<f64>>) {
     use kiln::amp::PrecisionSetting;
     use kiln::backend::Autodiff;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/BasicMotions");
@@ -114,24 +115,23 @@ fn basic_motions_accuracy(name: &str, precision: Precision) -> f64 {
     let fit = clf.fit(&train).unwrap();
     let labels = clf.labels().unwrap();
     let y = labels.encode(test.require_labels().unwrap()).unwrap();
-    let report = kiln::metrics::ClassificationReport::from_probabilities(
-        &y,
-        &clf.predict_proba(&test).unwrap(),
-    )
-    .unwrap();
+    let proba = clf.predict_proba(&test).unwrap();
+    let report = kiln::metrics::ClassificationReport::from_probabilities(&y, &proba).unwrap();
     eprintln!(
         "{name} {precision}: test accuracy {:.3} after {} epochs",
         report.accuracy, fit.epochs
     );
-    report.accuracy
+    (report.accuracy, proba)
 }
 
 #[test]
 fn bf16_mixed_training_reaches_the_f32_accuracy_on_basic_motions() {
     let _guard = kiln::seed::global_lock();
     for name in ["simple_lstm", "cnn_transformer"] {
-        let full = basic_motions_accuracy(name, Precision::F32);
-        let half = basic_motions_accuracy(name, Precision::Bf16Mixed);
+        let (full, p32) = basic_motions_accuracy(name, Precision::F32);
+        let (half, p16) = basic_motions_accuracy(name, Precision::Bf16Mixed);
+        // The precision was applied: bf16 rounding gives another model.
+        assert_ne!(p16, p32, "{name}: bf16-mixed trained exactly the f32 model");
         assert!(full >= 0.95, "{name} f32: {full}");
         assert!(
             half >= full - 0.025,

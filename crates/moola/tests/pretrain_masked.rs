@@ -286,17 +286,40 @@ fn runs_are_reproducible_for_a_seed_and_validation_can_be_given() {
 }
 
 #[test]
-fn mixed_precision_runs() {
+fn mixed_precision_is_applied_and_trains_like_f32() {
     let _lock = kiln::seed::global_lock();
     let device = Default::default();
     let data = windows(16, 14, 5);
-    let config = MaskedLstmPretrainConfig {
-        precision: "bf16-mixed".parse().unwrap(),
-        num_layers: 1,
-        ..tiny(1)
+    let run = |precision: &str| {
+        let config = MaskedLstmPretrainConfig {
+            precision: precision.parse().unwrap(),
+            num_layers: 1,
+            ..tiny(2)
+        };
+        pretrain::<AD>(&config, &data, &device, &RunOptions::default())
+            .unwrap_or_else(|e| panic!("{precision}: {e:#}"))
+            .history
     };
-    let out = pretrain::<AD>(&config, &data, &device, &RunOptions::default()).unwrap();
-    assert!(out.history.train_loss[0].is_finite() && out.history.val_loss[0].is_finite());
+    let full = run("32");
+    for precision in ["bf16-mixed", "16-mixed"] {
+        let half = run(precision);
+        for (name, a, b) in [
+            ("train", &half.train_loss, &full.train_loss),
+            ("val", &half.val_loss, &full.val_loss),
+        ] {
+            // Applied: half-precision rounding changes every loss; and it trains like f32.
+            assert!(
+                a != b,
+                "{precision} {name} losses equal the f32 ones: {a:?}"
+            );
+            for (x, y) in a.iter().zip(b.iter()) {
+                assert!(
+                    (x - y).abs() <= 0.05 * y.abs(),
+                    "{precision} {name} loss {x} vs f32 {y}"
+                );
+            }
+        }
+    }
 }
 
 fn encoder(hidden: usize, layers: usize) -> MaskedLstmEncoder<AD> {

@@ -121,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 dist: None,
                 check_replicas: false,
                 in_memory: false,
+                virtual_ranks: cli.runtime.virtual_ranks,
             };
             let (devices, dist) = crate::train::parallel_layout(&cfg, &cli.runtime)?;
             crate::train::run_train_parallel(cfg, a.model, device, options, &devices, dist)

@@ -250,6 +250,12 @@ pub struct SolverConfig {
     /// `SOLVER.USE_AUTOMATIC_OPTIM` (default `False`): Lightning optimisation mode; no effect
     /// here (the port always steps manually, like the reference's training steps).
     pub use_automatic_optim: bool,
+    /// `SOLVER.TERMINATE_ON_NAN` (default `True`; not in the reference): a non-finite training
+    /// loss stops the run with an error naming the step (see `kiln::trainer::DivergenceCheck`).
+    pub terminate_on_nan: bool,
+    /// `SOLVER.DIVERGENCE_FACTOR` (default `1e4`; not in the reference): a training loss above
+    /// this many times its lowest running mean stops the run with an error; `0` turns it off.
+    pub divergence_factor: f64,
 }
 
 /// `TEST.*`.
@@ -352,6 +358,8 @@ impl Default for SolverConfig {
             query_contrastive_weight: 1.0,
             centroid_contrastive_weight: 1.0,
             use_automatic_optim: false,
+            terminate_on_nan: true,
+            divergence_factor: kiln::trainer::DIVERGENCE_FACTOR,
         }
     }
 }

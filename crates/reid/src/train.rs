@@ -264,8 +264,16 @@ impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
 
     fn train_loader(&mut self, info: &EpochInfo, seed: u64) -> Result<Loader<TrainBatch>> {
         // The sampler is seeded per (run seed, epoch) like the reference's set_epoch; the image
-        // augmentations per (data seed, epoch, position).
-        let batches = self.sampler.epoch(info.seed, info.epoch);
+        // augmentations per (this rank's data seed, epoch, position). A sampler made for one
+        // replica serves virtual ranks (`kiln::TrainerConfig::virtual_ranks`) their shares.
+        let batches = if info.world_size > 1 && self.sampler.world_size() == 1 {
+            self.sampler
+                .clone()
+                .for_rank(info.rank, info.world_size)?
+                .epoch(info.seed, info.epoch)
+        } else {
+            self.sampler.epoch(info.seed, info.epoch)
+        };
         if batches.is_empty() {
             bail!(
                 "the P×K sampler produced no batch: fewer identities with ≥ 2 images than \
@@ -276,7 +284,7 @@ impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
             self.train.clone(),
             batches,
             self.transform.clone(),
-            seed,
+            kiln::seed::rank_seed(seed, info.rank),
             info.epoch,
             &self.loader,
         )?
@@ -347,54 +355,6 @@ impl<B: AutodiffBackend> Task<B> for ReidTask<B> {
     }
 }
 
-/// The run directory of a run that created it: when the run fails before writing its first
-/// checkpoint, the directory (with its `config.yaml` and `metrics.csv`) is removed again, with
-/// the parents the run created if they are left empty. A directory that existed before the run
-/// (a resumed run's, or one a caller chose) is never removed.
-struct NewRunDir {
-    dir: PathBuf,
-    /// The outermost directory this run created (`dir` or one of its parents).
-    created: PathBuf,
-    armed: bool,
-}
-
-impl NewRunDir {
-    /// Guards `dir` if it does not exist yet (call before creating it).
-    fn guard(dir: &Path) -> Option<Self> {
-        let mut created = None;
-        for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-            if ancestor.exists() {
-                break;
-            }
-            created = Some(ancestor.to_path_buf());
-        }
-        created.map(|created| Self {
-            dir: dir.to_path_buf(),
-            created,
-            armed: true,
-        })
-    }
-
-    /// The run got as far as a checkpoint or succeeded: keep the directory.
-    fn keep(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for NewRunDir {
-    fn drop(&mut self) {
-        if !self.armed || self.dir.join("checkpoints").exists() {
-            return;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        for parent in self.dir.ancestors().skip(1) {
-            if !parent.starts_with(&self.created) || std::fs::remove_dir(parent).is_err() {
-                break;
-            }
-        }
-    }
-}
-
 /// Where a run writes: `<LOG_DIR>/<script>/version_N` (Lightning's layout), or the directory of
 /// the checkpoint being resumed.
 pub fn run_dir(cfg: &ReidConfig, step: StepKind, resume: Option<&Path>) -> Result<PathBuf> {
@@ -461,6 +421,9 @@ pub struct FitOptions {
     /// Write nothing: no run directory, checkpoints or reports (the library's default through
     /// [`crate::Learner`]; the `RunSummary`'s `run_dir` is then empty).
     pub in_memory: bool,
+    /// Train as this many data-parallel ranks would, on one device (0 or 1: an ordinary run;
+    /// see `kiln::TrainerConfig::virtual_ranks`).
+    pub virtual_ranks: usize,
 }
 
 impl FitOptions {
@@ -534,7 +497,11 @@ pub fn fit_model<B: AutodiffBackend>(
         None => PathBuf::from(cfg.derived_log_dir()),
     };
     // A run that fails before its first checkpoint leaves nothing behind.
-    let new_dir = if main { NewRunDir::guard(&dir) } else { None };
+    let new_dir = if main {
+        kiln::trainer::RunDirGuard::new(&dir)
+    } else {
+        None
+    };
     if main {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create run directory {}", dir.display()))?;
@@ -542,8 +509,7 @@ pub fn fit_model<B: AutodiffBackend>(
     }
 
     let mconf = model_config(cfg, dataset.num_classes);
-    kiln::seed::seed_backend::<B>(device, seed, "init", 0);
-    let mut model = mconf.init::<B>(device)?;
+    let mut model = kiln::seed::init_module(device, seed, || mconf.init::<B>(device))?;
     if cfg.model.pretrained && resume.is_none() && !cfg.test.only_test {
         let path = PathBuf::from(&cfg.model.pretrain_path);
         if cfg.model.pretrain_path.is_empty() || !path.exists() {
@@ -601,6 +567,11 @@ pub fn fit_model<B: AutodiffBackend>(
     tc.resume_from = resume;
     tc.progress = options.progress;
     tc.precision = precision_for::<B>(cfg, options.precision, device);
+    tc.virtual_ranks = options.virtual_ranks.max(1);
+    tc.divergence = kiln::trainer::DivergenceCheck {
+        terminate_on_nan: cfg.solver.terminate_on_nan,
+        factor: cfg.solver.divergence_factor,
+    };
     let mode = match cfg.solver.monitor_metric_mode.as_str() {
         "min" => Mode::Min,
         _ => Mode::Max,

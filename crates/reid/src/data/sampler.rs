@@ -121,6 +121,11 @@ impl PkSampler {
         )
     }
 
+    /// The number of data-parallel ranks this sampler shares each epoch's plan with.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
     /// Identities per batch (P).
     pub fn p(&self) -> usize {
         self.p

@@ -461,8 +461,9 @@ pub fn pretrain<B: AutodiffBackend>(
         config.batch_size,
         config.n_epochs
     );
-    kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
-    let model = kiln::checkpoint::materialize(model_config.init::<B>(device));
+    let model = kiln::seed::init_module(device, config.seed, || {
+        anyhow::Ok(model_config.init::<B>(device))
+    })?;
     tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&model));
     let mut task = MaskedLstmPretrainTask::<B>::new(
         gather(&data.x, t * f, &train_idx),
@@ -492,6 +493,8 @@ pub fn pretrain<B: AutodiffBackend>(
     tc.resume_from = run.resume_from.clone();
     tc.progress = run.progress;
     tc.precision = config.precision.resolve_for::<B>(device);
+    tc.virtual_ranks = run.virtual_ranks.max(1);
+    tc.divergence = run.divergence;
     let mut trainer = Trainer::new(tc);
     if let Some(dist) = &run.dist {
         let fingerprint = serde_json::to_string(&(config, n, t, f, n_val))?;

@@ -253,7 +253,7 @@ impl<B: AutodiffBackend> Task<B> for TsTccTask<B> {
         info: &EpochInfo,
     ) -> Result<StepOutput<B>> {
         let b = idx.len();
-        let mut rng = kiln::seed::rng(info.seed, "augment", info.global_step as u64);
+        let mut rng = kiln::seed::rng(info.stream_seed(), "augment", info.global_step as u64);
         let x = self.train.select(&idx).x;
         let views = self.views(&x, b, &mut rng);
         let loss = self.loss(model, views, b, &self.device);
@@ -348,8 +348,9 @@ pub fn pretrain<B: AutodiffBackend>(
         data.seq_len,
         data.n_features
     );
-    kiln::seed::seed_backend::<B>(device, config.seed, "init", 0);
-    let model: TsTcc<B> = config.model.init(data.n_features, device)?;
+    let model: TsTcc<B> = kiln::seed::init_module(device, config.seed, || {
+        config.model.init(data.n_features, device)
+    })?;
     tracing::info!(
         "{} parameters",
         kiln::checkpoint::parameter_count::<B, _>(&model)
@@ -379,6 +380,8 @@ pub fn pretrain<B: AutodiffBackend>(
     tc.resume_from = run.resume_from.clone();
     tc.progress = run.progress;
     tc.precision = config.precision.resolve_for::<B>(device);
+    tc.virtual_ranks = run.virtual_ranks.max(1);
+    tc.divergence = run.divergence;
     let mut trainer = Trainer::new(tc);
     if let Some(dist) = &run.dist {
         let fingerprint = serde_json::to_string(&(config, data.len(), data.seq_len))?;
