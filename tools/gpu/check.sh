@@ -5,6 +5,14 @@
 #     cargo build --release --features cuda -p moola -p reid
 #     tools/gpu/check.sh                     # log also in ${OUT:-/tmp}/gpu_check.log
 #
+# The same check runs on the wgpu build (`DEVICE=wgpu`, binaries built with `--features wgpu`),
+# e.g. as a dry run on Mesa's software Vulkan (lavapipe) with small sizes:
+#
+#     DEVICE=wgpu BENCH_STEPS=1 BENCH_BATCH=16 REID_BENCH_ARGS="--p 2 --k 2 --height 64 \
+#         --width 32 --model resnet18 --embed-batch 8" DDP_EPOCHS=1 tools/gpu/check.sh
+#
+# Without nvidia-smi (wgpu) the GPU listing and the memory sampling (d) are skipped, not failed.
+#
 # Sections (each under `timeout`; the whole script stays under CHECK_BUDGET_S, default 450 s,
 # plus at most 10 s to kill a hung command):
 #   a. GPUs, driver, CUDA as the binaries see it
@@ -17,7 +25,10 @@
 # A failing section is reported and the next one still runs; the exit status is 1 if any failed.
 #
 # Environment: OUT (log directory, default /tmp), BIN_DIR (default target/release),
-# CHECK_BUDGET_S (default 450), BENCH_STEPS (default 20).
+# CHECK_BUDGET_S (default 450), BENCH_STEPS (default 20), DEVICE (cuda or wgpu, default cuda),
+# PRECISIONS (default 32,16-mixed,bf16-mixed on cuda, 32,16-mixed on wgpu: WGSL has no bf16),
+# BENCH_BATCH (moola bench batch, default 512), REID_BENCH_ARGS (extra `reid bench` flags, e.g. a
+# smaller --p/--k/--height/--width, default none), DDP_EPOCHS (default 20).
 
 set -u
 set -o pipefail
@@ -34,7 +45,23 @@ TEE_PID=$!
 BIN_DIR=${BIN_DIR:-target/release}
 BUDGET=${CHECK_BUDGET_S:-450}
 STEPS=${BENCH_STEPS:-20}
-PRECISIONS=32,16-mixed,bf16-mixed
+DEVICE=${DEVICE:-cuda}
+case $DEVICE in
+    cuda*) BACKEND=cuda DEVICE0=cuda:0 DEFAULT_PRECISIONS=32,16-mixed,bf16-mixed ;;
+    wgpu*) BACKEND=wgpu DEVICE0=$DEVICE DEFAULT_PRECISIONS=32,16-mixed ;;
+    *)
+        echo "DEVICE must be cuda, cuda:N, wgpu or wgpu:N (got $DEVICE)"
+        exit 1
+        ;;
+esac
+PRECISIONS=${PRECISIONS:-$DEFAULT_PRECISIONS}
+BATCH=${BENCH_BATCH:-512}
+DDP_EPOCHS=${DDP_EPOCHS:-20}
+# shellcheck disable=SC2206 # word splitting of the extra flags is intended
+REID_EXTRA=(${REID_BENCH_ARGS:-})
+# nvidia-smi (GPU listing, memory sampling) on CUDA only.
+HAVE_SMI=0
+if [[ $BACKEND == cuda ]]; then HAVE_SMI=1; fi
 START=$SECONDS
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 declare -a SUMMARY=()
@@ -81,6 +108,7 @@ declare -a PEAKS=()
 QUERY=(--query-gpu=index,memory.used --format=csv,noheader,nounits)
 
 start_sampler() {
+    ((HAVE_SMI)) || return 0
     nvidia-smi "${QUERY[@]}" >"$TMP/base.txt" 2>/dev/null
     nvidia-smi "${QUERY[@]}" -lms 100 >"$TMP/mem.txt" 2>/dev/null &
     SAMPLER_PID=$!
@@ -94,6 +122,10 @@ stop_sampler() { # label
         SAMPLER_PID=
     fi
     local peaks line
+    if ((!HAVE_SMI)); then
+        PEAKS+=("$1:" "    (not sampled: no nvidia-smi on $BACKEND)")
+        return 0
+    fi
     peaks=$(awk -F, '
         { gsub(/ /, "") }
         NR == FNR { base[$1] = $2; next }
@@ -135,7 +167,7 @@ run_step() {
 
 # ---- preconditions ----
 missing=0
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >"$TMP/gpus.txt" 2>&1 ||
+if ((HAVE_SMI)) && ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >"$TMP/gpus.txt" 2>&1 ||
     ! grep -q '^GPU ' "$TMP/gpus.txt"; then
     echo "no NVIDIA GPU found: nvidia-smi is missing or lists no GPU; this check needs a CUDA machine"
     missing=1
@@ -147,8 +179,8 @@ for b in moola reid; do
     fi
 done
 if ((missing == 2)); then
-    echo "build the CUDA binaries first (the check does not build), from $ROOT:"
-    echo "    cargo build --release --features cuda -p moola -p reid"
+    echo "build the $BACKEND binaries first (the check does not build), from $ROOT:"
+    echo "    cargo build --release --features $BACKEND -p moola -p reid"
 fi
 if ((missing)); then
     echo "gpu check not run (log: $LOG)"
@@ -157,32 +189,41 @@ fi
 MOOLA=$ROOT/$BIN_DIR/moola
 REID=$ROOT/$BIN_DIR/reid
 [[ $BIN_DIR == /* ]] && MOOLA=$BIN_DIR/moola && REID=$BIN_DIR/reid
-NGPU=$(grep -c '^GPU ' "$TMP/gpus.txt")
-echo "gpu check: $(date -u '+%F %T') UTC, repo $ROOT ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), budget ${BUDGET}s, log $LOG"
+if ((HAVE_SMI)); then NGPU=$(grep -c '^GPU ' "$TMP/gpus.txt"); else NGPU=1; fi
+echo "gpu check: $(date -u '+%F %T') UTC, device $DEVICE, repo $ROOT ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), budget ${BUDGET}s, log $LOG"
 
 # ---- a. devices ----
 banner "a. GPUs and driver"
 t0=$SECONDS
 rc=0
-timeout 20 nvidia-smi -L || rc=$?
-timeout 20 nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap \
-    --format=csv || rc=$?
-timeout 20 nvidia-smi | sed -n '1,4p' || true
-echo "--- moola doctor (backends and CUDA as the binary sees them) ---"
-timeout 60 "$MOOLA" --device cuda doctor >"$TMP/doctor.txt" 2>&1 || rc=$?
+if ((HAVE_SMI)); then
+    timeout 20 nvidia-smi -L || rc=$?
+    timeout 20 nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap \
+        --format=csv || rc=$?
+    timeout 20 nvidia-smi | sed -n '1,4p' || true
+else
+    echo "(no nvidia-smi on $BACKEND: the adapters are the doctors' lists below)"
+fi
+echo "--- moola doctor (backends, CUDA driver and wgpu adapters as the binary sees them) ---"
+timeout 60 "$MOOLA" --device "$DEVICE" doctor >"$TMP/doctor.txt" 2>&1 || rc=$?
 sed '/--- resolved configuration ---/q' "$TMP/doctor.txt" | grep -v -- '--- resolved'
+echo "--- reid doctor ---"
+timeout 60 "$REID" --device "$DEVICE" doctor || rc=$?
 record "a. GPUs and driver" "$(describe_rc "$rc")" $((SECONDS - t0))
 
 # ---- b. moola bench ----
-run_step "b. moola bench (batch 512)" 160 \
-    "$MOOLA" --device cuda bench --models simple_lstm,cnn_transformer,rwkv_ts \
-    --batch-size 512 --steps "$STEPS" --warmup 3 --precisions "$PRECISIONS" --no-torch \
+run_step "b. moola bench (batch $BATCH)" 160 \
+    "$MOOLA" --device "$DEVICE" bench --models simple_lstm,cnn_transformer,rwkv_ts \
+    --batch-size "$BATCH" --steps "$STEPS" --warmup 3 --precisions "$PRECISIONS" --no-torch \
     --json "$OUT_DIR/gpu_check_moola_bench.json"
 
 # ---- c. reid bench ----
-run_step "c. reid bench (ResNet50 P16 K4 256x128)" 200 \
-    "$REID" --device cuda bench --steps "$STEPS" --warmup 2 --precisions "$PRECISIONS" \
-    --no-torch --json "$OUT_DIR/gpu_check_reid_bench.json"
+if ((${#REID_EXTRA[@]})); then reid_label="c. reid bench (${REID_EXTRA[*]})"; else
+    reid_label="c. reid bench (ResNet50 P16 K4 256x128)"
+fi
+run_step "$reid_label" 200 \
+    "$REID" --device "$DEVICE" bench --steps "$STEPS" --warmup 2 --precisions "$PRECISIONS" \
+    --no-torch --json "$OUT_DIR/gpu_check_reid_bench.json" "${REID_EXTRA[@]}"
 
 # ---- e. DDP ----
 DATA=$ROOT/datasets/BasicMotions
@@ -191,10 +232,10 @@ train_args=(train --model simple_lstm --quiet --data "$DATA/BasicMotions_TRAIN.t
 if ((NGPU >= 2)); then
     devs=$(seq -s, 0 $((NGPU - 1)))
     run_step "e. DDP on $NGPU GPUs (--devices $devs)" 100 \
-        "$MOOLA" --device cuda --devices "$devs" "${train_args[@]}" --out "$TMP/ddp" \
-        simple_lstm.train.n_epochs 20
+        "$MOOLA" --device "$DEVICE" --devices "$devs" "${train_args[@]}" --out "$TMP/ddp" \
+        simple_lstm.train.n_epochs "$DDP_EPOCHS"
 else
-    label="e. DDP, 2 nodes on cuda:0"
+    label="e. DDP, 2 nodes on $DEVICE0"
     lim=$(limit_for 100)
     banner "$label"
     if ((lim == 0)); then
@@ -216,10 +257,10 @@ else
         start_sampler
         pids=()
         for rank in 0 1; do
-            echo "\$ timeout ${lim}s moola --device cuda:0 --num-nodes 2 --node-rank $rank --orchestrator 127.0.0.1:$port --dist-timeout 60 ${train_args[*]} --out $TMP/mn simple_lstm.train.n_epochs 20"
-            timeout --kill-after=10 "$lim" "$MOOLA" --device cuda:0 --num-nodes 2 \
+            echo "\$ timeout ${lim}s moola --device $DEVICE0 --num-nodes 2 --node-rank $rank --orchestrator 127.0.0.1:$port --dist-timeout 60 ${train_args[*]} --out $TMP/mn simple_lstm.train.n_epochs $DDP_EPOCHS"
+            timeout --kill-after=10 "$lim" "$MOOLA" --device "$DEVICE0" --num-nodes 2 \
                 --node-rank "$rank" --orchestrator "127.0.0.1:$port" --dist-timeout 60 \
-                "${train_args[@]}" --out "$TMP/mn" simple_lstm.train.n_epochs 20 \
+                "${train_args[@]}" --out "$TMP/mn" simple_lstm.train.n_epochs "$DDP_EPOCHS" \
                 >"$TMP/rank$rank.log" 2>&1 &
             pids+=($!)
         done

@@ -36,13 +36,14 @@
 //! The scope is thread-local, so every data-parallel worker thread has its own. The
 //! [`Trainer`](crate::trainer::Trainer) opens it around `training_step` and `validate`.
 //!
-//! Backends: CUDA and burn-flex (the CPU default) compute in f16 and bf16. A backend that cannot
-//! is refused by [`check_backend`] with an error naming the mode and the backend.
+//! Backends: CUDA and burn-flex (the CPU default) compute in f16 and bf16; burn-wgpu in f16 where
+//! the adapter has shader f16 (Mesa's lavapipe does), never in bf16 (WGSL has no bf16). A backend
+//! that cannot is refused by [`check_backend`] with an error naming the mode and the backend.
 
 use std::cell::Cell;
 use std::fmt;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{Linear, PaddingConfig1d, PaddingConfig2d};
@@ -446,6 +447,19 @@ pub fn check_backend<B: Backend>(precision: Precision, device: &B::Device) -> Re
     let Some(h) = precision.lower_dtype() else {
         return Ok(());
     };
+    let refused = || {
+        anyhow::anyhow!(
+            "precision {precision} needs {h:?} arithmetic, which the {} backend does not provide; \
+             use precision 32 here, or the flex (CPU) or cuda backend",
+            B::name(device)
+        )
+    };
+    // A backend that says it lacks the type is refused without trying: a GPU backend (burn-wgpu
+    // asked for bf16) fails the probe by panicking on its device thread, which can leave the
+    // device's stream unusable for the rest of the process.
+    if !B::supports_dtype(device, DType::from(h)) {
+        return Err(refused());
+    }
     let probe = {
         let device = device.clone();
         move || -> bool {
@@ -470,11 +484,7 @@ pub fn check_backend<B: Backend>(precision: Precision, device: &B::Device) -> Re
     std::panic::set_hook(previous);
     match result {
         Ok(true) => Ok(()),
-        _ => bail!(
-            "precision {precision} needs {h:?} arithmetic, which the {} backend does not provide; \
-             use precision 32 here, or the flex (CPU) or cuda backend",
-            B::name(device)
-        ),
+        _ => Err(refused()),
     }
 }
 

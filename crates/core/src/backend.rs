@@ -1,14 +1,16 @@
 //! Backend selection at run time.
 //!
 //! Model code is generic over `B: Backend`; a command line picks the concrete backend once, at
-//! the top, with `--device cpu|cuda[:N]`. [`launch`] turns that choice into a call of a generic
+//! the top, with `--device cpu|cuda[:N]|wgpu[:N]`. [`launch`] turns that choice into a call of a generic
 //! [`BackendJob`] with the matching autodiff backend.
 //!
 //! CPU backends are cargo features: `flex` (pure-Rust, the default: it measured faster than
 //! ndarray on every moola model, see the README's benchmark table) and `ndarray`. With both
 //! compiled in, `cpu` means flex and `ndarray`/`flex` name one explicitly. CUDA is the `cuda`
-//! feature. Asking for a device whose backend was not compiled in, or for CUDA on a machine
-//! without a driver, is an ordinary error.
+//! feature; burn-wgpu (Vulkan on Linux and Windows, Metal on macOS; with kernel fusion and
+//! autotuning) is the `wgpu` feature. Asking for a device whose backend was not compiled in, for
+//! CUDA on a machine without a driver, or for wgpu on one without an adapter, is an ordinary
+//! error.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +30,9 @@ pub enum DeviceKind {
     Flex,
     /// A CUDA GPU by index.
     Cuda(usize),
+    /// A wgpu adapter: `None` is burn-wgpu's default device (the most capable adapter, or the one
+    /// `CUBECL_WGPU_DEFAULT_DEVICE` names), `Some(n)` the n-th adapter of [`wgpu_adapters`].
+    Wgpu(Option<usize>),
 }
 
 impl DeviceKind {
@@ -51,15 +56,25 @@ impl FromStr for DeviceKind {
             "ndarray" | "cpu:ndarray" => Ok(Self::NdArray),
             "flex" | "cpu:flex" => Ok(Self::Flex),
             "cuda" | "gpu" => Ok(Self::Cuda(0)),
-            other => match other.strip_prefix("cuda:") {
-                Some(index) => index
-                    .parse()
-                    .map(Self::Cuda)
-                    .map_err(|_| format!("bad CUDA device index in `{s}`")),
-                None => Err(format!(
-                    "unknown device `{s}`: expected cpu, cuda, cuda:N, ndarray or flex"
-                )),
-            },
+            "wgpu" => Ok(Self::Wgpu(None)),
+            other => {
+                if let Some(index) = other.strip_prefix("cuda:") {
+                    index
+                        .parse()
+                        .map(Self::Cuda)
+                        .map_err(|_| format!("bad CUDA device index in `{s}`"))
+                } else if let Some(index) = other.strip_prefix("wgpu:") {
+                    index
+                        .parse()
+                        .map(|i| Self::Wgpu(Some(i)))
+                        .map_err(|_| format!("bad wgpu adapter index in `{s}`"))
+                } else {
+                    Err(format!(
+                        "unknown device `{s}`: expected cpu, cuda, cuda:N, wgpu, wgpu:N, ndarray \
+                         or flex"
+                    ))
+                }
+            }
         }
     }
 }
@@ -71,6 +86,8 @@ impl fmt::Display for DeviceKind {
             Self::NdArray => write!(f, "ndarray"),
             Self::Flex => write!(f, "flex"),
             Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::Wgpu(None) => write!(f, "wgpu"),
+            Self::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
         }
     }
 }
@@ -114,6 +131,13 @@ pub type CpuBackend = NdArray;
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 
+/// The wgpu backend (f32 parameters), with burn-fusion and autotuning: `burn::backend::Wgpu`.
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = burn::backend::Wgpu<f32, i32>;
+/// burn-wgpu's device type.
+#[cfg(feature = "wgpu")]
+pub use burn::backend::wgpu::WgpuDevice;
+
 /// Names of the backends compiled into this binary, for `doctor` output.
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -125,6 +149,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     }
     if cfg!(feature = "cuda") {
         v.push("cuda");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
     }
     v
 }
@@ -181,6 +208,21 @@ pub fn launch<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output> {
                 )
             }
         }
+        DeviceKind::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            {
+                let device = wgpu_device(index)?;
+                job.run::<Autodiff<WgpuBackend>>(device)
+            }
+            #[cfg(not(feature = "wgpu"))]
+            {
+                let _ = (job, index);
+                bail!(
+                    "this binary was built without wgpu support; rebuild with `--features wgpu` \
+                     or use `--device cpu`"
+                )
+            }
+        }
     }
 }
 
@@ -233,6 +275,9 @@ pub fn launch_workers<J: DistJob>(
     let locals: Vec<DeviceKind> = match kind {
         DeviceKind::Cuda(_) if !devices.is_empty() => {
             devices.iter().map(|&i| DeviceKind::Cuda(i)).collect()
+        }
+        DeviceKind::Wgpu(_) if !devices.is_empty() => {
+            devices.iter().map(|&i| DeviceKind::Wgpu(Some(i))).collect()
         }
         other => vec![other; cfg.devices_per_node.max(1)],
     };
@@ -299,6 +344,170 @@ pub fn cuda_available() -> Result<()> {
     }
 }
 
+/// What `doctor` prints about the devices of this machine: the backends compiled in, the CUDA
+/// driver, and the wgpu adapters (one line each, numbered as `--device wgpu:N` counts them).
+pub fn device_report() -> Vec<String> {
+    let mut lines = vec![format!(
+        "backends compiled in: {}",
+        compiled_backends().join(", ")
+    )];
+    lines.push(match cuda_available() {
+        Ok(()) => "CUDA driver: found".to_string(),
+        Err(_) => "CUDA driver: not found".to_string(),
+    });
+    if cfg!(feature = "wgpu") {
+        let adapters = wgpu_adapters();
+        if adapters.is_empty() {
+            lines.push(
+                "wgpu adapters: none found (`--device wgpu` needs a Vulkan driver; Mesa's \
+                 lavapipe, Debian packages mesa-vulkan-drivers and libvulkan1, is a software one)"
+                    .to_string(),
+            );
+        } else {
+            lines.push(format!("wgpu adapters: {}", adapters.len()));
+            for (i, a) in adapters.iter().enumerate() {
+                lines.push(format!("  wgpu:{i}  {a}"));
+            }
+        }
+    } else {
+        lines.push("wgpu adapters: not listed (built without the `wgpu` feature)".to_string());
+    }
+    lines
+}
+
+/// One graphics adapter wgpu found, as `doctor` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// The adapter's name (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)` for Mesa's lavapipe).
+    pub name: String,
+    /// discrete, integrated, virtual, cpu or other.
+    pub device_type: String,
+    /// The graphics API (vulkan, metal, …).
+    pub api: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// Whether its shaders can compute in f16 (`16-mixed` needs it).
+    pub shader_f16: bool,
+}
+
+impl fmt::Display for AdapterInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}, driver {}, f16 {})",
+            self.name,
+            self.device_type,
+            self.api,
+            self.driver,
+            if self.shader_f16 { "yes" } else { "no" }
+        )
+    }
+}
+
+/// The adapters burn-wgpu can open, in the order `--device wgpu:N` indexes them: those of the
+/// graphics API burn-wgpu uses here (Metal on macOS, Vulkan elsewhere).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapters() -> Vec<AdapterInfo> {
+    raw_wgpu_adapters()
+        .into_iter()
+        .map(|a| {
+            let info = a.get_info();
+            AdapterInfo {
+                name: info.name,
+                device_type: format!("{:?}", info.device_type).to_ascii_lowercase(),
+                api: format!("{:?}", info.backend).to_ascii_lowercase(),
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_string(),
+                shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+            }
+        })
+        .collect()
+}
+
+/// Without the `wgpu` feature there are no adapters to list.
+#[cfg(not(feature = "wgpu"))]
+pub fn wgpu_adapters() -> Vec<AdapterInfo> {
+    Vec::new()
+}
+
+#[cfg(feature = "wgpu")]
+fn raw_wgpu_adapters() -> Vec<wgpu::Adapter> {
+    let backends = if cfg!(target_os = "macos") {
+        wgpu::Backends::METAL
+    } else {
+        wgpu::Backends::VULKAN
+    };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    block_on(instance.enumerate_adapters(backends))
+}
+
+/// Polls a future that native wgpu resolves at once (adapter enumeration) to completion.
+#[cfg(feature = "wgpu")]
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The burn-wgpu device for `--device wgpu[:N]`, after checking that an adapter exists, so that a
+/// machine without one gets an error instead of a panic on burn-wgpu's device thread.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device(index: Option<usize>) -> Result<WgpuDevice> {
+    let adapters = raw_wgpu_adapters();
+    if adapters.is_empty() {
+        bail!(
+            "wgpu was requested but no {} adapter was found; install a GPU driver with Vulkan \
+             support (or Mesa's software lavapipe: the Debian packages mesa-vulkan-drivers and \
+             libvulkan1), or use `--device cpu`",
+            if cfg!(target_os = "macos") {
+                "Metal"
+            } else {
+                "Vulkan"
+            }
+        );
+    }
+    let Some(n) = index else {
+        return Ok(WgpuDevice::DefaultDevice);
+    };
+    let Some(chosen) = adapters.get(n) else {
+        bail!(
+            "wgpu adapter {n} requested but only {} found ({}); `doctor` lists them",
+            adapters.len(),
+            adapters
+                .iter()
+                .map(|a| a.get_info().name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    // burn-wgpu addresses an adapter by its type and its index among the adapters of that type.
+    let kind = chosen.get_info().device_type;
+    let same_before = adapters[..n]
+        .iter()
+        .filter(|a| a.get_info().device_type == kind)
+        .count();
+    Ok(match kind {
+        wgpu::DeviceType::DiscreteGpu => WgpuDevice::DiscreteGpu(same_before),
+        wgpu::DeviceType::IntegratedGpu => WgpuDevice::IntegratedGpu(same_before),
+        wgpu::DeviceType::VirtualGpu => WgpuDevice::VirtualGpu(same_before),
+        wgpu::DeviceType::Cpu if same_before == 0 => WgpuDevice::Cpu,
+        other => bail!(
+            "wgpu adapter {n} ({}, type {other:?}) cannot be addressed by burn-wgpu; use \
+             `--device wgpu` (its default device) or set CUBECL_WGPU_DEFAULT_DEVICE",
+            chosen.get_info().name
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +524,17 @@ mod tests {
         assert!("tpu".parse::<DeviceKind>().is_err());
         assert!("cuda:x".parse::<DeviceKind>().is_err());
         assert_eq!(DeviceKind::Cuda(1).to_string(), "cuda:1");
+        assert_eq!(
+            "wgpu".parse::<DeviceKind>().unwrap(),
+            DeviceKind::Wgpu(None)
+        );
+        assert_eq!(
+            "WGPU:1".parse::<DeviceKind>().unwrap(),
+            DeviceKind::Wgpu(Some(1))
+        );
+        assert!("wgpu:x".parse::<DeviceKind>().is_err());
+        assert_eq!(DeviceKind::Wgpu(Some(1)).to_string(), "wgpu:1");
+        assert_eq!(DeviceKind::Wgpu(None).to_string(), "wgpu");
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -329,5 +549,20 @@ mod tests {
         }
         let err = launch(DeviceKind::Cuda(0), Nothing).unwrap_err();
         assert!(err.to_string().contains("without CUDA"), "{err}");
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    #[test]
+    fn wgpu_without_feature_is_an_error() {
+        struct Nothing;
+        impl BackendJob for Nothing {
+            type Output = ();
+            fn run<B: AutodiffBackend>(self, _device: B::Device) -> Result<()> {
+                Ok(())
+            }
+        }
+        let err = launch(DeviceKind::Wgpu(None), Nothing).unwrap_err();
+        assert!(err.to_string().contains("without wgpu"), "{err}");
+        assert!(wgpu_adapters().is_empty());
     }
 }

@@ -16,7 +16,8 @@ use crate::trainer::Strategy;
 /// parser (Lightning's `Trainer(accelerator, devices, num_nodes, strategy, precision)`).
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {
-    /// Device: cpu (default backend of this build), ndarray, flex, cuda or cuda:N.
+    /// Device: cpu (default backend of this build), ndarray, flex, cuda, cuda:N, wgpu or wgpu:N
+    /// (the N-th adapter `doctor` lists).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: DeviceKind,
     /// Hide progress bars.
@@ -29,7 +30,7 @@ pub struct RuntimeArgs {
     #[arg(long, global = true)]
     pub strategy: Option<Strategy>,
     /// Devices of this node for data-parallel training, e.g. `0,1`: CUDA indices with
-    /// `--device cuda`; on CPU one worker per entry.
+    /// `--device cuda`, adapter indices with `--device wgpu`; on CPU one worker per entry.
     #[arg(long, global = true, value_delimiter = ',')]
     pub devices: Vec<usize>,
     /// Nodes (processes) of a multi-node run.
@@ -70,7 +71,7 @@ impl RuntimeArgs {
             return self.devices.clone();
         }
         match self.device {
-            DeviceKind::Cuda(i) => vec![i],
+            DeviceKind::Cuda(i) | DeviceKind::Wgpu(Some(i)) => vec![i],
             _ => vec![0],
         }
     }

@@ -5,8 +5,17 @@
 //! weights up to float summation order. A plain tolerance says little on its own: a tensor that
 //! training hardly moved matches within any tolerance. [`compare_runs`] therefore measures each
 //! tensor's difference against its own movement, and refuses a tensor that did not move.
+//!
+//! Comparing backends (a model on burn-wgpu against the same weights on burn-flex) needs the same
+//! weights on both: [`transfer`] copies them through the checkpoint format, [`module_params`] and
+//! [`gradients`] read a module's values and gradients by parameter path, and
+//! [`max_relative_diff`] finds the tensor that differs most.
 
 use anyhow::{Result, bail, ensure};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{FloatDType, Tensor};
 
 /// Named parameter tensors, as [`crate::checkpoint::checkpoint_params`] reads them.
 pub type Params = [(String, Vec<f32>)];
@@ -85,6 +94,130 @@ pub fn compare_runs(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// `into` (a module of backend `B`) with the weights of `from` (the same architecture on backend
+/// `A`), copied through the checkpoint format, shapes checked.
+pub fn transfer<A: Backend, B: Backend, MA: Module<A>, MB: Module<B>>(
+    from: &MA,
+    into: MB,
+    device: &B::Device,
+) -> Result<MB> {
+    let bytes = crate::checkpoint::record_to_bytes::<A, _>(from.clone().into_record())?;
+    let record = crate::checkpoint::record_from_bytes::<B, MB::Record>(bytes, device)?;
+    crate::checkpoint::load_checked(into, record, "the transferred weights")
+}
+
+/// A module's tensors by path, as a checkpoint holds them (floats widened or narrowed to f32).
+pub fn module_params<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<(String, Vec<f32>)>> {
+    let bytes = crate::checkpoint::record_to_bytes::<B, _>(module.clone().into_record())?;
+    crate::checkpoint::record_params(&bytes)
+}
+
+/// The gradient of every float parameter of `model` that has one in `grads`, by path.
+pub fn gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> Vec<(String, Vec<f32>)> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        path: Vec<String>,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let values = g.cast(FloatDType::F32).into_data().to_vec::<f32>();
+                self.out
+                    .push((self.path.join("."), values.unwrap_or_default()));
+            }
+        }
+    }
+    let mut c = Collect {
+        grads,
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut c);
+    c.out
+}
+
+/// How far one tensor of two runs is apart, relative to the reference's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    /// The tensor's path.
+    pub name: String,
+    /// Largest absolute difference.
+    pub diff: f32,
+    /// Largest absolute value of the reference tensor.
+    pub scale: f32,
+}
+
+impl Mismatch {
+    /// `diff / scale` (`diff` itself for an all-zero reference; infinite for a NaN).
+    pub fn relative(&self) -> f32 {
+        let r = if self.scale > 0.0 {
+            self.diff / self.scale
+        } else {
+            self.diff
+        };
+        if r.is_nan() { f32::INFINITY } else { r }
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: max |Δ| {:.3e} of max |x| {:.3e} ({:.1e} relative)",
+            self.name,
+            self.diff,
+            self.scale,
+            self.relative()
+        )
+    }
+}
+
+/// The tensor of `got` furthest from `want` relative to its size (see [`Mismatch::relative`]).
+/// An error when the two hold different tensors.
+pub fn max_relative_diff(got: &Params, want: &Params) -> Result<Mismatch> {
+    ensure!(
+        got.len() == want.len(),
+        "{} tensors against {}",
+        got.len(),
+        want.len()
+    );
+    let mut worst: Option<Mismatch> = None;
+    for ((name, a), (name_b, b)) in got.iter().zip(want) {
+        ensure!(
+            name == name_b && a.len() == b.len(),
+            "tensor {name} ({} values) does not match {name_b} ({} values)",
+            a.len(),
+            b.len()
+        );
+        let m = Mismatch {
+            name: name.clone(),
+            diff: a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| {
+                    let d = (x - y).abs();
+                    if d.is_nan() { f32::INFINITY } else { d }
+                })
+                .fold(0f32, f32::max),
+            scale: b.iter().map(|x| x.abs()).fold(0f32, f32::max),
+        };
+        if worst.as_ref().is_none_or(|w| m.relative() > w.relative()) {
+            worst = Some(m);
+        }
+    }
+    worst.ok_or_else(|| anyhow::anyhow!("no tensors to compare"))
 }
 
 #[cfg(test)]

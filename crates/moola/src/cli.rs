@@ -2,8 +2,8 @@
 //! re-implementation's additions).
 //!
 //! ```text
-//! moola [--config-file F] [--device cpu|cuda] <command> [args] [KEY VALUE ...]
-//!   doctor     resolved configuration, paths, compiled backends, CUDA availability
+//! moola [--config-file F] [--device cpu|cuda|wgpu] <command> [args] [KEY VALUE ...]
+//!   doctor     resolved configuration, paths, compiled backends, CUDA driver, wgpu adapters
 //!   ingest     validate a data file and write the canonical parquet
 //!   describe   print a model's architecture and parameter count
 //!   train      fit a model, save it, report held-out metrics
@@ -467,14 +467,9 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn doctor(cfg: &MoolaConfig, device: DeviceKind) -> Result<()> {
     println!("moola {}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "backends compiled in: {}",
-        kiln::backend::compiled_backends().join(", ")
-    );
     println!("requested device: {device}");
-    match kiln::backend::cuda_available() {
-        Ok(()) => println!("CUDA driver: found"),
-        Err(_) => println!("CUDA driver: not found (CPU only)"),
+    for line in kiln::backend::device_report() {
+        println!("{line}");
     }
     println!(
         "CPU threads: {}",

@@ -69,6 +69,18 @@ fn train(
     batch: usize,
     extra: &[&str],
 ) -> std::path::PathBuf {
+    train_on("cpu", dir, name, devices, batch, extra)
+}
+
+/// [`train`] on `--device device`.
+fn train_on(
+    device: &str,
+    dir: &Path,
+    name: &str,
+    devices: &str,
+    batch: usize,
+    extra: &[&str],
+) -> std::path::PathBuf {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join(DATA);
     let batch = batch.to_string();
     let layout = match devices.strip_prefix('v') {
@@ -77,6 +89,8 @@ fn train(
     };
     let mut args = vec![
         "--quiet",
+        "--device",
+        device,
         layout[0],
         layout[1],
         "train",
@@ -217,15 +231,19 @@ fn assert_close(
 /// The initial weights of the runs below: the CLI's network (BasicMotions: 6 channels, 4
 /// classes, 100 steps) initialised as `moola train` does with seed 3.
 fn initial() -> Vec<(String, Vec<f32>)> {
+    initial_on::<Flex>(&Default::default())
+}
+
+/// [`initial`] as `moola train` initialises them on backend `Bk`.
+fn initial_on<Bk: Backend>(device: &Bk::Device) -> Vec<(String, Vec<f32>)> {
     let spec = ModelSpec::SimpleLstm(SimpleLstmConfig {
         hidden_size: 16,
         num_heads: 2,
         ..SimpleLstmConfig::default()
     });
-    let device = Default::default();
-    let net = kiln::seed::init_module::<Flex, _, _>(&device, 3, || spec.init(6, 4, 100, &device))
-        .unwrap();
-    params::<Flex, _>(&net)
+    let net =
+        kiln::seed::init_module::<Bk, _, _>(device, 3, || spec.init(6, 4, 100, device)).unwrap();
+    params::<Bk, _>(&net)
 }
 
 #[test]
@@ -256,4 +274,32 @@ fn two_worker_threads_on_half_batches_match_one_device_on_the_whole_batch() {
         }
     });
     println!("largest difference / movement: {worst:e}");
+}
+
+/// Two worker threads on one wgpu adapter (`--device wgpu --devices 0,0`) train the model one
+/// wgpu device trains as two virtual ranks, one epoch; the model saved on wgpu is read on flex.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_two_worker_threads_match_two_virtual_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_epoch = [NO_REGULARISERS, &["simple_lstm.train.n_epochs", "1"]].concat();
+    let two = saved(&train_on("wgpu", dir.path(), "two", "0,0", 4, &one_epoch));
+    let virtual_ranks = saved(&train_on(
+        "wgpu",
+        dir.path(),
+        "virtual",
+        "v2",
+        4,
+        &one_epoch,
+    ));
+    let init = initial_on::<kiln::backend::WgpuBackend>(&Default::default());
+    // The key bias moves by float noise alone (see the test above): 1e-1 of its movement.
+    let worst = assert_close(&two, &virtual_ranks, &init, None, |name| {
+        if name.ends_with("in_proj_bias") {
+            1e-1
+        } else {
+            1e-3
+        }
+    });
+    println!("wgpu: largest difference / movement: {worst:e}");
 }

@@ -2,7 +2,7 @@
 //! `--config-file <yml>` (also spelled `--config_file`) and trailing yacs `KEY VALUE` pairs.
 //!
 //! ```text
-//! reid [--device cpu|cuda] [--quiet] <command> --config-file configs/256_resnet50.yml [KEY VALUE ...]
+//! reid [--device cpu|cuda|wgpu] [--quiet] <command> --config-file configs/256_resnet50.yml [KEY VALUE ...]
 //!   train              train_ctl_model.py (default) or train_base_model.py (--model base)
 //!   test               the TEST.ONLY_TEST flow on MODEL.PRETRAIN_PATH (own or reference .ckpt)
 //!   create-embeddings  inference/create_embeddings.py: embeddings.npy + paths.npy
@@ -11,6 +11,7 @@
 //!   evaluate           mAP/CMC of precomputed query/gallery embeddings (.npy), three protocols
 //!   convert-fashion-mnist   build the bundled Market1501-layout Fashion-MNIST set
 //!   bench              one CTL training step and embedding throughput, next to PyTorch
+//!   doctor             compiled backends, CUDA driver, wgpu adapters, CPU threads
 //! ```
 
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ pub enum Command {
     ConvertFashionMnist(ConvertArgs),
     /// Time one CTL training step and embedding throughput, next to PyTorch.
     Bench(crate::bench::BenchArgs),
+    /// The devices this binary can use: compiled backends, CUDA driver, wgpu adapters.
+    Doctor,
 }
 
 /// `reid convert-fashion-mnist` arguments.
@@ -139,6 +142,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Visrank(a) => tools::visrank(a, device, progress),
         Command::Evaluate(a) => tools::evaluate(a),
         Command::Bench(a) => crate::bench::run(&a, device),
+        Command::Doctor => {
+            doctor(device);
+            Ok(())
+        }
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
             println!(
@@ -152,4 +159,16 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn doctor(device: kiln::DeviceKind) {
+    println!("reid {}", env!("CARGO_PKG_VERSION"));
+    println!("requested device: {device}");
+    for line in kiln::backend::device_report() {
+        println!("{line}");
+    }
+    println!(
+        "CPU threads: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
 }

@@ -1,0 +1,79 @@
+//! The one-layer model and batch of the loss-scaling tests (`grad_scaler.rs`), generic over the
+//! backend so that `wgpu.rs` runs the same step on burn-wgpu.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+#[derive(Module, Debug)]
+pub struct Net<B: Backend> {
+    pub linear: Linear<B>,
+}
+
+impl<B: Backend> Net<B> {
+    pub fn new(device: &B::Device) -> Self {
+        let weight = vec![0.5f32, -0.25, 0.125, 1.0, 0.75, -0.5];
+        Self {
+            linear: Linear {
+                weight: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(weight, [3, 2]),
+                    device,
+                )),
+                bias: Some(Param::from_tensor(Tensor::from_data(
+                    TensorData::new(vec![0.1f32, -0.2], [2]),
+                    device,
+                ))),
+            },
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        kiln::amp::linear_layer(&self.linear, x)
+    }
+
+    pub fn weights(&self) -> Vec<f32> {
+        let mut w = self
+            .linear
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        w.extend(
+            self.linear
+                .bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
+        );
+        w
+    }
+}
+
+/// A quarter of the mean squared error on a fixed batch of three, the targets multiplied by
+/// `scale_targets`. At `scale_targets` 1 the largest gradient is 0.55 (on `linear.weight`), so
+/// under `16-mixed` its scaled value (×2¹⁶: 35,840) and the output gradient on the way there
+/// (16,657) stay within f16's range (65,504). Without the quarter they did not (143,360 and
+/// 66,628): the first step at the initial scale was skipped on every backend.
+pub fn loss<B: Backend>(model: &Net<B>, scale_targets: f32, device: &B::Device) -> Tensor<B, 1> {
+    let x = Tensor::<B, 2>::from_data(
+        TensorData::new(
+            vec![1.0f32, 2.0, -1.0, 0.5, -0.5, 1.5, -2.0, 1.0, 0.25],
+            [3, 3],
+        ),
+        device,
+    );
+    let y = Tensor::<B, 2>::from_data(
+        TensorData::new(vec![1.0f32, -1.0, 2.0, 0.0, -0.5, 1.5], [3, 2]),
+        device,
+    )
+    .mul_scalar(scale_targets);
+    (model.forward(x).cast(burn::tensor::FloatDType::F32) - y)
+        .square()
+        .mean()
+        .mul_scalar(0.25)
+}

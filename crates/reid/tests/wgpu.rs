@@ -1,0 +1,177 @@
+//! The reid model on burn-wgpu (`--features wgpu`; CI runs this on Mesa's lavapipe) against the
+//! same weights on burn-flex, at tiny sizes: ResNet18 and ResNet50-IBN-a at base width 4 and 8,
+//! each with the BNNeck, classifier and centers, on 8 images of 32×16 (2 identities × 4).
+//!
+//! Weights are initialised on flex and copied to wgpu through the checkpoint format
+//! (`kiln::testing::transfer`); differences are per tensor, relative to the flex tensor's largest
+//! value (`kiln::testing::max_relative_diff`). Tolerances:
+//!
+//! * evaluation forward in f32 (pre-BN feature, BNNeck feature, logits): 1e-4;
+//! * the same under `16-mixed` autocast, wgpu against flex: 1e-2;
+//! * one CTL training step in f32 (batch statistics, SGD lr 0.1): loss 1e-4, gradients 1e-3,
+//!   updated weights and BatchNorm running statistics 1e-4.
+
+#![cfg(feature = "wgpu")]
+
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use kiln::amp::{Precision, autocast};
+use kiln::backend::{Autodiff, Flex, WgpuBackend, WgpuDevice};
+use kiln::testing::{Mismatch, max_relative_diff};
+use reid::loss::objective::{LossConfig, LossInputs, ctl_model_loss};
+use reid::model::{Arch, ReidModel, ResNetConfig};
+
+const N: usize = 8;
+const H: usize = 32;
+const W: usize = 16;
+const CLASSES: usize = 2;
+
+type Outputs = Vec<(String, Vec<f32>)>;
+
+fn wgpu() -> WgpuDevice {
+    WgpuDevice::DefaultDevice
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.cast(burn::tensor::FloatDType::F32)
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+/// Deterministic images `[8, 3, 32, 16]` with values of a normalised photo's size.
+fn images<B: Backend>(device: &B::Device) -> Tensor<B, 4> {
+    let v: Vec<f32> = (0..N * 3 * H * W)
+        .map(|i| {
+            let x = i as f32 * 0.37;
+            x.sin() + 0.5 * (0.11 * x).cos() + 0.2 * ((i * 7919) % 17) as f32 / 17.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, [N, 3, H, W]), device)
+}
+
+fn configs() -> Vec<(&'static str, ResNetConfig)> {
+    vec![
+        (
+            "resnet18 (width 4)",
+            ResNetConfig::new(Arch::ResNet18, 1).with_width(4),
+        ),
+        (
+            "resnet50_ibn_a (width 8)",
+            ResNetConfig::new(Arch::ResNet50IbnA, 1).with_width(8),
+        ),
+    ]
+}
+
+fn pair<F: Backend, G: Backend>(
+    config: &ResNetConfig,
+    flex: &F::Device,
+    wgpu: &G::Device,
+) -> (ReidModel<F>, ReidModel<G>) {
+    kiln::seed::seed_backend::<F>(flex, 5, "init", 0);
+    let f = ReidModel::<F>::new(config, CLASSES, flex).unwrap();
+    let g = ReidModel::<G>::new(config, CLASSES, wgpu).unwrap();
+    let g = kiln::testing::transfer(&f, g, wgpu).unwrap();
+    (f, g)
+}
+
+fn outputs<B: Backend>(model: &ReidModel<B>, x: Tensor<B, 4>) -> Outputs {
+    let out = model.forward(x);
+    vec![
+        ("global_feat".into(), values(out.global_feat)),
+        ("bn_feat".into(), values(out.bn_feat)),
+        ("logits".into(), values(out.logits)),
+    ]
+}
+
+fn check(name: &str, what: &str, m: &Mismatch, tol: f32) {
+    eprintln!("{name} {what}: {m}");
+    assert!(
+        m.relative() <= tol,
+        "{name} {what}: {m} > tolerance {tol:e}"
+    );
+}
+
+#[test]
+fn reid_forward_on_wgpu_matches_flex() {
+    let f16 = kiln::amp::check_backend::<WgpuBackend>(Precision::F16Mixed, &wgpu()).is_ok();
+    for (name, config) in configs() {
+        let (f, g) = pair::<Flex, WgpuBackend>(&config, &Default::default(), &wgpu());
+        let want = outputs(&f, images(&Default::default()));
+        let got = outputs(&g, images(&wgpu()));
+        check(
+            name,
+            "f32 forward",
+            &max_relative_diff(&got, &want).unwrap(),
+            1e-4,
+        );
+        if f16 {
+            let want = autocast(Precision::F16Mixed, || {
+                outputs(&f, images(&Default::default()))
+            });
+            let got = autocast(Precision::F16Mixed, || outputs(&g, images(&wgpu())));
+            check(
+                name,
+                "16-mixed forward",
+                &max_relative_diff(&got, &want).unwrap(),
+                1e-2,
+            );
+        }
+    }
+}
+
+/// One CTL step with SGD: (loss, gradients, updated weights and running statistics).
+fn ctl_step<B: AutodiffBackend>(
+    model: ReidModel<B>,
+    device: &B::Device,
+) -> (f32, Outputs, Outputs) {
+    let labels = [0usize, 0, 0, 0, 1, 1, 1, 1];
+    let is_real = [true; N];
+    let features = model.forward_features(images(device));
+    let inputs = LossInputs {
+        features,
+        labels: &labels,
+        is_real: &is_real,
+        centers: model.center_loss.centers.val(),
+    };
+    let classify = |f: Tensor<B, 2>| model.classify(model.bnneck(f));
+    let loss = ctl_model_loss(&LossConfig::default(), inputs, classify)
+        .unwrap()
+        .total;
+    let value = values(loss.clone())[0];
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let g = kiln::testing::gradients(&model, &grads);
+    let mut optim = SgdConfig::new().init::<B, ReidModel<B>>();
+    let model = optim.step(0.1, model, grads);
+    (value, g, kiln::testing::module_params(&model).unwrap())
+}
+
+#[test]
+fn reid_ctl_training_step_on_wgpu_matches_flex() {
+    for (name, config) in configs() {
+        let (f, g) =
+            pair::<Autodiff<Flex>, Autodiff<WgpuBackend>>(&config, &Default::default(), &wgpu());
+        let (loss_f, grads_f, weights_f) = ctl_step(f, &Default::default());
+        let (loss_g, grads_g, weights_g) = ctl_step(g, &wgpu());
+        let loss = Mismatch {
+            name: "loss".into(),
+            diff: (loss_g - loss_f).abs(),
+            scale: loss_f.abs(),
+        };
+        check(name, "step loss", &loss, 1e-4);
+        assert!(!grads_f.is_empty(), "{name}: no gradients");
+        check(
+            name,
+            "step gradients",
+            &max_relative_diff(&grads_g, &grads_f).unwrap(),
+            1e-3,
+        );
+        check(
+            name,
+            "step weights",
+            &max_relative_diff(&weights_g, &weights_f).unwrap(),
+            1e-4,
+        );
+    }
+}
