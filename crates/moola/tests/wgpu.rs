@@ -11,6 +11,10 @@
 //! * forward under `16-mixed` autocast on wgpu against flex's `16-mixed` forward: 1e-2;
 //! * one training step in f32 (dropout off, SGD lr 0.1): loss 1e-4, gradients 1e-3, updated
 //!   weights 1e-4 (of the weights).
+//!
+//! Each tensor is measured against at least 1e-4 of the largest value of all the compared
+//! tensors: a conv bias that a BatchNorm follows has a gradient of exactly zero in exact
+//! arithmetic, float noise of ~1e-9 on both backends, which differ by more than its size.
 
 #![cfg(feature = "wgpu")]
 
@@ -113,9 +117,16 @@ impl Case for Classifier {
 struct MaskedAutoencoder;
 
 impl MaskedAutoencoder {
+    /// The BiLSTM runs 16 of the 40 steps (its sequential steps dominate the tier's time).
+    const STEPS: usize = 16;
+
+    fn short<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.slice([0..BATCH, 0..Self::STEPS, 0..FEATURES])
+    }
+
     fn mask<B: Backend>(device: &B::Device) -> Tensor<B, 2, Bool> {
-        let m: Vec<bool> = (0..BATCH * STEPS).map(|i| (i / 5) % 3 == 1).collect();
-        Tensor::from_data(TensorData::new(m, [BATCH, STEPS]), device)
+        let m: Vec<bool> = (0..BATCH * Self::STEPS).map(|i| (i / 5) % 3 == 1).collect();
+        Tensor::from_data(TensorData::new(m, [BATCH, Self::STEPS]), device)
     }
 }
 
@@ -127,7 +138,7 @@ impl Case for MaskedAutoencoder {
     fn init<B: Backend>(&self, device: &B::Device) -> Self::Net<B> {
         let net = BiLstmMaskedAutoencoderConfig {
             input_dim: FEATURES,
-            hidden_dim: 16,
+            hidden_dim: 8,
             num_layers: 2,
             dropout: 0.0,
         }
@@ -135,12 +146,14 @@ impl Case for MaskedAutoencoder {
         kiln::checkpoint::materialize(net)
     }
     fn outputs<B: Backend>(&self, net: &Self::Net<B>, x: Tensor<B, 3>) -> Outputs {
+        let x = Self::short(x);
         vec![
             ("encoder".into(), values(net.encode(x.clone()))),
             ("reconstruction".into(), values(net.forward(x))),
         ]
     }
     fn loss<B: Backend>(&self, net: &Self::Net<B>, x: Tensor<B, 3>) -> Tensor<B, 1> {
+        let x = Self::short(x);
         let mask = Self::mask::<B>(&x.device());
         let keep = mask.clone().bool_not().float().unsqueeze_dim::<3>(2);
         let masked = x.clone() * keep;
@@ -231,8 +244,25 @@ fn pair<C: Case, F: Backend, W: Backend>(
     (on_flex, on_wgpu)
 }
 
+/// [`max_relative_diff`] with each tensor measured against at least 1e-4 of the largest value of
+/// all of `want`: a tensor that is zero in exact arithmetic (the gradient of a conv bias that a
+/// BatchNorm follows) holds float noise only, which differs between backends by more than its own
+/// size.
 fn worst(got: &Outputs, want: &Outputs) -> Mismatch {
-    max_relative_diff(got, want).unwrap()
+    let largest = want
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .fold(0f32, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| {
+            let mut m =
+                max_relative_diff(std::slice::from_ref(a), std::slice::from_ref(b)).unwrap();
+            m.scale = m.scale.max(1e-4 * largest);
+            m
+        })
+        .max_by(|x, y| x.relative().total_cmp(&y.relative()))
+        .expect("tensors to compare")
 }
 
 fn check(case: &impl Case, what: &str, m: &Mismatch, tol: f32) {
