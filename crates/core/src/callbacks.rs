@@ -323,8 +323,33 @@ impl ModelCheckpoint {
 }
 
 impl Callback for ModelCheckpoint {
+    /// `model_checkpoint[...]` with the configuration in the brackets, so that two checkpoint
+    /// callbacks of one run keep their own state in a checkpoint (the top-k lists differ), e.g.
+    /// `model_checkpoint[monitor=val_loss,mode=min,top_k=1,last]`. Checkpoints written when
+    /// every one was `model_checkpoint` resume through that key
+    /// ([`CallbackStates::get`](crate::checkpoint::CallbackStates::get)).
     fn name(&self) -> String {
-        "model_checkpoint".to_string()
+        let mut parts = Vec::new();
+        if let Some(monitor) = &self.monitor {
+            let mode = match self.mode {
+                Mode::Min => "min",
+                Mode::Max => "max",
+            };
+            parts.push(format!(
+                "monitor={monitor},mode={mode},top_k={}",
+                self.save_top_k
+            ));
+        }
+        if self.save_last {
+            parts.push("last".to_string());
+        }
+        if let Some(n) = self.every_n_epochs {
+            parts.push(format!("every_n_epochs={n}"));
+        }
+        if let Some(dir) = &self.dir {
+            parts.push(format!("dir={}", dir.display()));
+        }
+        format!("model_checkpoint[{}]", parts.join(","))
     }
 
     fn on_epoch_end(&mut self, ctx: &EpochEnd<'_>, actions: &mut Actions) -> Result<()> {
@@ -473,5 +498,28 @@ mod tests {
                 .to_string_lossy()
                 .contains("best-epoch=003")
         );
+    }
+
+    /// Checkpoint callbacks of different configurations have different names (their states
+    /// are keyed by name in a checkpoint).
+    #[test]
+    fn checkpoint_names_carry_the_configuration() {
+        let names = [
+            ModelCheckpoint::best("val_loss", Mode::Min, 1),
+            ModelCheckpoint::best("val_loss", Mode::Max, 1),
+            ModelCheckpoint::best("val_loss", Mode::Min, 2),
+            ModelCheckpoint::best("val_acc", Mode::Min, 1),
+            ModelCheckpoint::best("val_loss", Mode::Min, 1).with_dir("/elsewhere"),
+            ModelCheckpoint::best("val_loss", Mode::Min, 1).with_every_n_epochs(5),
+            ModelCheckpoint::last_only(),
+        ]
+        .map(|cb| cb.name());
+        assert_eq!(
+            names[0],
+            "model_checkpoint[monitor=val_loss,mode=min,top_k=1,last]"
+        );
+        assert_eq!(names[6], "model_checkpoint[last]");
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
     }
 }

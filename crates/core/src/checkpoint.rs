@@ -171,7 +171,7 @@ pub struct CheckpointMeta {
     #[serde(deserialize_with = "nan_for_null")]
     pub metrics: BTreeMap<String, f64>,
     /// Callback states by callback name.
-    pub callbacks: BTreeMap<String, serde_json::Value>,
+    pub callbacks: CallbackStates,
     /// Free-form task state (e.g. label maps).
     pub task: serde_json::Value,
     /// Names and lengths of the binary sections that follow the header.
@@ -186,6 +186,39 @@ fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Strin
         .into_iter()
         .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
         .collect())
+}
+
+/// The callback states of a checkpoint, by [`Callback::name`](crate::callbacks::Callback::name)
+/// (a JSON object in the header).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallbackStates(pub BTreeMap<String, serde_json::Value>);
+
+impl CallbackStates {
+    /// The state saved for the callback called `name`.
+    ///
+    /// A name with its configuration in brackets (`model_checkpoint[monitor=val_loss,…]`) that
+    /// the checkpoint does not hold falls back to the state under the bare name before the
+    /// bracket (`model_checkpoint`): checkpoints written before the name carried the
+    /// configuration still resume.
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0
+            .get(name)
+            .or_else(|| self.0.get(name.split_once('[')?.0))
+    }
+}
+
+impl FromIterator<(String, serde_json::Value)> for CallbackStates {
+    fn from_iter<I: IntoIterator<Item = (String, serde_json::Value)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl std::ops::Deref for CallbackStates {
+    type Target = BTreeMap<String, serde_json::Value>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 const MAGIC: &[u8] = b"KILNCKPT1\n";
@@ -449,7 +482,9 @@ mod tests {
             global_step: 30,
             seed: 9,
             metrics: [("val_loss".to_string(), 0.5)].into(),
-            callbacks: BTreeMap::new(),
+            callbacks: [("early_stopping[val_loss]".to_string(), serde_json::json!(1))]
+                .into_iter()
+                .collect(),
             task: serde_json::json!({"labels": ["a", "b"]}),
             sections: vec![],
         };
@@ -482,7 +517,7 @@ mod tests {
             global_step: 1,
             seed: 1,
             metrics: [("a".to_string(), f64::NAN), ("b".to_string(), 2.0)].into(),
-            callbacks: BTreeMap::new(),
+            callbacks: CallbackStates::default(),
             task: serde_json::Value::Null,
             sections: vec![],
         };
@@ -514,5 +549,34 @@ mod tests {
         assert_eq!(params[0].1, w);
         assert_eq!(params[2].1.len(), 3);
         assert!(record_params(b"not a record").is_err());
+    }
+
+    /// A callback's own key first; a bracketed name missing from the checkpoint falls back to
+    /// its bare name (the key of checkpoints written before names carried a configuration),
+    /// never to another callback's state. The header keeps its JSON object.
+    #[test]
+    fn callback_states_fall_back_to_the_bare_name() {
+        use serde_json::json;
+        let old: CallbackStates =
+            serde_json::from_str(r#"{"model_checkpoint": [1], "early_stopping[val_loss]": 2}"#)
+                .unwrap();
+        assert_eq!(
+            old.get("model_checkpoint[monitor=val_loss]"),
+            Some(&json!([1]))
+        );
+        assert_eq!(old.get("early_stopping[val_loss]"), Some(&json!(2)));
+        assert_eq!(old.get("early_stopping[val_acc]"), None);
+        assert_eq!(old.get("other"), None);
+        let new: CallbackStates = [
+            ("model_checkpoint[last]".to_string(), json!(3)),
+            ("model_checkpoint".to_string(), json!(0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(new.get("model_checkpoint[last]"), Some(&json!(3)));
+        assert_eq!(
+            serde_json::to_value(&new).unwrap(),
+            json!({"model_checkpoint": 0, "model_checkpoint[last]": 3})
+        );
     }
 }

@@ -806,3 +806,54 @@ fn best_checkpoints_hold_the_best_epochs_by_the_monitor_mode() {
     let (epochs, _, weights) = checkpoint_weights(&dir.join(&best[0]));
     assert_eq!((epochs, &weights), (4, &seen[3]));
 }
+
+/// Two checkpoint callbacks of one run keep their own top-k lists across a resume (as in the
+/// uninterrupted run above), and a checkpoint from when every checkpoint callback saved its
+/// state under the one key `model_checkpoint` still resumes with its list.
+#[test]
+fn checkpoint_callbacks_keep_their_own_state_across_a_resume() {
+    let _guard = seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let max_dir = dir.path().join("max");
+    let both = || {
+        vec![
+            ModelCheckpoint::best("val_loss", Mode::Min, 1),
+            ModelCheckpoint::best("val_acc", Mode::Max, 2).with_dir(&max_dir),
+        ]
+    };
+    fit_scripted(2, dir.path(), false, both());
+    fit_scripted(6, dir.path(), true, both());
+    let best = best_files(&dir.path().join("checkpoints"));
+    assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
+    let best = best_files(&max_dir);
+    assert_eq!(
+        best,
+        [
+            "best-epoch=001-val_acc=0.900000.ckpt",
+            "best-epoch=003-val_acc=0.800000.ckpt"
+        ],
+        "{best:?}"
+    );
+
+    // The old key: last.ckpt of a 2-epoch run rewritten with its one state under
+    // `model_checkpoint`. The resumed run knows epoch 1's 0.4, so epoch 2's 0.7 is no best
+    // and epoch 3's 0.3 replaces epoch 1's file.
+    let old = tempfile::tempdir().unwrap();
+    let one = || vec![ModelCheckpoint::best("val_loss", Mode::Min, 1)];
+    fit_scripted(2, old.path(), false, one());
+    let last = old.path().join("checkpoints/last.ckpt");
+    let (mut meta, sections) = kiln::checkpoint::read_checkpoint(&last).unwrap();
+    assert_eq!(meta.callbacks.len(), 1);
+    let state = meta.callbacks.values().next().unwrap().clone();
+    meta.callbacks = [("model_checkpoint".to_string(), state)]
+        .into_iter()
+        .collect();
+    let sections = sections
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.clone()))
+        .collect();
+    kiln::checkpoint::write_checkpoint(&last, meta, sections).unwrap();
+    fit_scripted(6, old.path(), true, one());
+    let best = best_files(&old.path().join("checkpoints"));
+    assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
+}

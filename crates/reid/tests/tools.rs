@@ -57,7 +57,7 @@ fn fixture() -> &'static Fixture {
             global_step: 10,
             seed: 0,
             metrics: BTreeMap::new(),
-            callbacks: BTreeMap::new(),
+            callbacks: Default::default(),
             task: serde_json::to_value(CheckpointTask {
                 model: config,
                 size_train: [H, W],
