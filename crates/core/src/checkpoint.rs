@@ -74,6 +74,35 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
     v.out
 }
 
+/// Paths of the float tensors of a module that require a gradient, in visiting order: what an
+/// optimiser steps and a data-parallel run averages. Frozen parameters and BatchNorm running
+/// statistics are not among them.
+pub fn trainable_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    struct Trainable {
+        path: Vec<String>,
+        out: Vec<String>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Trainable {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.val().is_require_grad() {
+                self.out.push(self.path.join("."));
+            }
+        }
+    }
+    let mut v = Trainable {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 /// Number of learnable values, as PyTorch's `sum(p.numel() for p in model.parameters())` counts
 /// them: BatchNorm running statistics (`running_mean`, `running_var`) are buffers there, while
 /// Burn's `num_params` includes them.
@@ -97,13 +126,39 @@ pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
 
 /// Loads `record` into `module`, failing (instead of mis-loading) when any parameter's shape
 /// differs from what the module expects.
+///
+/// Which tensors train stays as `module` had it: a float tensor that required no gradient there
+/// (a frozen parameter, a BatchNorm running statistic) is loaded outside the autodiff graph.
+/// Burn's `RunningState` would otherwise take the loaded tensor as the record made it, marked
+/// for a gradient and moved to the device by a recorded operation, so that every running
+/// update of a resumed run chained onto the last.
 pub fn load_checked<B: Backend, M: Module<B>>(
     module: M,
     record: M::Record,
     what: &str,
 ) -> Result<M> {
+    struct Frozen(Vec<bool>);
+    impl<B: Backend> ModuleVisitor<B> for Frozen {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(!param.val().is_require_grad());
+        }
+    }
+    struct Untrack(std::vec::IntoIter<bool>);
+    impl<B: Backend> ModuleMapper<B> for Untrack {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if self.0.next().unwrap_or(false) {
+                param.map(|t| t.set_require_grad(false))
+            } else {
+                param
+            }
+        }
+    }
     let expected = param_shapes::<B, M>(&module);
-    let loaded = module.load_record(record);
+    let mut frozen = Frozen(Vec::new());
+    module.visit(&mut frozen);
+    let loaded = module
+        .load_record(record)
+        .map(&mut Untrack(frozen.0.into_iter()));
     let got = param_shapes::<B, M>(&loaded);
     if expected.len() != got.len() {
         bail!(
@@ -146,15 +201,33 @@ pub fn load_module<B: Backend, M: Module<B>>(
     load_checked(module, record, &path.display().to_string())
 }
 
-/// Sets `require_grad` on every float parameter of a module (freeze with `false`).
+/// Sets `require_grad` on every float parameter of a module (freeze with `false`). BatchNorm
+/// running statistics (the `running_mean` and `running_var` of kiln's and Burn's layers) are
+/// buffers and stay out of the autodiff graph.
 pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: bool) -> M {
-    struct Flag(bool);
+    struct Flag {
+        trainable: bool,
+        field: Vec<String>,
+    }
     impl<B: Backend> ModuleMapper<B> for Flag {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.field.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.field.pop();
+        }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            param.set_require_grad(self.0)
+            let running = self
+                .field
+                .last()
+                .is_some_and(|f| f == "running_mean" || f == "running_var");
+            param.set_require_grad(self.trainable && !running)
         }
     }
-    module.map(&mut Flag(trainable))
+    module.map(&mut Flag {
+        trainable,
+        field: Vec::new(),
+    })
 }
 
 /// The JSON header of a checkpoint.

@@ -891,3 +891,216 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
 pub fn eval_net<B: AutodiffBackend>(net: &Net<B>) -> Net<B::InnerBackend> {
     net.valid()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CnnTransformerConfig;
+    use kiln::backend::{Autodiff, Flex};
+
+    type AD = Autodiff<Flex>;
+
+    const T: usize = 24;
+    const WINDOW: InnerWindow = InnerWindow { start: 6, end: 18 };
+
+    /// `n` labelled windows `[T, 4]` of smooth deterministic values (labels `down`, `up`
+    /// alternating), with expansions in and around [`WINDOW`] (those before it clip to 0).
+    fn windows(n: usize, phase: f32) -> WindowSet {
+        let x = (0..n * T * 4)
+            .map(|i| ((i as f32 * 0.37 + phase).sin() + (i / (T * 4)) as f32 * 0.1))
+            .collect();
+        let labels = (0..n).map(|i| ["down", "up"][i % 2].to_string()).collect();
+        let expansion = (0..n)
+            .map(|i| Some((2 + 3 * (i % 5) as i64, 5 + 3 * (i % 5) as i64)))
+            .collect();
+        let ids = (0..n).map(|i| format!("w{i}")).collect();
+        WindowSet::new(ids, x, T, 4, Some(labels), Some(expansion)).unwrap()
+    }
+
+    fn pointer_spec() -> ModelSpec {
+        ModelSpec::CnnTransformer(CnnTransformerConfig {
+            cnn_channels: vec![4, 4, 8],
+            cnn_kernels: vec![3, 5],
+            transformer_layers: 1,
+            transformer_heads: 2,
+            dropout: 0.0,
+            predict_pointers: true,
+            window: Some(WINDOW),
+        })
+    }
+
+    /// β ramps over 4 epochs to 0.6 (not the reference's 0.1 over 50); mixup only, no temporal
+    /// augmentation; every validation window in one batch.
+    fn recipe(multitask_mix_inputs: bool) -> TrainConfig {
+        TrainConfig {
+            batch_size: 16,
+            pointer_beta_max: 0.6,
+            pointer_beta_warmup_epochs: 4,
+            multitask_mix_inputs,
+            mixup_alpha: 1.0,
+            cutmix_prob: 0.0,
+            temporal_aug: crate::augment::TemporalAugment {
+                enabled: false,
+                ..Default::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    fn info(epoch: usize, global_step: usize) -> EpochInfo {
+        EpochInfo {
+            epoch,
+            max_epochs: 10,
+            global_step,
+            seed: 5,
+            rank: 0,
+            world_size: 1,
+        }
+    }
+
+    /// `CE(class) + β·(BCE(start) + BCE(end))` in f64 from host logits: CE through
+    /// log-sum-exp, the BCEs as `softplus(z) − z·t` against one-hot targets, all means.
+    fn multitask_by_hand(
+        logits: &[Vec<f32>],
+        starts: &[Vec<f32>],
+        ends: &[Vec<f32>],
+        labels: &[usize],
+        pointers: &[(usize, usize)],
+        beta: f64,
+    ) -> f64 {
+        let n = logits.len() as f64;
+        let ce: f64 = logits
+            .iter()
+            .zip(labels)
+            .map(|(row, &y)| {
+                let max = row.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (f64::from(v) - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                lse - f64::from(row[y])
+            })
+            .sum::<f64>()
+            / n;
+        let bce = |rows: &[Vec<f32>], target: &dyn Fn(usize) -> usize| {
+            let mut sum = 0.0;
+            let mut count = 0.0;
+            for (i, row) in rows.iter().enumerate() {
+                for (j, &z) in row.iter().enumerate() {
+                    let z = f64::from(z);
+                    let t = if j == target(i) { 1.0 } else { 0.0 };
+                    sum += z.max(0.0) + (-z.abs()).exp().ln_1p() - z * t;
+                    count += 1.0;
+                }
+            }
+            sum / count
+        };
+        ce + beta * (bce(starts, &|i| pointers[i].0) + bce(ends, &|i| pointers[i].1))
+    }
+
+    /// Pointer targets of [`windows`] by hand: the expansion relative to the window start,
+    /// clipped to the window.
+    fn targets(set: &WindowSet, rows: &[usize]) -> (Vec<usize>, Vec<(usize, usize)>) {
+        let labels = rows.iter().map(|&i| i % 2).collect();
+        let rel = |v: i64| (v - WINDOW.start as i64).clamp(0, (WINDOW.len() - 1) as i64) as usize;
+        let exp = set.expansion.as_ref().unwrap();
+        let ptr = rows
+            .iter()
+            .map(|&i| {
+                let (s, e) = exp[i].unwrap();
+                (rel(s), rel(e))
+            })
+            .collect();
+        (labels, ptr)
+    }
+
+    /// The network's outputs on `x` (`[rows, T, 4]`), on the host.
+    fn outputs<Bk: Backend>(net: &Net<Bk>, x: Vec<f32>, rows: usize) -> HostOutputs {
+        let input =
+            Tensor::<Bk, 3>::from_data(TensorData::new(x, [rows, T, 4]), &Default::default());
+        let out = net.forward(input);
+        let (s, e) = out.pointers.expect("pointer heads");
+        (
+            super::rows(out.logits).unwrap(),
+            Some((super::rows(s).unwrap(), super::rows(e).unwrap())),
+        )
+    }
+
+    /// The validation loss is the class loss plus the pointer loss weighted by
+    /// `β = pointer_beta_max · min(epoch / pointer_beta_warmup_epochs, 1)`, computed here.
+    #[test]
+    fn validation_loss_weights_the_pointer_loss_by_the_ramp() {
+        let device = Default::default();
+        let (train, val) = (windows(16, 0.0), windows(12, 1.3));
+        let mut session = Session::<AD>::with_validation(
+            &pointer_spec(),
+            &recipe(true),
+            &train,
+            Some(&val),
+            &device,
+        )
+        .unwrap();
+        assert_eq!(session.prepared.labels.classes(), ["down", "up"]);
+        let net = session.net.valid();
+        let (logits, pointers) = outputs(&net, val.x.clone(), val.len());
+        let (starts, ends) = pointers.unwrap();
+        let (labels, ptr) = targets(&val, &(0..val.len()).collect::<Vec<_>>());
+        for (epoch, beta) in [(0, 0.0), (1, 0.15), (2, 0.3), (3, 0.45), (4, 0.6), (9, 0.6)] {
+            let got = session.task.validate(&net, &info(epoch, 0)).unwrap()["val_loss"];
+            let want = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, beta);
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "epoch {epoch}: val_loss {got}, by hand {want} (β {beta})"
+            );
+        }
+        // The pointer term is not negligible: β 0.6 against β 0 moves the loss.
+        let none = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, 0.0);
+        let full = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, 0.6);
+        assert!(full - none > 0.1, "{none} {full}");
+    }
+
+    /// A training step's loss: with `multitask_mix_inputs` the network sees the mixup of the
+    /// batch (the draw of the step's augmentation stream) and the loss keeps the un-mixed class
+    /// and pointer targets; without it the network sees the batch itself.
+    #[test]
+    fn training_loss_mixes_the_inputs_but_not_the_targets() {
+        let device = Default::default();
+        let train = windows(16, 0.0);
+        let rows: Vec<usize> = vec![3, 0, 7, 12, 5, 10, 1, 14];
+        let (labels, ptr) = targets(&train, &rows);
+        let (epoch, step) = (3, 17);
+        let beta = 0.6 * 3.0 / 4.0;
+        let x = gather(&train.x, T * 4, &rows);
+        for mix in [false, true] {
+            let mut config = recipe(mix);
+            config.val_split = 0.0;
+            let mut session =
+                Session::<AD>::new(&pointer_spec(), &config, &train, &device).unwrap();
+            let got = session
+                .task
+                .training_step(&session.net, rows.clone(), &info(epoch, step))
+                .unwrap()
+                .loss
+                .into_scalar()
+                .elem::<f64>();
+            let seen = if mix {
+                let mut rng =
+                    kiln::seed::rng(info(epoch, step).stream_seed(), "augment", step as u64);
+                let mixed = mixup_cutmix(&x, rows.len(), T, 4, 1.0, 0.3, 0.0, &mut rng);
+                assert!(mixed.lambda < 0.99 && mixed.x != x, "λ {}", mixed.lambda);
+                mixed.x
+            } else {
+                x.clone()
+            };
+            let (logits, pointers) = outputs(&session.net, seen, rows.len());
+            let (starts, ends) = pointers.unwrap();
+            let want = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, beta);
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "mix {mix}: loss {got}, by hand {want}"
+            );
+        }
+    }
+}
