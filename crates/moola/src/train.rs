@@ -1103,4 +1103,54 @@ mod tests {
             );
         }
     }
+
+    /// A frozen pre-trained LSTM opens at epoch `unfreeze_after` (not one epoch earlier or
+    /// later) and stays open, and the learning rate is multiplied by `unfreeze_lr_factor` then,
+    /// once; the attention and head train throughout.
+    #[test]
+    fn the_encoder_unfreezes_at_its_epoch_with_the_lr_factor() {
+        struct Lr(Vec<f64>);
+        impl kiln::optim::LrControl for Lr {
+            fn lr(&self) -> f64 {
+                1.0
+            }
+            fn scale_lr(&mut self, factor: f64) {
+                self.0.push(factor);
+            }
+        }
+        let device = Default::default();
+        let spec = ModelSpec::SimpleLstm(crate::model::SimpleLstmConfig {
+            hidden_size: 8,
+            num_heads: 2,
+            dropout: 0.0,
+            ..Default::default()
+        });
+        let mut config = recipe(false);
+        config.val_split = 0.0;
+        let mut session = Session::<AD>::new(&spec, &config, &windows(8, 0.0), &device).unwrap();
+        // The encoder itself is loaded when the session is built; the schedule needs only its
+        // configuration.
+        session.task.config.encoder = EncoderTransfer {
+            path: Some("encoder.mpk".into()),
+            freeze: true,
+            unfreeze_after: 3,
+            unfreeze_lr_factor: 0.3,
+            ..EncoderTransfer::default()
+        };
+        let mut net = session.net;
+        for epoch in 0..6 {
+            let mut lr = Lr(Vec::new());
+            net = session
+                .task
+                .on_epoch_start(net, &info(epoch, 0), &mut lr)
+                .unwrap();
+            let trainable = kiln::checkpoint::trainable_paths::<AD, _>(&net);
+            let lstm = trainable.iter().filter(|p| p.contains("lstm")).count();
+            let rest = trainable.len() - lstm;
+            assert_eq!(lstm > 0, epoch >= 3, "epoch {epoch}: {trainable:?}");
+            assert!(rest > 0, "epoch {epoch}: {trainable:?}");
+            let want: &[f64] = if epoch == 3 { &[0.3] } else { &[] };
+            assert_eq!(lr.0, want, "epoch {epoch}");
+        }
+    }
 }
