@@ -167,7 +167,7 @@ fn reid_learner_trains_writes_a_checkpoint_and_embeds_like_it() {
         .run_dir(dir.path().join("still"))
         .fit::<B>(&Default::default())
         .unwrap();
-    let conv = |m: &reid::ReidModel<B>| -> Vec<f32> {
+    let conv = |m: &reid::ReidModel<Flex>| -> Vec<f32> {
         m.backbone.base.conv1.weight.val().into_data().to_vec().unwrap()
     };
     let (moved, kept) = (conv(&trained.model), conv(&still.model));
