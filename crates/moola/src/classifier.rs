@@ -57,7 +57,7 @@ pub struct FitReport {
     /// How the fit trained: the small-data rule resolved (batch, epochs, steps per epoch,
     /// schedule).
     pub plan: train::Plan,
-    /// The input scaling (recorded in the model card).
+    /// The input scaling (recorded in the model card; `auto` resolved on the training set).
     pub scaling: crate::scaling::InputScaling,
 }
 
@@ -195,7 +195,7 @@ impl<B: AutodiffBackend> Classifier<B> {
             final_train_acc,
             num_params: kiln::checkpoint::parameter_count(&net),
             plan: fitted.plan,
-            scaling: self.config.scaling,
+            scaling: fitted.scaling,
         };
         let card = ModelCard::new(
             &self.spec,
@@ -203,7 +203,7 @@ impl<B: AutodiffBackend> Classifier<B> {
             data.seq_len,
             fitted.prepared.labels.classes().to_vec(),
         )
-        .with_scaling(self.config.scaling);
+        .with_scaling(fitted.scaling);
         self.fitted = Some(TrainedNet { net, card });
         Ok(report)
     }

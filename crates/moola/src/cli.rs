@@ -40,12 +40,13 @@ pub struct Cli {
     /// YAML configuration merged over the defaults (then `KEY VALUE` overrides).
     #[arg(long, global = true)]
     pub config_file: Option<PathBuf>,
-    /// The recipe preset: `default` (input scaling and the small-data rule) or `reference` (the
-    /// reference's recipe exactly); the same as the override `recipe <preset>`.
+    /// The recipe preset (the same as the override `recipe <preset>`): `auto` (default: the
+    /// small-data recipe up to `small_data.max_windows` training windows), `default`,
+    /// `small_data` or `reference` (the reference's recipe exactly).
     #[arg(long, global = true, value_enum)]
     pub recipe: Option<crate::config::RecipePreset>,
     /// Input scaling of every model and of pre-training (overrides every `*.scaling` key):
-    /// none, zscore, relative_close, relative_open, log_returns.
+    /// auto, none, zscore, relative_close, relative_open, log_returns.
     #[arg(long, global = true, value_enum)]
     pub scaling: Option<crate::scaling::InputScaling>,
     /// Device and progress options.
@@ -730,15 +731,16 @@ impl kiln::backend::DistJob for TrainJob {
             model_and_data(&cfg, &args.model, args.data.clone(), args.pointers)?;
         let (train_set, test_set, test_name) = split_for_training(&cfg, &data_path, data, &args)?;
         let (_, test_set) = apply_pointer_policy(spec.clone(), test_set, args.pointers)?;
+        // The recipe for this training set's size, with the encoder flags (written to
+        // config.yaml as trained).
         let n = train_set.len();
-        let train_cfg = recipe_for(
-            &cfg,
-            &args.model,
-            n,
+        let mut cfg = cfg.for_windows(n)?;
+        encoder_flags(
+            cfg.train_mut(&args.model)?,
             args.encoder.as_ref(),
             args.freeze_encoder,
-        )?;
-        let cfg = cfg.for_windows(n)?;
+        );
+        let (_, train_cfg) = cfg.model(&args.model)?;
         let out = model_dir(&cfg, args.out, &args.model);
         // A run that fails before its first checkpoint leaves no directory behind.
         let new_dir = main

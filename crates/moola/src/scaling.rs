@@ -8,13 +8,15 @@
 //!
 //! | setting | transform of each window, per channel `c` and step `t` | needs |
 //! |---|---|---|
+//! | `auto` (the default of new runs) | `zscore` when the windows' levels differ by much more than their own variation ([`InputScaling::resolve`]), else `none`; decided once per fit from the training windows | |
 //! | `none` | `x` (the reference) | |
 //! | `zscore` | `(x[t, c] − mean_c) / std_c` over the window's steps (population std; a constant channel becomes 0) | |
 //! | `relative_close` | `x[t, c] / close[0] − 1` for all four channels (a fraction: 0.01 is 1%) | OHLC windows (4 features: open, high, low, close), `close[0] > 0` |
 //! | `relative_open` | `x[t, c] / open[0] − 1` | as `relative_close`, `open[0] > 0` |
 //! | `log_returns` | `ln(x[t, c] / x[t − 1, c])`, 0 at `t = 0` | every value `> 0` |
 //!
-//! The setting is part of the model: a trained classifier records it in its card
+//! The setting is part of the model: a trained classifier records the resolved setting (never
+//! `auto`) in its card
 //! ([`ModelCard::scaling`](crate::model::ModelCard)), and `predict` and
 //! [`Classifier::predict_proba`](crate::Classifier::predict_proba) apply the recorded transform;
 //! a model file written before the setting existed, and a reference checkpoint brought in with
@@ -40,6 +42,8 @@ pub enum InputScaling {
     /// Raw values, as the reference feeds them (the default of files that predate the setting).
     #[default]
     None,
+    /// `zscore` or `none`, chosen from the training windows ([`InputScaling::resolve`]).
+    Auto,
     /// Z-score per window and channel.
     Zscore,
     /// OHLC: every price relative to the window's first close, minus 1.
@@ -52,7 +56,13 @@ pub enum InputScaling {
 
 /// The setting new runs use unless configured otherwise (chosen by measurement on the bundled
 /// data sets; `docs/moola-learning.md`).
-pub const DEFAULT_SCALING: InputScaling = InputScaling::Zscore;
+pub const DEFAULT_SCALING: InputScaling = InputScaling::Auto;
+
+/// `auto` picks `zscore` when, for some channel, the spread of the windows' means exceeds this
+/// many times the windows' typical (median) standard deviation. Measured on the bundled and
+/// hold-out sets: OHLC price windows 29–30, BasicMotions ≤ 0.73, JapaneseVowels ≤ 2.5, the
+/// z-normalised UCR sets 0.
+pub const AUTO_LEVEL_RATIO: f64 = 5.0;
 
 /// Features of an OHLC window, in the reference's order.
 const OHLC_FEATURES: usize = 4;
@@ -63,6 +73,7 @@ impl std::fmt::Display for InputScaling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::None => "none",
+            Self::Auto => "auto",
             Self::Zscore => "zscore",
             Self::RelativeClose => "relative_close",
             Self::RelativeOpen => "relative_open",
@@ -75,6 +86,20 @@ impl InputScaling {
     /// True for `none`.
     pub fn is_none(&self) -> bool {
         *self == Self::None
+    }
+
+    /// The concrete setting for a training set: `auto` becomes `zscore` or `none` by the
+    /// level ratio of `data` ([`level_ratio`], [`AUTO_LEVEL_RATIO`]); any other setting is
+    /// returned as it is.
+    pub fn resolve(self, data: &WindowSet) -> InputScaling {
+        if self != Self::Auto {
+            return self;
+        }
+        if level_ratio(data) > AUTO_LEVEL_RATIO {
+            Self::Zscore
+        } else {
+            Self::None
+        }
     }
 
     /// Checks that windows of `n_features` channels can take this transform.
@@ -109,6 +134,12 @@ impl InputScaling {
         if self.is_none() {
             return Ok(());
         }
+        if *self == Self::Auto {
+            bail!(
+                "input scaling `auto` must be resolved on the training windows first \
+                 (InputScaling::resolve)"
+            );
+        }
         self.check_shape(n_features)?;
         let per = seq_len * n_features;
         if per == 0 {
@@ -130,7 +161,7 @@ impl InputScaling {
     fn window(&self, w: &mut [f32], t: usize, f: usize) -> Result<(), (usize, usize, f32)> {
         let at = |w: &[f32], step: usize, c: usize| f64::from(w[step * f + c]);
         match self {
-            Self::None => {}
+            Self::None | Self::Auto => {}
             Self::Zscore => {
                 for c in 0..f {
                     let mean = (0..t).map(|s| at(w, s, c)).sum::<f64>() / t as f64;
@@ -178,6 +209,44 @@ impl InputScaling {
         }
         Ok(())
     }
+}
+
+/// How much the windows' levels differ relative to their own variation: over channels, the
+/// largest ratio of the standard deviation across windows of the window means to the median
+/// of the windows' standard deviations (0 for fewer than two windows or constant data).
+pub fn level_ratio(data: &WindowSet) -> f64 {
+    let (t, f, n) = (data.seq_len, data.n_features, data.len());
+    if n < 2 || t == 0 {
+        return 0.0;
+    }
+    (0..f)
+        .map(|c| {
+            let mut means = Vec::with_capacity(n);
+            let mut stds = Vec::with_capacity(n);
+            for w in data.x.chunks(t * f) {
+                let m = (0..t).map(|s| f64::from(w[s * f + c])).sum::<f64>() / t as f64;
+                let v = (0..t)
+                    .map(|s| (f64::from(w[s * f + c]) - m).powi(2))
+                    .sum::<f64>()
+                    / t as f64;
+                means.push(m);
+                stds.push(v.sqrt());
+            }
+            let mm = means.iter().sum::<f64>() / n as f64;
+            let spread = (means.iter().map(|m| (m - mm).powi(2)).sum::<f64>() / n as f64).sqrt();
+            stds.sort_by(f64::total_cmp);
+            let typical = if n % 2 == 1 {
+                stds[n / 2]
+            } else {
+                (stds[n / 2 - 1] + stds[n / 2]) / 2.0
+            };
+            if spread == 0.0 {
+                0.0
+            } else {
+                spread / typical.max(f64::MIN_POSITIVE)
+            }
+        })
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]
@@ -290,9 +359,29 @@ mod tests {
     }
 
     #[test]
+    fn auto_removes_levels_that_dwarf_the_windows_variation() {
+        // Three windows of 4 steps: within-window std 1 (values m−1, m+1, m−1, m+1), means
+        // 0, 10, 20: spread sqrt(200/3) ≈ 8.16 ≥ 5 → zscore.
+        let w = |m: f32| [m - 1.0, m + 1.0, m - 1.0, m + 1.0];
+        let levels = set([w(0.0), w(10.0), w(20.0)].concat(), 4, 1);
+        assert!((level_ratio(&levels) - (200.0f64 / 3.0).sqrt()).abs() < 1e-9);
+        assert_eq!(InputScaling::Auto.resolve(&levels), InputScaling::Zscore);
+        // Means 0, 2, 4: ratio 1.63 → none.
+        let close = set([w(0.0), w(2.0), w(4.0)].concat(), 4, 1);
+        assert_eq!(InputScaling::Auto.resolve(&close), InputScaling::None);
+        // Explicit settings are kept; `auto` cannot be applied unresolved.
+        assert_eq!(InputScaling::None.resolve(&levels), InputScaling::None);
+        assert!(InputScaling::Auto.apply(&levels).is_err());
+        // One window, or all-constant windows: nothing to compare.
+        assert_eq!(level_ratio(&set(w(5.0).to_vec(), 4, 1)), 0.0);
+        assert_eq!(level_ratio(&set(vec![3.0; 8], 4, 1)), 0.0);
+    }
+
+    #[test]
     fn names_round_trip_through_serde() {
         for s in [
             InputScaling::None,
+            InputScaling::Auto,
             InputScaling::Zscore,
             InputScaling::RelativeClose,
             InputScaling::RelativeOpen,

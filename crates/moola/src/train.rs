@@ -86,6 +86,8 @@ pub struct TrainConfig {
     pub warmup_fraction: f64,
     /// Epochs before early stopping may stop (0: from the first epoch, the reference).
     pub min_epochs: usize,
+    /// Global gradient-norm clip (`None`: no clipping, the reference).
+    pub grad_clip: Option<f64>,
     /// Seed of every random stream (set from the run configuration's top-level `seed`).
     #[serde(skip)]
     pub seed: u64,
@@ -170,6 +172,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             warmup_fraction: 0.3,
             min_epochs: 0,
+            grad_clip: None,
             seed: kiln::seed::DEFAULT_SEED,
         }
     }
@@ -252,6 +255,11 @@ impl TrainConfig {
         if f.is_nan() || f <= 0.0 {
             bail!("encoder.unfreeze_lr_factor must be positive, got {f}");
         }
+        if let Some(c) = self.grad_clip
+            && (c.is_nan() || c <= 0.0)
+        {
+            bail!("grad_clip must be positive (or None), got {c}");
+        }
         Ok(())
     }
 
@@ -298,7 +306,10 @@ pub enum LrSchedule {
 /// * the batch is [`batch_size`](Self::batch_size), smaller for tiny sets so that an epoch has
 ///   at least [`min_batches_per_epoch`](Self::min_batches_per_epoch) optimiser steps;
 /// * training lasts about [`steps`](Self::steps) optimiser steps (`n_epochs` follows from the
-///   steps per epoch) on a one-cycle learning rate peaking at [`max_lr`](Self::max_lr);
+///   steps per epoch) on a one-cycle learning rate peaking at [`max_lr`](Self::max_lr), with
+///   the gradient norm clipped at [`grad_clip`](Self::grad_clip);
+/// * the loss is cross-entropy ([`focal_gamma`](Self::focal_gamma) 0) instead of the focal loss's
+///   γ = 2, which down-weights the windows already classified well;
 /// * mixup, CutMix and temporal augmentation are off unless [`augment`](Self::augment);
 /// * the validation split is [`val_split`](Self::val_split); with one, early stopping counts
 ///   its patience and minimum training in optimiser steps ([`patience_steps`](Self::patience_steps),
@@ -327,6 +338,10 @@ pub struct SmallData {
     pub max_lr: f64,
     /// Fraction of the steps spent rising to the peak.
     pub warmup_fraction: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    /// Focal-loss γ (0: cross-entropy).
+    pub focal_gamma: f64,
     /// Stratified validation fraction (0: no validation, the whole cycle on every window).
     pub val_split: f64,
     /// Early-stopping patience in optimiser steps (with a validation set).
@@ -344,8 +359,10 @@ impl Default for SmallData {
             batch_size: 32,
             min_batches_per_epoch: 4,
             steps: 1000,
-            max_lr: 3e-3,
+            max_lr: 1e-3,
             warmup_fraction: 0.3,
+            grad_clip: 1.0,
+            focal_gamma: 0.0,
             val_split: 0.0,
             patience_steps: 300,
             min_steps: 300,
@@ -374,6 +391,8 @@ impl SmallData {
             learning_rate: self.max_lr,
             lr_schedule: LrSchedule::OneCycle,
             warmup_fraction: self.warmup_fraction,
+            grad_clip: Some(self.grad_clip),
+            focal_gamma: self.focal_gamma,
             val_split: self.val_split,
             early_stopping_patience: epochs(self.patience_steps).max(1),
             min_epochs: epochs(self.min_steps),
@@ -394,6 +413,12 @@ impl SmallData {
         }
         if self.max_lr.is_nan() || self.max_lr <= 0.0 {
             bail!("small_data.max_lr must be positive, got {}", self.max_lr);
+        }
+        if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
+            bail!(
+                "small_data.grad_clip must be positive, got {}",
+                self.grad_clip
+            );
         }
         if !(0.0..1.0).contains(&self.warmup_fraction) {
             bail!(
@@ -1030,8 +1055,10 @@ pub struct Fitted<B: AutodiffBackend> {
     pub epochs: usize,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
-    /// How the run trained (the small-data rule resolved).
+    /// How the run trained (steps per epoch, schedule).
     pub plan: Plan,
+    /// The input scaling it trained with (`auto` resolved).
+    pub scaling: InputScaling,
 }
 
 /// Everything one training run needs: the task, a fresh network and its optimiser (internal:
@@ -1104,6 +1131,8 @@ impl<B: AutodiffBackend> Session<B> {
             (all, Vec::new())
         };
         let plan = config.plan(train_idx.len(), world_size);
+        // `auto` is decided once, on the windows of this fit (validation included).
+        let scaling = config.scaling.resolve(data);
         tracing::info!(
             "fitting {} on {} windows ({} train / {} validation), {} classes {:?}, shape {}×{}, \
              input scaling {}, batch {}, {} epochs of {} steps, {} learning rate {}",
@@ -1115,7 +1144,7 @@ impl<B: AutodiffBackend> Session<B> {
             prep.labels.classes(),
             data.seq_len,
             data.n_features,
-            config.scaling,
+            scaling,
             plan.batch_size,
             plan.epochs,
             plan.steps_per_epoch,
@@ -1125,12 +1154,12 @@ impl<B: AutodiffBackend> Session<B> {
             },
             config.learning_rate
         );
-        let scaled = config.scaling.apply(data)?;
-        let scaled_val = validation.map(|v| config.scaling.apply(v)).transpose()?;
+        let scaled = scaling.apply(data)?;
+        let scaled_val = validation.map(|v| scaling.apply(v)).transpose()?;
         let net: Net<B> = kiln::seed::init_module(device, config.seed, || {
             spec.init(data.n_features, n_classes, data.seq_len, device)
         })?;
-        let net = transfer_encoder(net, &config.encoder, config.scaling, device)?;
+        let net = transfer_encoder(net, &config.encoder, scaling, device)?;
         tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&net));
         let val = match (validation, &scaled_val) {
             (Some(v), Some(sv)) => {
@@ -1164,7 +1193,7 @@ impl<B: AutodiffBackend> Session<B> {
                 data.seq_len,
                 prep.labels.classes().to_vec(),
             )
-            .with_scaling(config.scaling),
+            .with_scaling(scaling),
         };
         let optim = AdamWConfig::new()
             .with_beta_1(0.9)
@@ -1172,7 +1201,10 @@ impl<B: AutodiffBackend> Session<B> {
             .with_epsilon(1e-8)
             .with_weight_decay(config.weight_decay as f32)
             .init::<B, Net<B>>();
-        let optim = Standard::new(optim, plan.schedule.clone(), Interval::Step);
+        let mut optim = Standard::new(optim, plan.schedule.clone(), Interval::Step);
+        if let Some(c) = config.grad_clip {
+            optim = optim.with_clip_norm(c);
+        }
         Ok(Self {
             task,
             net,
@@ -1248,6 +1280,7 @@ pub fn fit<B: AutodiffBackend>(
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
         plan,
+        scaling: task.card.scaling,
     })
 }
 

@@ -198,7 +198,8 @@ fn the_small_data_recipe_counts_steps() {
     assert_eq!((r.batch_size, r.n_epochs), (10, 250));
     assert_eq!((r.early_stopping_patience, r.min_epochs), (75, 75));
     assert_eq!(r.lr_schedule, LrSchedule::OneCycle);
-    assert_eq!(r.learning_rate, 3e-3);
+    assert_eq!(r.learning_rate, 1e-3);
+    assert_eq!((r.grad_clip, r.focal_gamma), (Some(1.0), 0.0));
     assert_eq!((r.mixup_alpha, r.cutmix_prob), (0.0, 0.0));
     assert!(!r.temporal_aug.enabled);
     assert_eq!(r.scaling, moola::scaling::DEFAULT_SCALING);

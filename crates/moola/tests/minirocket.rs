@@ -297,15 +297,36 @@ fn minirocket_on_multichannel_windows_applies_its_scaling() {
     let params = model.params().unwrap();
     assert_eq!(params.n_channels, 6);
     assert!(params.channels_per_combination.iter().any(|&k| k > 1));
-    // The recorded scaling is applied at prediction: scaling the windows by hand and
-    // predicting with a copy that does not scale gives the same decision values.
-    let by_hand = InputScaling::Zscore.apply(&test).unwrap();
-    let mut unscaled = model.clone();
-    unscaled.config.scaling = InputScaling::None;
-    assert_eq!(
-        unscaled.decision_function(&by_hand).unwrap(),
-        model.decision_function(&test).unwrap()
+    // The recorded scaling is applied at prediction: z-scored windows do not depend on each
+    // window's level and spread, so moving and stretching every window (each its own way)
+    // leaves the decision values as they were.
+    assert_eq!(model.scaling(), Some(InputScaling::Zscore));
+    let mut moved = test.clone();
+    let per = moved.sample_len();
+    for (i, w) in moved.x.chunks_mut(per).enumerate() {
+        let (a, b) = (2.0 + i as f32 * 0.25, 10.0 - i as f32);
+        for v in w.iter_mut() {
+            *v = *v * a + b;
+        }
+    }
+    let (d, e) = (
+        model.decision_function(&test).unwrap(),
+        model.decision_function(&moved).unwrap(),
     );
+    let diff = d
+        .iter()
+        .flatten()
+        .zip(e.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-3, "decision values moved by {diff}");
+    // `auto` keeps BasicMotions raw (its windows' levels are within their own variation).
+    let mut auto = MiniRocket::new(MiniRocketConfig {
+        n_features: 840,
+        ..MiniRocketConfig::default()
+    });
+    auto.fit(&train).unwrap();
+    assert_eq!(auto.scaling(), Some(InputScaling::None));
     // Windows of another shape are refused with the shapes named.
     let err = model
         .predict_proba(

@@ -533,6 +533,9 @@ impl Default for MiniRocketConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct MiniRocketFit {
     classes: Vec<String>,
+    /// The input scaling applied before the transform (`auto` resolved at fit).
+    #[serde(default)]
+    scaling: InputScaling,
     params: MiniRocketParams,
     /// Per-feature divisor (1 for constant features or without standardisation).
     scale: Vec<f64>,
@@ -575,9 +578,14 @@ impl MiniRocket {
         }
     }
 
-    fn panel(&self, data: &WindowSet) -> Result<Panel> {
+    fn panel(data: &WindowSet, scaling: InputScaling) -> Result<Panel> {
         data.check_finite()?;
-        Ok(Panel::from_windows(&self.config.scaling.apply(data)?))
+        Ok(Panel::from_windows(&scaling.apply(data)?))
+    }
+
+    /// The input scaling the fitted model applies (`auto` resolved on its training windows).
+    pub fn scaling(&self) -> Option<InputScaling> {
+        self.fit.as_ref().map(|f| f.scaling)
     }
 
     /// The ridge's decision values of every window (one column for two classes, else one
@@ -587,7 +595,7 @@ impl MiniRocket {
             .fit
             .as_ref()
             .context("the minirocket model is not fitted")?;
-        let features = fit.params.transform(&self.panel(data)?)?;
+        let features = fit.params.transform(&Self::panel(data, fit.scaling)?)?;
         let nf = fit.params.n_features();
         Ok(features
             .par_chunks(nf)
@@ -644,7 +652,8 @@ impl Estimator for MiniRocket {
         );
         let y = map.encode(labels)?;
         let cfg = &self.config;
-        let panel = self.panel(data)?;
+        let scaling = cfg.scaling.resolve(data);
+        let panel = Self::panel(data, scaling)?;
         let mut rng = kiln::seed::rng(cfg.seed, "minirocket", 0);
         let params = MiniRocketParams::fit(
             &panel,
@@ -674,6 +683,7 @@ impl Estimator for MiniRocket {
         );
         self.fit = Some(MiniRocketFit {
             classes: map.classes().to_vec(),
+            scaling,
             params,
             scale,
             ridge,

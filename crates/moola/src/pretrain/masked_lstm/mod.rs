@@ -428,7 +428,8 @@ pub fn pretrain<B: AutodiffBackend>(
         bail!("cannot pre-train on an empty data set");
     }
     data.check_finite()?;
-    let scaled = config.scaling.apply(data)?;
+    let scaling = config.scaling.resolve(data);
+    let scaled = scaling.apply(data)?;
     let data = &scaled;
     let (t, f) = (data.seq_len, data.n_features);
     let n = data.len();
@@ -443,7 +444,7 @@ pub fn pretrain<B: AutodiffBackend>(
             }
             v.check_finite()
                 .context("the validation set is not usable")?;
-            ((0..n).collect::<Vec<_>>(), config.scaling.apply(v)?.x)
+            ((0..n).collect::<Vec<_>>(), scaling.apply(v)?.x)
         }
         None => {
             let val_size = (n as f64 * config.val_split) as usize;
@@ -563,7 +564,7 @@ pub fn pretrain<B: AutodiffBackend>(
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
         card: EncoderCard {
-            scaling: config.scaling,
+            scaling,
             ..EncoderCard::new(
                 EncoderHyperparams::from(&model_config),
                 Some(config.encoder_training_config()),

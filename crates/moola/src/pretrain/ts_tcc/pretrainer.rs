@@ -336,7 +336,8 @@ pub fn pretrain<B: AutodiffBackend>(
     }
     data.check_finite()?;
     config.model.validate(data.n_features, data.seq_len)?;
-    let scaled = config.scaling.apply(data)?;
+    let scaling = config.scaling.resolve(data);
+    let scaled = scaling.apply(data)?;
     let data = &scaled;
     let (train_idx, val_idx) = match &run.validation {
         Some(_) => ((0..data.len()).collect(), Vec::new()),
@@ -354,9 +355,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 );
             }
             v.check_finite()?;
-            (!v.is_empty())
-                .then(|| config.scaling.apply(v))
-                .transpose()?
+            (!v.is_empty()).then(|| scaling.apply(v)).transpose()?
         }
         None => (!val_idx.is_empty()).then(|| data.select(&val_idx)),
     };
@@ -445,7 +444,7 @@ pub fn pretrain<B: AutodiffBackend>(
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
         restored_best: outcome.restored_best,
-        scaling: config.scaling,
+        scaling,
     })
 }
 
