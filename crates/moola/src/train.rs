@@ -1389,6 +1389,8 @@ mod tests {
                 enabled: false,
                 ..Default::default()
             },
+            // The hand computations below see the raw windows.
+            scaling: InputScaling::None,
             ..TrainConfig::default()
         }
     }
