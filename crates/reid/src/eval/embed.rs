@@ -86,7 +86,7 @@ pub fn retrieval_options(cfg: &ReidConfig) -> Result<RetrievalOptions> {
 
 /// `TEST.RERANK_K1`, `TEST.RERANK_K2`, `TEST.RERANK_LAMBDA` when `TEST.RERANK` is on.
 pub fn rerank_params(cfg: &ReidConfig) -> Option<super::RerankParams> {
-    cfg.test.rerank.then(|| super::RerankParams {
+    cfg.test.rerank.then_some(super::RerankParams {
         k1: cfg.test.rerank_k1,
         k2: cfg.test.rerank_k2,
         lambda: cfg.test.rerank_lambda as f32,
@@ -95,7 +95,7 @@ pub fn rerank_params(cfg: &ReidConfig) -> Option<super::RerankParams> {
 
 /// `TEST.AQE_K`, `TEST.AQE_ALPHA` when `TEST.AQE` is on.
 pub fn aqe_params(cfg: &ReidConfig) -> Option<super::AqeParams> {
-    cfg.test.aqe.then(|| super::AqeParams {
+    cfg.test.aqe.then_some(super::AqeParams {
         k: cfg.test.aqe_k,
         alpha: cfg.test.aqe_alpha as f32,
     })

@@ -290,13 +290,12 @@ pub fn distance_matrix(
     Ok(out)
 }
 
-/// Per-query outcomes (`None` = no valid match), chunked and parallel over queries.
-pub fn query_outcomes(
+/// Checks the labels and that they describe `query` and `gallery`.
+fn check_labels(
     query: &FeatureMatrix,
     gallery: &FeatureMatrix,
     labels: &EvalLabels<'_>,
-    opts: &RetrievalOptions,
-) -> Result<Vec<Option<QueryOutcome>>> {
+) -> Result<()> {
     labels.validate()?;
     ensure!(
         labels.num_query() == query.rows() && labels.num_gallery() == gallery.rows(),
@@ -306,6 +305,17 @@ pub fn query_outcomes(
         labels.num_query(),
         labels.num_gallery()
     );
+    Ok(())
+}
+
+/// Per-query outcomes (`None` = no valid match), chunked and parallel over queries.
+pub fn query_outcomes(
+    query: &FeatureMatrix,
+    gallery: &FeatureMatrix,
+    labels: &EvalLabels<'_>,
+    opts: &RetrievalOptions,
+) -> Result<Vec<Option<QueryOutcome>>> {
+    check_labels(query, gallery, labels)?;
     let prepared = Prepared::new(query, gallery, opts)?;
     let num_q = query.rows();
     let num_g = gallery.rows();
@@ -351,15 +361,7 @@ pub fn evaluate(
         None => (query, gallery),
     };
     if let Some(params) = &opts.rerank {
-        labels.validate()?;
-        ensure!(
-            labels.num_query() == query.rows() && labels.num_gallery() == gallery.rows(),
-            "retrieval: {} query / {} gallery embeddings but {} / {} labels",
-            query.rows(),
-            gallery.rows(),
-            labels.num_query(),
-            labels.num_gallery()
-        );
+        check_labels(query, gallery, labels)?;
         let distances = re_rank_features(query, gallery, opts, params)?;
         return eval_func(&distances, labels, opts.max_rank);
     }

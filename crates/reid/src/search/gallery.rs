@@ -7,10 +7,10 @@
 //! | `index.usearch`, `index.json` | the HNSW index over the first `rows` rows (optional) |
 //!
 //! [`SavedGallery::search`] is the one search entry point: exact ([`ExactSearch`]) or through
-//! the index ([`SearchMode`]). Index results are re-scored with exact f32 distances from
-//! `embeddings.npy` (only the candidates' rows are read), so the reported distances are the
-//! exact search's whatever the index's storage, and rows appended after the index was built
-//! are searched exactly and merged in.
+//! the index ([`SearchMode`]). The index is asked for `max(2k, k + 8)` candidates, which are
+//! re-scored with exact f32 distances from `embeddings.npy` (only their rows are read) and cut
+//! to the `k` best, so the reported distances are the exact search's whatever the index's
+//! storage, and rows appended after the index was built are searched exactly and merged in.
 
 use std::path::{Path, PathBuf};
 
@@ -323,7 +323,10 @@ impl SavedGallery {
             .par_chunks(dim)
             .map(|q| -> Result<Vec<Match>> {
                 let mut top = TopK::new(k);
-                for m in index.search(q, k)? {
+                // A few more candidates than asked: their exact distances may reorder them
+                // (f16 / int8 storage), and the k best of the re-scored set are kept.
+                let wanted = k.saturating_mul(2).max(k + 8).min(covered);
+                for m in index.search(q, wanted)? {
                     let g = &data[m.index * dim..(m.index + 1) * dim];
                     top.push(Match {
                         index: m.index,

@@ -151,7 +151,7 @@ fn usearch_error(what: &str, path: Option<&Path>, e: impl std::fmt::Display) -> 
 /// A row scaled to int8 so that its largest |component| is 127 (all zeros stay zeros).
 pub fn quantize_i8(row: &[f32]) -> Vec<i8> {
     let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if !(max > 0.0) || !max.is_finite() {
+    if !max.is_finite() || max <= 0.0 {
         return vec![0; row.len()];
     }
     let scale = 127.0 / max;
