@@ -1528,3 +1528,27 @@ fn get_similar_re_ranks_and_expands_queries() {
     let (ai, _, _) = read_results(&aqe);
     assert_eq!(ai.dim(), plain_i.dim());
 }
+
+#[test]
+fn get_similar_takes_several_query_paths_before_the_key_value_pairs() {
+    use clap::{CommandFactory, Parser};
+    let words = [
+        "reid", "get-similar", "--gallery-data", "g", "--query", "a.jpg", "b.jpg", "dir/",
+        "MODEL.PRETRAIN_PATH", "m.ckpt", "OUTPUT_DIR", "out", "--exact",
+    ];
+    let args = kiln::cli::hoist_flags(
+        &reid::cli::Cli::command(),
+        words.iter().map(|w| w.to_string()).collect(),
+    );
+    let cli = reid::cli::Cli::try_parse_from(args).unwrap();
+    let reid::cli::Command::GetSimilar(mut a) = cli.command else {
+        panic!("not get-similar")
+    };
+    assert!(a.exact);
+    a.collect_query_paths();
+    assert_eq!(
+        a.query,
+        [PathBuf::from("a.jpg"), PathBuf::from("b.jpg"), PathBuf::from("dir/")]
+    );
+    assert_eq!(a.common.opts, ["MODEL.PRETRAIN_PATH", "m.ckpt", "OUTPUT_DIR", "out"]);
+}

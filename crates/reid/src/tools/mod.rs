@@ -266,8 +266,38 @@ pub fn index(args: IndexArgs, progress: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether a command-line word is a yacs key (`SOLVER.BASE_LR`, `OUTPUT_DIR`): upper-case
+/// letters, digits, `_` and `.`, starting with a letter.
+fn looks_like_key(word: &str) -> bool {
+    word.starts_with(|c: char| c.is_ascii_uppercase())
+        && word
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '.')
+}
+
+impl GetSimilarArgs {
+    /// `--query a.jpg b.jpg dir/ KEY VALUE ...`: the command line's trailing `KEY VALUE` pairs
+    /// start at the first free word, so the query paths after the first land in front of them;
+    /// this moves every word before the first yacs key (see [`looks_like_key`]) into `query`.
+    /// Called by [`get_similar`].
+    pub fn collect_query_paths(&mut self) {
+        if self.query.is_empty() {
+            return;
+        }
+        let n = self
+            .common
+            .opts
+            .iter()
+            .take_while(|w| !looks_like_key(w))
+            .count();
+        self.query
+            .extend(self.common.opts.drain(..n).map(PathBuf::from));
+    }
+}
+
 /// Runs `get-similar`.
-pub fn get_similar(args: GetSimilarArgs, device: DeviceKind, progress: bool) -> Result<()> {
+pub fn get_similar(mut args: GetSimilarArgs, device: DeviceKind, progress: bool) -> Result<()> {
+    args.collect_query_paths();
     let cfg = ReidConfig::from_args(&args.common)?;
     similar::run(&cfg, &args, device, progress)
 }
