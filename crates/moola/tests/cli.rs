@@ -744,7 +744,14 @@ fn resumed_training_gives_the_uninterrupted_model() {
             args.extend_from_slice(&["--resume", ckpt]);
         }
         args.extend_from_slice(TINY);
-        args.extend_from_slice(&["simple_lstm.train.n_epochs", epochs]);
+        // A one-cycle schedule (the small-data recipe's) spans the run's epochs, so a run
+        // extended on resume would follow another schedule: a constant rate here.
+        args.extend_from_slice(&[
+            "simple_lstm.train.n_epochs",
+            epochs,
+            "simple_lstm.train.lr_schedule",
+            "constant",
+        ]);
         ok(&moola(&args, root))
     };
     train("full", "5", None);
@@ -786,10 +793,240 @@ fn resumed_training_gives_the_uninterrupted_model() {
     assert_eq!(full["fit"], resumed["fit"]);
     assert_eq!(full["test_metrics"], resumed["test_metrics"]);
 
-    // The run's config.yaml reloads to the configuration the command line gave.
+    // The run's config.yaml reloads to the configuration the command line gave, resolved for
+    // the 32 training windows (the small-data recipe of `recipe auto`).
     let mut given: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
-    given.extend(["simple_lstm.train.n_epochs".into(), "5".into()]);
-    let expected = moola::MoolaConfig::load(None, &given).unwrap();
+    given.extend(
+        [
+            "simple_lstm.train.n_epochs",
+            "5",
+            "simple_lstm.train.lr_schedule",
+            "constant",
+        ]
+        .map(String::from),
+    );
+    let expected = moola::MoolaConfig::load(None, &given)
+        .unwrap()
+        .for_windows(32)
+        .unwrap();
     let dumped = moola::MoolaConfig::load(Some(&root.join("split/config.yaml")), &[]).unwrap();
     assert_eq!(dumped, expected);
+}
+
+/// A bundled data set's file.
+fn bundled(name: &str, split: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../datasets/{name}/{name}_{split}.ts"))
+        .display()
+        .to_string()
+}
+
+/// The accuracy printed on the `test  (...)` line of `train`.
+fn test_accuracy(out: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("test  ("))
+        .unwrap_or_else(|| panic!("no test line in {out}"));
+    let at = line.find("accuracy ").unwrap() + "accuracy ".len();
+    line[at..at + 6].parse().unwrap()
+}
+
+#[test]
+fn minirocket_trains_predicts_and_stacks_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (train, test) = (
+        bundled("ItalyPowerDemand", "TRAIN"),
+        bundled("ItalyPowerDemand", "TEST"),
+    );
+    let out = ok(&moola(
+        &[
+            "--quiet",
+            "train",
+            "--model",
+            "minirocket",
+            "--data",
+            &train,
+            "--test",
+            &test,
+            "--out",
+            "mr",
+        ],
+        root,
+    ));
+    assert!(out.contains("test  (1029 windows)"), "{out}");
+    assert!(test_accuracy(&out) >= 0.93, "{out}");
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("mr/model.json")).unwrap()).unwrap();
+    assert_eq!(model["model"], "minirocket");
+    // `predict` takes the classical model file with or without its extension.
+    for path in ["mr/model", "mr/model.json"] {
+        let out = ok(&moola(
+            &[
+                "--quiet",
+                "predict",
+                "--model-path",
+                path,
+                "--input",
+                &test,
+                "--output",
+                "p.csv",
+            ],
+            root,
+        ));
+        assert!(out.contains("input is labelled: accuracy"), "{out}");
+        let csv = std::fs::read_to_string(root.join("p.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1030);
+        assert!(csv.starts_with("window_id,prediction,prob_class_0,prob_class_1"));
+    }
+    // Out-of-fold MiniRocket next to a tiny SimpleLSTM, then the stack of the two.
+    let arts = ["paths.artifacts_dir", "art", "cv_folds", "3"];
+    for model in ["minirocket", "simple_lstm"] {
+        let mut args = vec!["--quiet", "oof", "--model", model, "--data", &train];
+        args.extend_from_slice(&arts);
+        args.extend_from_slice(TINY);
+        let out = ok(&moola(&args, root));
+        assert!(out.contains("out-of-fold accuracy"), "{out}");
+    }
+    let mut args = vec![
+        "--quiet",
+        "stack",
+        "--data",
+        &train,
+        "--models",
+        "minirocket,simple_lstm",
+    ];
+    args.extend_from_slice(&arts);
+    let out = ok(&moola(&args, root));
+    assert!(
+        out.contains("stacking 2 base models (minirocket, simple_lstm)"),
+        "{out}"
+    );
+    // Classical models take no encoder.
+    let err = failed(&moola(
+        &[
+            "train",
+            "--model",
+            "minirocket",
+            "--data",
+            &train,
+            "--encoder",
+            "enc",
+        ],
+        root,
+    ));
+    assert!(err.contains("--encoder"), "{err}");
+}
+
+#[test]
+fn recipe_and_scaling_flags_reach_the_saved_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_parquet(&windows(), &root.join("w.parquet"), FeatureLayout::Flat).unwrap();
+    let train = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "--quiet",
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            "w.parquet",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(TINY);
+        let stdout = ok(&moola(&args, root));
+        let card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(out).join("model.json")).unwrap())
+                .unwrap();
+        let config = std::fs::read_to_string(root.join(out).join("config.yaml")).unwrap();
+        (stdout, card, config)
+    };
+    // The default: `auto` on 32 training windows is the small-data recipe; the windows'
+    // levels are close, so `auto` scaling keeps them raw.
+    let (out, card, config) = train(&[], "auto");
+    assert!(
+        out.contains("small-data recipe for 32 training windows"),
+        "{out}"
+    );
+    assert_eq!(card["scaling"], "none");
+    assert!(config.contains("lr_schedule: one_cycle"), "{config}");
+    // `--scaling` and `--recipe reference`.
+    let (out, card, config) = train(&["--scaling", "zscore"], "z");
+    assert!(out.contains("input scaling zscore"), "{out}");
+    assert_eq!(card["scaling"], "zscore");
+    assert!(config.contains("scaling: zscore"), "{config}");
+    let (out, card, config) = train(&["--recipe", "reference"], "ref");
+    assert!(
+        out.contains("reference recipe: input scaling none"),
+        "{out}"
+    );
+    assert_eq!(card["scaling"], "none");
+    assert!(config.contains("lr_schedule: constant"), "{config}");
+    // A scaling that does not fit the data is an error naming it, before any output.
+    let err = failed(&moola(
+        &[
+            "--scaling",
+            "relative_open",
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            &bundled("BasicMotions", "TRAIN"),
+            "--out",
+            "bad",
+        ],
+        root,
+    ));
+    assert!(
+        err.contains("relative_open") && err.contains("OHLC"),
+        "{err}"
+    );
+    let err = failed(&moola(
+        &["--quiet", "doctor", "simple_lstm.train.scaling", "minmax"],
+        root,
+    ));
+    assert!(err.contains("simple_lstm.train.scaling"), "{err}");
+}
+
+#[test]
+fn benchmark_data_prints_the_table_and_refuses_unknown_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let datasets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    let datasets = datasets.display().to_string();
+    let out = ok(&moola(
+        &[
+            "--quiet",
+            "benchmark-data",
+            "--datasets",
+            "italy_power_demand",
+            "--rows",
+            "minirocket/none",
+            "--seeds",
+            "1,2",
+            "--datasets-dir",
+            &datasets,
+            "--json",
+            "b.json",
+            "minirocket.n_features",
+            "840",
+        ],
+        root,
+    ));
+    assert!(out.contains("| minirocket | - | none |"), "{out}");
+    assert!(out.contains("MiniRocket 0.960"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("b.json")).unwrap()).unwrap();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert!(r["accuracy"].as_f64().unwrap() > 0.9, "{r}");
+    }
+    let err = failed(&moola(
+        &["benchmark-data", "--rows", "simple_lstm/fast/none"],
+        root,
+    ));
+    assert!(err.contains("simple_lstm/fast/none"), "{err}");
 }

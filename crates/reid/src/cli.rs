@@ -11,6 +11,8 @@
 //!   evaluate           mAP/CMC of precomputed query/gallery embeddings (.npy), three protocols
 //!   convert-fashion-mnist   build the bundled Market1501-layout Fashion-MNIST set
 //!   bench              one CTL training step and embedding throughput, next to PyTorch
+//!   index              build or extend the ANN index of a saved gallery
+//!   bench-search       the ANN index against exact search on a synthetic gallery
 //! ```
 
 use std::path::PathBuf;
@@ -86,6 +88,10 @@ pub enum Command {
     ConvertFashionMnist(ConvertArgs),
     /// Time one CTL training step and embedding throughput, next to PyTorch.
     Bench(crate::bench::BenchArgs),
+    /// Build (or extend) the ANN index of a saved gallery (index.usearch beside embeddings.npy).
+    Index(tools::IndexArgs),
+    /// The ANN index against exact search on a synthetic clustered gallery.
+    BenchSearch(crate::search::bench::BenchSearchArgs),
 }
 
 /// `reid convert-fashion-mnist` arguments.
@@ -139,6 +145,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Visrank(a) => tools::visrank(a, device, progress),
         Command::Evaluate(a) => tools::evaluate(a),
         Command::Bench(a) => crate::bench::run(&a, device),
+        Command::Index(a) => tools::index(a, progress),
+        Command::BenchSearch(a) => crate::search::bench::run(&a).map(|_| ()),
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
             println!(
