@@ -5,7 +5,7 @@
 //! [`BackendJob`] with the matching autodiff backend.
 //!
 //! CPU backends are cargo features: `flex` (pure-Rust, the default: it measured faster than
-//! ndarray on every moola model, see the README's benchmark table) and `ndarray`. With both
+//! ndarray on every moola model, see docs/benchmarks.md) and `ndarray`. With both
 //! compiled in, `cpu` means flex and `ndarray`/`flex` name one explicitly. CUDA is the `cuda`
 //! feature. Asking for a device whose backend was not compiled in, or for CUDA on a machine
 //! without a driver, is an ordinary error.
