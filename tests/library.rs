@@ -168,7 +168,14 @@ fn reid_learner_trains_writes_a_checkpoint_and_embeds_like_it() {
         .fit::<B>(&Default::default())
         .unwrap();
     let conv = |m: &reid::ReidModel<Flex>| -> Vec<f32> {
-        m.backbone.base.conv1.weight.val().into_data().to_vec().unwrap()
+        m.backbone
+            .base
+            .conv1
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap()
     };
     let (moved, kept) = (conv(&trained.model), conv(&still.model));
     let largest = moved
@@ -176,7 +183,10 @@ fn reid_learner_trains_writes_a_checkpoint_and_embeds_like_it() {
         .zip(&kept)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(largest > 1e-5, "two epochs moved the stem by only {largest}");
+    assert!(
+        largest > 1e-5,
+        "two epochs moved the stem by only {largest}"
+    );
 }
 
 /// The README's library program is the downstream example that `.ci/run` builds and runs outside

@@ -1353,7 +1353,7 @@ mod tests {
     /// alternating), with expansions in and around [`WINDOW`] (those before it clip to 0).
     fn windows(n: usize, phase: f32) -> WindowSet {
         let x = (0..n * T * 4)
-            .map(|i| ((i as f32 * 0.37 + phase).sin() + (i / (T * 4)) as f32 * 0.1))
+            .map(|i| (i as f32 * 0.37 + phase).sin() + (i / (T * 4)) as f32 * 0.1)
             .collect();
         let labels = (0..n).map(|i| ["down", "up"][i % 2].to_string()).collect();
         let expansion = (0..n)
@@ -1487,6 +1487,7 @@ mod tests {
             &recipe(true),
             &train,
             Some(&val),
+            1,
             &device,
         )
         .unwrap();

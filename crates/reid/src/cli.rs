@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::ReidConfig;
 use crate::tools;
@@ -73,12 +73,17 @@ pub struct TestArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the CTL model (or the base model) and test it with and without centroids.
+    /// `train_ctl_model` and `train_base_model` (`train --model base`) are the reference's
+    /// script names.
+    #[command(visible_alias = "train_ctl_model")]
     Train(TrainArgs),
     /// Evaluate MODEL.PRETRAIN_PATH (TEST.ONLY_TEST flow): configured USE_CENTROIDS, then flipped.
     Test(TestArgs),
     /// Embed a directory of images (embeddings.npy, paths.npy).
+    #[command(visible_alias = "create_embeddings")]
     CreateEmbeddings(tools::CreateEmbeddingsArgs),
     /// Find the top-k most similar gallery images of each query image.
+    #[command(visible_alias = "get_similar")]
     GetSimilar(tools::GetSimilarArgs),
     /// Draw ranked results (query + top-k, green/red borders).
     Visrank(tools::VisrankArgs),
@@ -108,7 +113,24 @@ pub struct ConvertArgs {
 /// The `reid` tool on `args` (the program name first), as the `reid` binary runs it: see
 /// [`kiln::cli::run_tool`]. Returns the command's error; usage errors exit the process (status 2).
 pub fn main_with(args: Vec<String>) -> Result<()> {
-    kiln::cli::run_tool(args, run)
+    kiln::cli::run_tool(script_names(args), run)
+}
+
+/// The reference's `train_base_model` script as `train --model base`, when it is the
+/// subcommand word (the first word after the program that names a subcommand); the other script
+/// names are subcommand aliases.
+pub fn script_names(mut args: Vec<String>) -> Vec<String> {
+    let command = Cli::command();
+    let first = args.iter().skip(1).position(|a| {
+        a == "train_base_model"
+            || command
+                .get_subcommands()
+                .any(|s| s.get_name() == a || s.get_all_aliases().any(|n| n == a))
+    });
+    if let Some(i) = first.filter(|&i| args[i + 1] == "train_base_model") {
+        args.splice(i + 1..i + 2, ["train", "--model", "base"].map(String::from));
+    }
+    args
 }
 
 /// Runs a parsed command line.

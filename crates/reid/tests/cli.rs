@@ -123,10 +123,17 @@ fn unknown_subcommands_and_flags_are_usage_errors() {
         &["huge", "--model"],
     );
     fails(&reid(&["--device", "tpu", "train"], cwd), 2, &["tpu"]);
-    // After the subcommand an unknown `--word` cannot be told from a yacs override: it is
-    // refused as one, by name.
-    fails(&reid(&["train", "--bogus"], cwd), 1, &["--bogus"]);
-    fails(&reid(&["train", "--bogus", "1"], cwd), 1, &["--bogus"]);
+    // After the subcommand, among the yacs overrides (no key starts with `--`), as in moola.
+    fails(&reid(&["train", "--bogus"], cwd), 2, &["--bogus"]);
+    fails(&reid(&["train", "--bogus", "1"], cwd), 2, &["--bogus"]);
+    fails(
+        &reid(
+            &["train_ctl_model", "SOLVER.BASE_LR", "1", "--bogus=2"],
+            cwd,
+        ),
+        2,
+        &["--bogus=2"],
+    );
     assert!(files_under(cwd).is_empty(), "{:?}", files_under(cwd));
 }
 
@@ -433,4 +440,34 @@ fn the_reference_flag_spellings_parse_as_their_flags() {
         dir.path(),
     );
     fails(&out, 1, &["no-gallery"]);
+}
+
+#[test]
+fn the_reference_script_names_are_subcommands() {
+    let cli = parse(&["train_ctl_model", "SOLVER.MAX_EPOCHS", "2"]);
+    let Sub::Train(a) = cli.command else {
+        panic!("not train")
+    };
+    assert_eq!(a.model, reid::StepKind::Ctl);
+    assert_eq!(a.common.opts, ["SOLVER.MAX_EPOCHS", "2"]);
+    let cli = parse(&["create_embeddings", "--images_in_subfolders"]);
+    assert!(matches!(cli.command, Sub::CreateEmbeddings(_)));
+    let cli = parse(&["get_similar", "--gallery-data", "g", "--exact"]);
+    assert!(matches!(cli.command, Sub::GetSimilar(_)));
+    // train_base_model is `train --model base`.
+    let args = reid::cli::script_names(
+        ["reid", "train_base_model", "SOLVER.MAX_EPOCHS", "2"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let cli = Cli::try_parse_from(kiln::cli::hoist_flags(&Cli::command(), args)).unwrap();
+    let Sub::Train(a) = cli.command else {
+        panic!("not train")
+    };
+    assert_eq!(a.model, reid::StepKind::Base);
+    assert_eq!(a.common.opts, ["SOLVER.MAX_EPOCHS", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = reid(&["train_base_model", "--help"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--model"));
 }

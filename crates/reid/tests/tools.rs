@@ -1533,8 +1533,19 @@ fn get_similar_re_ranks_and_expands_queries() {
 fn get_similar_takes_several_query_paths_before_the_key_value_pairs() {
     use clap::{CommandFactory, Parser};
     let words = [
-        "reid", "get-similar", "--gallery-data", "g", "--query", "a.jpg", "b.jpg", "dir/",
-        "MODEL.PRETRAIN_PATH", "m.ckpt", "OUTPUT_DIR", "out", "--exact",
+        "reid",
+        "get-similar",
+        "--gallery-data",
+        "g",
+        "--query",
+        "a.jpg",
+        "b.jpg",
+        "dir/",
+        "MODEL.PRETRAIN_PATH",
+        "m.ckpt",
+        "OUTPUT_DIR",
+        "out",
+        "--exact",
     ];
     let args = kiln::cli::hoist_flags(
         &reid::cli::Cli::command(),
@@ -1548,7 +1559,14 @@ fn get_similar_takes_several_query_paths_before_the_key_value_pairs() {
     a.collect_query_paths();
     assert_eq!(
         a.query,
-        [PathBuf::from("a.jpg"), PathBuf::from("b.jpg"), PathBuf::from("dir/")]
+        [
+            PathBuf::from("a.jpg"),
+            PathBuf::from("b.jpg"),
+            PathBuf::from("dir/")
+        ]
     );
-    assert_eq!(a.common.opts, ["MODEL.PRETRAIN_PATH", "m.ckpt", "OUTPUT_DIR", "out"]);
+    assert_eq!(
+        a.common.opts,
+        ["MODEL.PRETRAIN_PATH", "m.ckpt", "OUTPUT_DIR", "out"]
+    );
 }
