@@ -88,7 +88,7 @@ pub fn compare_runs(
             tolerance: tolerance(name),
             ulp_floor: ulp_floor(b),
         };
-        if !(row.moved > 0.0) {
+        if row.moved.is_nan() || row.moved <= 0.0 {
             bail!("{name} did not move: comparing it would check nothing");
         }
         if !row.passes() {

@@ -1235,7 +1235,8 @@ pub fn fit<B: AutodiffBackend>(
         config,
         data,
         run.validation.as_ref(),
-        run.dist.as_ref().map_or(1, kiln::dist::Dist::world_size),
+        // Virtual ranks split each global batch like replicas do: the plan counts them.
+        run.dist.as_ref().map_or(1, kiln::dist::Dist::world_size) * run.virtual_ranks.max(1),
         device,
     )?;
     let mut tc = TrainerConfig::new(plan.epochs);
