@@ -96,6 +96,13 @@ impl RunCurves {
     /// Reads `<dir>/metrics.csv`; errors name the file when it is missing, unreadable, empty or
     /// lacks the `monitor` column.
     pub fn load(dir: &Path, monitor: &str, mode: Mode) -> Result<Self> {
+        let (name, rows) = Self::read(dir)?;
+        Self::from_rows(name, rows, monitor, mode)
+            .with_context(|| dir.join(METRICS_FILE).display().to_string())
+    }
+
+    /// A run's name and metrics.csv rows, with errors naming the directory or file.
+    fn read(dir: &Path) -> Result<(String, Vec<(usize, Row)>)> {
         if !dir.is_dir() {
             bail!("run directory {} does not exist", dir.display());
         }
@@ -113,7 +120,7 @@ impl RunCurves {
             .unwrap_or_else(|_| dir.to_path_buf())
             .file_name()
             .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
-        Self::from_rows(name, rows, monitor, mode).with_context(|| path.display().to_string())
+        Ok((name, rows))
     }
 
     /// Curves of rows already in memory (e.g. [`FitOutcome::history`]).
@@ -173,7 +180,7 @@ impl RunCurves {
     }
 
     /// The panels of this run: the losses, then the monitored metric (or, when the monitor is a
-    /// loss, the validation accuracy where logged). Each panel is (title, columns).
+    /// loss, the accuracy where logged). Each panel is (title, columns).
     fn panels(&self) -> Vec<(String, Vec<String>)> {
         let has = |c: &str| self.rows.iter().any(|(_, r)| r.contains_key(c));
         let mut panels = vec![(
@@ -185,7 +192,7 @@ impl RunCurves {
                 .collect::<Vec<_>>(),
         )];
         let metric = if self.monitor.contains("loss") {
-            ["val_acc", "val_accuracy"]
+            ["val_acc", "val_accuracy", "train_acc", "train_accuracy"]
                 .into_iter()
                 .find(|c| has(c))
                 .map(String::from)
@@ -193,9 +200,16 @@ impl RunCurves {
             Some(self.monitor.clone())
         };
         if let Some(metric) = metric {
-            let base = metric.strip_prefix("val_").unwrap_or(&metric);
+            let base = metric
+                .strip_prefix("val_")
+                .or_else(|| metric.strip_prefix("train_"))
+                .unwrap_or(&metric);
             let mut columns = Vec::new();
-            for c in [format!("train_{base}"), metric.clone()] {
+            for c in [
+                format!("train_{base}"),
+                metric.clone(),
+                format!("val_{base}"),
+            ] {
                 if has(&c) && !columns.contains(&c) {
                     columns.push(c);
                 }
@@ -391,14 +405,31 @@ pub fn write_run_curves(
     Ok(path)
 }
 
-/// The `plot RUN... --out FILE` command of the tools: every run's metrics.csv, side by side.
-pub fn plot_runs(dirs: &[PathBuf], monitor: &str, mode: Mode, out: &Path) -> Result<()> {
+/// The metric a run without a named monitor is judged by: `val_loss` where the run validated,
+/// else `train_loss` (lower is better either way).
+pub fn default_monitor(rows: &[(usize, Row)]) -> (String, Mode) {
+    let validated = rows.iter().any(|(_, r)| r.contains_key("val_loss"));
+    let name = if validated { "val_loss" } else { "train_loss" };
+    (name.to_string(), Mode::Min)
+}
+
+/// The `plot RUN... --out FILE` command of the tools: every run's metrics.csv, side by side,
+/// the best epoch by `monitor` (or, without one, by each run's [`default_monitor`]).
+pub fn plot_runs(dirs: &[PathBuf], monitor: Option<(&str, Mode)>, out: &Path) -> Result<()> {
     if dirs.is_empty() {
         bail!("give at least one run directory");
     }
     let runs = dirs
         .iter()
-        .map(|d| RunCurves::load(d, monitor, mode))
+        .map(|d| match monitor {
+            Some((m, mode)) => RunCurves::load(d, m, mode),
+            None => {
+                let (name, rows) = RunCurves::read(d)?;
+                let (m, mode) = default_monitor(&rows);
+                RunCurves::from_rows(name, rows, &m, mode)
+                    .with_context(|| d.join(METRICS_FILE).display().to_string())
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     training_curves(&runs, out)
 }

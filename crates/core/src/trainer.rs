@@ -679,7 +679,8 @@ impl Trainer {
     }
 
     /// Draws `curves.png` of the run (a failure is a warning: the run itself succeeded). The best
-    /// epoch is the first callback monitor's; without one, `val_loss` (or `train_loss`).
+    /// epoch is the first callback monitor's (where the run logged it), else
+    /// [`crate::plot::default_monitor`]'s.
     fn write_curves(&self, dir: &std::path::Path, rows: &[(usize, Row)]) {
         let has = |c: &str| rows.iter().any(|(_, r)| r.contains_key(c));
         let monitor = self
@@ -687,14 +688,7 @@ impl Trainer {
             .iter()
             .find_map(|c| c.monitor())
             .filter(|(m, _)| has(m))
-            .unwrap_or_else(|| {
-                let m = if has("val_loss") {
-                    "val_loss"
-                } else {
-                    "train_loss"
-                };
-                (m.to_string(), crate::callbacks::Mode::Min)
-            });
+            .unwrap_or_else(|| crate::plot::default_monitor(rows));
         match crate::plot::write_run_curves(dir, rows.to_vec(), &monitor.0, monitor.1) {
             Ok(path) => tracing::debug!("wrote {}", path.display()),
             Err(e) => tracing::warn!("no training-curve picture: {e:#}"),
