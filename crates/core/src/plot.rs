@@ -449,7 +449,8 @@ pub fn confusion_matrix(
     let name = |i: usize| class_names.get(i).cloned().unwrap_or_else(|| i.to_string());
     let cell = (480 / n as u32).clamp(24, 80);
     let side = cell * n as u32;
-    let width = side + 220;
+    // Wide enough for the title (about 9 px a character at 18 px) over a small matrix.
+    let width = (side + 220).max(9 * title.chars().count() as u32 + 40);
     let height = side + 170;
     render(path, width, height, |root| {
         let root = root.titled(title, font(18)).map_err(err)?;
