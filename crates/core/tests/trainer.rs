@@ -239,6 +239,74 @@ fn learns_and_writes_run_files() {
         "{ckpts:?}"
     );
     assert!(!ckpts.iter().any(|n| n.contains(".tmp")), "{ckpts:?}");
+
+    // The TensorBoard event file: every optimiser step and every epoch.
+    let files = kiln::tensorboard::event_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = kiln::tensorboard::read_events(&files[0]).unwrap();
+    assert_eq!(
+        events[0].file_version.as_deref(),
+        Some(kiln::tensorboard::FILE_VERSION)
+    );
+    let tagged = |tag: &str| -> Vec<(i64, f32)> {
+        events
+            .iter()
+            .flat_map(|e| {
+                e.scalars
+                    .iter()
+                    .filter(|(t, _)| t == tag)
+                    .map(move |(_, v)| (e.step, *v))
+            })
+            .collect()
+    };
+    let steps = tagged("step/loss");
+    let per_epoch = steps.len() / 30;
+    assert!(
+        per_epoch >= 1 && steps.len() == 30 * per_epoch,
+        "{}",
+        steps.len()
+    );
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=steps.len() as i64).collect::<Vec<_>>()
+    );
+    assert!(tagged("step/lr").iter().all(|(_, v)| *v == 0.05));
+    assert!(tagged("step/seconds").iter().all(|(_, v)| *v >= 0.0));
+    assert!(tagged("step/loss_scale").is_empty());
+    let val = tagged("epoch/val_loss");
+    assert_eq!(val.len(), 30);
+    assert_eq!(val[29].0, steps.len() as i64);
+    assert_eq!(val[29].1, last as f32);
+    // The training-curve picture.
+    let png = std::fs::read(dir.path().join("curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn run_files_can_be_turned_off() {
+    let _guard = seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let mut cfg = TrainerConfig::new(2);
+    cfg.run_dir = Some(dir.path().to_path_buf());
+    cfg.progress = false;
+    cfg.tensorboard = false;
+    cfg.curves = false;
+    Trainer::new(cfg)
+        .fit(
+            &mut Regression::new(16, false),
+            Net::<B>::new(&device),
+            &mut optim(),
+            &device,
+        )
+        .unwrap();
+    assert!(dir.path().join("metrics.csv").exists());
+    assert!(!dir.path().join("curves.png").exists());
+    assert!(
+        kiln::tensorboard::event_files(dir.path())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -518,6 +586,19 @@ fn mixed_precision_trains_like_f32_and_resumes_exactly() {
     );
     assert_eq!(w_resumed, w_straight);
     assert_eq!(s_resumed, s_straight);
+    // The loss scale of every step is in the TensorBoard file (the resumed fit wrote a second
+    // file beside the first).
+    let files = kiln::tensorboard::event_files(split.path()).unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let scales: Vec<f32> = kiln::tensorboard::read_events(&files[1])
+        .unwrap()
+        .iter()
+        .flat_map(|e| e.scalars.clone())
+        .filter(|(t, _)| t == "step/loss_scale")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!scales.is_empty());
+    assert_eq!(*scales.last().unwrap() as f64, s_resumed.scale);
     // With growth every 3 steps the scale reaches 2^17, where these O(1) gradients overflow
     // f16 (> 65504): the grow → skip → back-off cycle ran, and resumed in step.
     assert!(s_straight.skipped_steps >= 1, "{s_straight:?}");

@@ -7,14 +7,17 @@
 //!   ingest     validate a data file and write the canonical parquet
 //!   describe   print a model's architecture and parameter count
 //!   train      fit a model, save it, report held-out metrics
-//!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.csv
+//!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.{csv,png},
+//!              reliability.png
 //!   oof        out-of-fold probabilities on persisted folds → oof/<model>/v1/seed_<seed>.npy
+//!              (+ seed_<seed>_{confusion_matrix,reliability}.png)
 //!   pretrain   self-supervised encoder pre-training (masked-lstm | ts-tcc) on unlabelled windows
 //!   stack      random-forest stack on the OOF files → models/stack/{stack.json, metrics.json}
 //!   audit      the stack's acceptance rule (exit 1 on fail)
 //!   predict    CSV of predictions and per-class probabilities
 //!   import     turn a reference PyTorch checkpoint into this project's format
 //!   bench      one training step per model, side by side with PyTorch
+//!   plot       training curves of run directories side by side → PNG
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -94,6 +97,27 @@ pub enum Command {
     /// Accuracy of every model on every bundled data set over seeds, next to published
     /// results (the table of docs/moola-learning.md).
     BenchmarkData(crate::benchmark::BenchmarkDataArgs),
+    /// Draw the training curves of one or more run directories (their metrics.csv) side by
+    /// side into one PNG.
+    Plot(PlotArgs),
+}
+
+/// `plot` arguments.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories (each with the metrics.csv of a training run).
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "curves.png")]
+    pub out: PathBuf,
+    /// The monitored metric whose best epoch is marked (default: val_loss, as moola's runs
+    /// select by it, or train_loss for a run that did not validate).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Whether the monitored metric improves downwards (min) or upwards (max).
+    #[arg(long, default_value = "min")]
+    pub mode: kiln::Mode,
 }
 
 pub use kiln::cli::Overrides;
@@ -359,6 +383,7 @@ impl Command {
             Command::Import(a) => &a.overrides.opts,
             Command::Bench(a) => &a.overrides.opts,
             Command::BenchmarkData(a) => &a.overrides.opts,
+            Command::Plot(_) => &[],
         }
     }
 }
@@ -425,6 +450,12 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Doctor(_) => doctor(&cfg, device),
+        Command::Plot(a) => {
+            let monitor = a.monitor.as_deref().map(|m| (m, a.mode));
+            kiln::plot::plot_runs(&a.runs, monitor, &a.out)?;
+            println!("wrote {}", a.out.display());
+            Ok(())
+        }
         Command::Ingest(a) => {
             let out = a
                 .output
@@ -881,6 +912,15 @@ impl BackendJob for EvaluateJob {
         };
         let (oof, classes) = (cv.oof, cv.classes);
         let out = model_dir(&cfg, args.out, &args.model);
+        let y = LabelMap::from_classes(classes.clone())?.encode(data.require_labels()?)?;
+        kiln::plot::classification_pictures(
+            &out,
+            "",
+            &format!("{} {}-fold CV, out-of-fold", args.model, cfg.cv_folds),
+            &classes,
+            &y,
+            &oof,
+        )?;
         kiln::io::write_json(out.join("metrics.json"), &metrics)?;
         kiln::io::write_atomic(
             out.join("confusion_matrix.csv"),
@@ -904,7 +944,8 @@ impl BackendJob for EvaluateJob {
         );
         println!("out-of-fold: {}", metrics.oof.summary());
         println!(
-            "wrote {}/{{metrics.json, confusion_matrix.csv, oof_probabilities.csv}}",
+            "wrote {}/{{metrics.json, confusion_matrix.csv, oof_probabilities.csv, \
+             confusion_matrix.png, reliability.png}}",
             out.display()
         );
         Ok(())
@@ -1042,6 +1083,18 @@ impl BackendJob for OofJob {
             },
         )?;
         crate::oof::write_npy(&out_path, &result.oof)?;
+        // The pictures beside the matrix: seed_<seed>_{confusion_matrix,reliability}.png.
+        let stem = out_path
+            .file_stem()
+            .map_or_else(String::new, |s| format!("{}_", s.to_string_lossy()));
+        let pictures = kiln::plot::classification_pictures(
+            out_path.parent().unwrap_or(Path::new(".")),
+            &stem,
+            &format!("{} out-of-fold, seed {seed}", args.model),
+            &result.classes,
+            &y,
+            &result.oof,
+        )?;
         // The pooled OOF metrics next to the matrix (what `audit` compares the stack with).
         kiln::io::write_json(
             out_path.with_extension("json"),
@@ -1065,11 +1118,13 @@ impl BackendJob for OofJob {
         );
         println!("out-of-fold: {}", result.report.summary());
         println!(
-            "wrote {} (float64 [{}, {}], columns {:?})",
+            "wrote {} (float64 [{}, {}], columns {:?}), {} and {}",
             out_path.display(),
             result.oof.len(),
             result.classes.len(),
-            result.classes
+            result.classes,
+            pictures[0].display(),
+            pictures[1].display()
         );
         let (manifest_path, manifest) =
             crate::manifest::write_manifest(&artifacts, &oof_models(&artifacts, &args.model))?;

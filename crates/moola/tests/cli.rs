@@ -31,6 +31,15 @@ fn failed(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Width and height of a PNG file, after checking its signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
 /// 40 labelled 105×4 windows (two trend classes) with expansion indices.
 fn windows() -> WindowSet {
     let mut x = Vec::new();
@@ -127,6 +136,21 @@ fn ingest_train_predict_evaluate_resume() {
     assert_eq!(report["fit"]["epochs"], 3);
     let config = std::fs::read_to_string(root.join("run/config.yaml")).unwrap();
     assert!(config.contains("hidden_size: 8"), "{config}");
+    // The run's TensorBoard events (3 epochs) and its training curves.
+    let events = kiln::tensorboard::event_files(&root.join("run")).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let events = kiln::tensorboard::read_events(&events[0]).unwrap();
+    let epoch_losses = events
+        .iter()
+        .filter(|e| e.scalars.iter().any(|(t, _)| t == "epoch/train_loss"))
+        .count();
+    assert_eq!(epoch_losses, 3);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.scalars.iter().any(|(t, _)| t == "step/loss"))
+    );
+    assert_eq!(png_size(&root.join("run/curves.png")), (560, 680));
 
     let out = ok(&moola(
         &[
@@ -192,6 +216,8 @@ fn ingest_train_predict_evaluate_resume() {
         .map(|v| v.parse::<usize>().unwrap())
         .sum();
     assert_eq!(counts, 40);
+    png_size(&root.join("cv/confusion_matrix.png"));
+    assert_eq!(png_size(&root.join("cv/reliability.png")), (620, 600));
 
     // Resume the first run to 5 epochs: metrics.csv continues at epoch 3.
     let mut args = vec![
@@ -214,6 +240,30 @@ fn ingest_train_predict_evaluate_resume() {
         rows.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         vec![0, 1, 2, 3, 4]
     );
+
+    // `plot` on two runs (the second a copy of the first's log), side by side.
+    std::fs::create_dir_all(root.join("run2")).unwrap();
+    std::fs::copy(root.join("run/metrics.csv"), root.join("run2/metrics.csv")).unwrap();
+    let out = ok(&moola(&["plot", "run", "run2", "--out", "both.png"], root));
+    assert!(out.contains("wrote both.png"), "{out}");
+    assert_eq!(png_size(&root.join("both.png")), (1120, 680));
+    // Bad input: a missing run directory, a log without the monitored column.
+    let err = failed(&moola(&["plot", "run", "nope", "--out", "x.png"], root));
+    assert!(
+        err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
+    std::fs::create_dir_all(root.join("bare")).unwrap();
+    std::fs::write(root.join("bare/metrics.csv"), "epoch,train_loss\n0,1.5\n").unwrap();
+    let err = failed(&moola(
+        &["plot", "bare", "--monitor", "val_acc", "--out", "x.png"],
+        root,
+    ));
+    assert!(
+        err.contains("bare/metrics.csv") && err.contains("`val_acc`"),
+        "{err}"
+    );
+    assert!(!root.join("x.png").exists());
 }
 
 #[test]
@@ -650,6 +700,9 @@ fn pretrain_then_train_from_the_encoder_then_stack_and_audit() {
         assert!(out.contains("out-of-fold accuracy"), "{out}");
         let report = root.join(format!("art/oof/{model}/v1/seed_1337.json"));
         assert!(report.exists(), "{out}");
+        for picture in ["confusion_matrix", "reliability"] {
+            png_size(&root.join(format!("art/oof/{model}/v1/seed_1337_{picture}.png")));
+        }
     }
     let mut args = vec!["--quiet", "stack", "--data", "w.parquet"];
     args.extend_from_slice(&arts);

@@ -13,6 +13,7 @@
 //!   bench              one CTL training step and embedding throughput, next to PyTorch
 //!   index              build or extend the ANN index of a saved gallery
 //!   bench-search       the ANN index against exact search on a synthetic gallery
+//!   plot               training curves of run directories side by side → PNG
 //! ```
 
 use std::path::PathBuf;
@@ -97,6 +98,27 @@ pub enum Command {
     Index(tools::IndexArgs),
     /// The ANN index against exact search on a synthetic clustered gallery.
     BenchSearch(crate::search::bench::BenchSearchArgs),
+    /// Draw the training curves of one or more run directories (their metrics.csv) side by
+    /// side into one PNG.
+    Plot(PlotArgs),
+}
+
+/// `reid plot` arguments.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories (`version_N/` of `reid train`, each with its metrics.csv).
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "curves.png")]
+    pub out: PathBuf,
+    /// The monitored metric whose best epoch is marked (default: SOLVER.MONITOR_METRIC_NAME of
+    /// the first run's config.yaml, else mAP).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Its direction (default: SOLVER.MONITOR_METRIC_MODE of that config.yaml, else max).
+    #[arg(long)]
+    pub mode: Option<kiln::Mode>,
 }
 
 /// `reid convert-fashion-mnist` arguments.
@@ -108,6 +130,27 @@ pub struct ConvertArgs {
     /// Output root (gets `market1501/...`).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `reid plot`: the monitored metric from the flags, else from the first run's config.yaml.
+fn plot(a: PlotArgs) -> Result<()> {
+    let saved = a
+        .runs
+        .first()
+        .map(|d| d.join("config.yaml"))
+        .filter(|p| p.is_file())
+        .map(|p| ReidConfig::load(Some(&p), &[]))
+        .transpose()?;
+    let solver = saved.map(|c| c.solver).unwrap_or_default();
+    let monitor = a.monitor.unwrap_or(solver.monitor_metric_name);
+    let mode = a.mode.unwrap_or(if solver.monitor_metric_mode == "min" {
+        kiln::Mode::Min
+    } else {
+        kiln::Mode::Max
+    });
+    kiln::plot::plot_runs(&a.runs, Some((&monitor, mode)), &a.out)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
 }
 
 /// The `reid` tool on `args` (the program name first), as the `reid` binary runs it: see
@@ -169,6 +212,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::run(&a, device),
         Command::Index(a) => tools::index(a, progress),
         Command::BenchSearch(a) => crate::search::bench::run(&a).map(|_| ()),
+        Command::Plot(a) => plot(a),
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
             println!(

@@ -322,6 +322,48 @@ fn a_tiny_run_with_the_reference_spellings_succeeds() {
     ] {
         assert!(files.contains(&f.to_string()), "no {f} in {files:?}");
     }
+    // The run's TensorBoard events and training curves.
+    let run = root.join("out/train_base_model/version_0");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("train_base_model/version_0/events.out.tfevents.")),
+        "{files:?}"
+    );
+    let png =
+        |p: &Path| image::image_dimensions(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(png(&run.join("curves.png")), (560, 680));
+    // `reid test` of its checkpoint draws the CMC curves beside test_report.json.
+    let mut test: Vec<&str> = vec!["--quiet", "test"];
+    test.extend(pairs.iter().map(String::as_str));
+    let ckpt = run.join("checkpoints/last.ckpt").display().to_string();
+    test.extend(["MODEL.PRETRAIN_PATH", &ckpt]);
+    let out = reid(&test, root);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(png(&root.join("out/test_cmc.png")), (720, 500));
+    // `reid plot` on two runs (the monitor, mAP, from the first one's config.yaml), and its
+    // errors.
+    let both = root.join("both.png");
+    let run_s = run.display().to_string();
+    let out = reid(
+        &["plot", &run_s, &run_s, "--out", &both.display().to_string()],
+        root,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(png(&both), (1120, 680));
+    fails(
+        &reid(&["plot", &run_s, "no-such-run", "--out", "x.png"], root),
+        1,
+        &["no-such-run", "does not exist"],
+    );
+    fails(
+        &reid(
+            &["plot", &run_s, "--monitor", "Rank-99", "--out", "x.png"],
+            root,
+        ),
+        1,
+        &["metrics.csv", "`Rank-99`"],
+    );
     // Resuming from a copy of that checkpoint kept outside its run (`models/last.ckpt`: the run
     // directory is then `models/`), when the resumed run fails before its first checkpoint
     // (here a corrupt image), leaves that directory and the checkpoint alone.
