@@ -4,8 +4,9 @@
 //! autoencoder for SimpleLSTM, TS-TCC for the CNN-Transformer), mean over seeds.
 //!
 //! ```text
-//! cargo run --release --example pretrain_transfer -- [--epochs 20] [--pretrain-epochs 5]
-//!     [--stride 10] [--seeds 1,2,3] [--full] [--json out.json]
+//! cargo run --release --example pretrain_transfer -- [--scaling zscore] [--recipe auto]
+//!     [--epochs N] [--steps 1000] [--pretrain-epochs 5] [--stride 10] [--seeds 1,2,3] [--full]
+//!     [--json out.json]
 //! ```
 //!
 //! * Labelled set: `datasets/ohlc/windows.parquet` (453 windows, up/down), a stratified 20% test
@@ -15,6 +16,12 @@
 //! * Sizes: reduced widths by default so that the whole grid runs in minutes on two cores
 //!   (SimpleLSTM hidden 32; CNN-Transformer channels [16, 32, 32], 1 layer, 4 heads);
 //!   `--full` uses the reference architectures (hours on a CPU).
+//! * Input scaling (`--scaling`, default `zscore`, the default of new runs): the same for the
+//!   pre-training windows and the classifier (an encoder records it, and a classifier refuses
+//!   one pre-trained under another scaling); `--scaling none` is the reference's raw prices.
+//! * Recipe (`--recipe`): `auto` (default; the small-data recipe for every label budget here,
+//!   `--steps` optimiser steps), `default`, `small_data`, or `reference` (batch 64, `--epochs`,
+//!   default 20). `--epochs` sets the epochs of any recipe.
 //!
 //! The encoder is frozen for the first half of the epochs, then unfrozen (SimpleLSTM with the
 //! reference's learning-rate factor 0.3; the CNN-Transformer in three stages).
@@ -28,13 +35,17 @@ use moola::Classifier;
 use moola::data::{LabelMap, OhlcOptions, WindowSet, read_any, windows_from_ohlc_csv};
 use moola::model::{CnnTransformerConfig, ModelSpec, SimpleLstmConfig};
 use moola::pretrain::{masked_lstm, ts_tcc};
-use moola::train::{EncoderTransfer, RunOptions, TrainConfig};
+use moola::scaling::InputScaling;
+use moola::train::{EncoderTransfer, RunOptions, SmallData, TrainConfig};
 use serde::Serialize;
 
 type B = Autodiff<CpuBackend>;
 
 struct Args {
-    epochs: usize,
+    epochs: Option<usize>,
+    steps: Option<usize>,
+    scaling: InputScaling,
+    recipe: String,
     pretrain_epochs: usize,
     stride: usize,
     seeds: Vec<u64>,
@@ -44,7 +55,10 @@ struct Args {
 
 fn args() -> Result<Args> {
     let mut a = Args {
-        epochs: 20,
+        epochs: None,
+        steps: None,
+        scaling: moola::scaling::DEFAULT_SCALING,
+        recipe: "auto".to_string(),
         pretrain_epochs: 5,
         stride: 10,
         seeds: vec![1, 2, 3],
@@ -55,7 +69,14 @@ fn args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--epochs" => a.epochs = value()?.parse()?,
+            "--epochs" => a.epochs = Some(value()?.parse()?),
+            "--steps" => a.steps = Some(value()?.parse()?),
+            "--scaling" => {
+                a.scaling = serde_json::from_value(serde_json::Value::String(value()?)).context(
+                    "--scaling: none, zscore, relative_close, relative_open, log_returns",
+                )?
+            }
+            "--recipe" => a.recipe = value()?,
             "--pretrain-epochs" => a.pretrain_epochs = value()?.parse()?,
             "--stride" => a.stride = value()?.parse()?,
             "--seeds" => {
@@ -121,11 +142,14 @@ fn main() -> Result<()> {
         },
     )?;
     println!(
-        "labelled: {} train / {} test windows; unlabelled: {} windows (stride {})",
+        "labelled: {} train / {} test windows; unlabelled: {} windows (stride {}); input \
+         scaling {}, recipe {}",
         train.len(),
         test.len(),
         unlabelled.len(),
-        a.stride
+        a.stride,
+        a.scaling,
+        a.recipe
     );
 
     let lstm = if a.full {
@@ -154,6 +178,7 @@ fn main() -> Result<()> {
             hidden_dim: lstm.hidden_size,
             n_epochs: a.pretrain_epochs,
             batch_size: 128,
+            scaling: a.scaling,
             ..Default::default()
         },
         &unlabelled,
@@ -173,6 +198,7 @@ fn main() -> Result<()> {
             model: ts_tcc::TsTccConfig::from_classifier(&cnnt),
             n_epochs: a.pretrain_epochs,
             batch_size: 128,
+            scaling: a.scaling,
             ..Default::default()
         },
         &unlabelled,
@@ -180,7 +206,7 @@ fn main() -> Result<()> {
         &RunOptions::default(),
     )?;
     let cnnt_encoder = dir.join("ts_tcc");
-    ts_tcc::save_encoder(&tcc.model.encoder, &cnnt_encoder)?;
+    tcc.save_encoder(&cnnt_encoder)?;
     println!(
         "TS-TCC pre-training: {} epochs in {:.1} s",
         tcc.epochs,
@@ -205,21 +231,19 @@ fn main() -> Result<()> {
             for with_encoder in [false, true] {
                 let mut accuracies = Vec::new();
                 for &seed in &a.seeds {
-                    let recipe = TrainConfig {
-                        n_epochs: a.epochs,
-                        batch_size: 64,
-                        early_stopping_patience: a.epochs,
-                        seed,
-                        encoder: EncoderTransfer {
-                            path: with_encoder.then(|| encoder.clone()),
-                            unfreeze_after: a.epochs / 2,
-                            unfreeze_schedule: vec![a.epochs / 2, a.epochs / 2, a.epochs / 2],
-                            ..EncoderTransfer::default()
-                        },
-                        ..TrainConfig::for_model(name)
+                    let labelled = subsample(&train, fraction, seed)?;
+                    let mut recipe = recipe_for(&a, name, labelled.len())?;
+                    let half = recipe.n_epochs / 2;
+                    recipe.seed = seed;
+                    recipe.scaling = a.scaling;
+                    recipe.encoder = EncoderTransfer {
+                        path: with_encoder.then(|| encoder.clone()),
+                        unfreeze_after: half,
+                        unfreeze_schedule: vec![half, half, half],
+                        ..EncoderTransfer::default()
                     };
                     let mut clf = Classifier::<B>::new(spec.clone(), recipe, device);
-                    clf.fit(&subsample(&train, fraction, seed)?)?;
+                    clf.fit(&labelled)?;
                     accuracies.push(accuracy(&clf, &test)?);
                 }
                 let mean = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
@@ -248,6 +272,31 @@ fn main() -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The recipe of `name` for `n` labelled windows under `--recipe`, `--epochs` and `--steps`.
+fn recipe_for(a: &Args, name: &str, n: usize) -> Result<TrainConfig> {
+    let rule = SmallData {
+        steps: a.steps.unwrap_or(SmallData::default().steps),
+        ..SmallData::default()
+    };
+    let mut recipe = match a.recipe.as_str() {
+        "auto" if rule.applies(n) => rule.recipe(name, n),
+        "auto" | "default" => TrainConfig::for_model(name),
+        "small_data" => rule.recipe(name, n),
+        "reference" => TrainConfig {
+            n_epochs: 20,
+            batch_size: 64,
+            early_stopping_patience: 20,
+            ..TrainConfig::reference(name)
+        },
+        other => bail!("--recipe: auto, default, small_data or reference, not {other}"),
+    };
+    if let Some(e) = a.epochs {
+        recipe.n_epochs = e;
+        recipe.early_stopping_patience = e;
+    }
+    Ok(recipe)
 }
 
 /// A scratch directory for the encoders, removed at exit by the OS's temp cleaning.

@@ -154,6 +154,39 @@ fn reid_learner_trains_writes_a_checkpoint_and_embeds_like_it() {
     let a: Vec<f32> = trained.model.embed(x.clone()).into_data().to_vec().unwrap();
     let b: Vec<f32> = loaded.model.embed(x).into_data().to_vec().unwrap();
     assert_eq!(a, b);
+
+    // The learner trained: the same run at a vanishing learning rate (0 is refused) ends at
+    // other weights. A learner that dropped the learning rate would end at the same ones.
+    let mut still = opts.clone();
+    still.extend(["SOLVER.BASE_LR".to_string(), "1e-30".to_string()]);
+    still.extend(["SOLVER.CENTER_LR".to_string(), "1e-30".to_string()]);
+    let still = Learner::new(ReidConfig::load(None, &still).unwrap())
+        .unwrap()
+        .step(StepKind::Ctl)
+        .seed(3)
+        .run_dir(dir.path().join("still"))
+        .fit::<B>(&Default::default())
+        .unwrap();
+    let conv = |m: &reid::ReidModel<Flex>| -> Vec<f32> {
+        m.backbone
+            .base
+            .conv1
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let (moved, kept) = (conv(&trained.model), conv(&still.model));
+    let largest = moved
+        .iter()
+        .zip(&kept)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        largest > 1e-5,
+        "two epochs moved the stem by only {largest}"
+    );
 }
 
 /// The README's library program is the downstream example that `.ci/run` builds and runs outside

@@ -5,7 +5,7 @@
 //! [`BackendJob`] with the matching autodiff backend.
 //!
 //! CPU backends are cargo features: `flex` (pure-Rust, the default: it measured faster than
-//! ndarray on every moola model, see the README's benchmark table) and `ndarray`. With both
+//! ndarray on every moola model, see docs/benchmarks.md) and `ndarray`. With both
 //! compiled in, `cpu` means flex and `ndarray`/`flex` name one explicitly. CUDA is the `cuda`
 //! feature; burn-wgpu (Vulkan on Linux and Windows, Metal on macOS; with kernel fusion and
 //! autotuning) is the `wgpu` feature. Asking for a device whose backend was not compiled in, for

@@ -1,4 +1,5 @@
-//! Trainer callbacks: early stopping and model checkpointing.
+//! Trainer callbacks: early stopping and model checkpointing (and the TensorBoard logger of
+//! [`crate::tensorboard`]).
 //!
 //! Callbacks are plain state machines over epoch metrics. They do not touch the model; they ask
 //! the trainer for what they need through [`Actions`] (remember these weights as the best, write
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::metric_log::Row;
 
 /// Whether a monitored metric improves downwards or upwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Lower is better (losses).
@@ -59,22 +60,52 @@ pub struct Actions {
 pub struct EpochEnd<'a> {
     /// 0-based epoch that just ended.
     pub epoch: usize,
+    /// Optimiser steps taken so far (the last step of this epoch).
+    pub global_step: usize,
     /// Its metrics (training averages, validation results, learning rate).
     pub metrics: &'a Row,
     /// The run directory, when the run writes files.
     pub run_dir: Option<&'a Path>,
 }
 
+/// What a callback sees after every optimiser step (on rank 0 of a data-parallel run).
+pub struct StepEnd<'a> {
+    /// 0-based epoch of the step.
+    pub epoch: usize,
+    /// Optimiser steps taken, this one included (1 after the first step).
+    pub global_step: usize,
+    /// The step's training loss (mean over the virtual ranks; this replica's in a data-parallel
+    /// run), before loss scaling.
+    pub loss: f64,
+    /// The learning rate the step was taken with.
+    pub lr: f64,
+    /// The `16-mixed` loss scale after the step (`None` under other precisions).
+    pub loss_scale: Option<f64>,
+    /// Wall-clock seconds of the step: data loading, forward, backward and optimiser update.
+    pub seconds: f64,
+    /// The task's per-batch values ([`StepOutput::logs`](crate::trainer::StepOutput::logs)).
+    pub logs: &'a [(String, f64)],
+}
+
 /// A trainer callback.
 pub trait Callback: Send {
     /// A unique name, used as the key of its state in checkpoints.
     fn name(&self) -> String;
+    /// Called after every optimiser step.
+    fn on_train_step(&mut self, _ctx: &StepEnd<'_>) -> Result<()> {
+        Ok(())
+    }
     /// Called after every epoch.
     fn on_epoch_end(&mut self, _ctx: &EpochEnd<'_>, _actions: &mut Actions) -> Result<()> {
         Ok(())
     }
     /// Called once when fitting ends (normally or stopped early).
     fn on_fit_end(&mut self, _actions: &mut Actions) {}
+    /// The metric this callback selects by and its direction, if any (the trainer marks the
+    /// best epoch of the first callback's monitor in `curves.png`).
+    fn monitor(&self) -> Option<(String, Mode)> {
+        None
+    }
     /// State to save in checkpoints.
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -89,11 +120,17 @@ impl Callback for Box<dyn Callback> {
     fn name(&self) -> String {
         (**self).name()
     }
+    fn on_train_step(&mut self, ctx: &StepEnd<'_>) -> Result<()> {
+        (**self).on_train_step(ctx)
+    }
     fn on_epoch_end(&mut self, ctx: &EpochEnd<'_>, actions: &mut Actions) -> Result<()> {
         (**self).on_epoch_end(ctx, actions)
     }
     fn on_fit_end(&mut self, actions: &mut Actions) {
         (**self).on_fit_end(actions)
+    }
+    fn monitor(&self) -> Option<(String, Mode)> {
+        (**self).monitor()
     }
     fn state(&self) -> serde_json::Value {
         (**self).state()
@@ -222,6 +259,10 @@ impl Callback for EarlyStopping {
         actions.restore_best |= self.restore_best && self.best.is_some();
     }
 
+    fn monitor(&self) -> Option<(String, Mode)> {
+        Some((self.monitor.clone(), self.mode))
+    }
+
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
@@ -323,8 +364,33 @@ impl ModelCheckpoint {
 }
 
 impl Callback for ModelCheckpoint {
+    /// `model_checkpoint[...]` with the configuration in the brackets, so that two checkpoint
+    /// callbacks of one run keep their own state in a checkpoint (the top-k lists differ), e.g.
+    /// `model_checkpoint[monitor=val_loss,mode=min,top_k=1,last]`. Checkpoints written when
+    /// every one was `model_checkpoint` resume through that key
+    /// ([`CallbackStates::get`](crate::checkpoint::CallbackStates::get)).
     fn name(&self) -> String {
-        "model_checkpoint".to_string()
+        let mut parts = Vec::new();
+        if let Some(monitor) = &self.monitor {
+            let mode = match self.mode {
+                Mode::Min => "min",
+                Mode::Max => "max",
+            };
+            parts.push(format!(
+                "monitor={monitor},mode={mode},top_k={}",
+                self.save_top_k
+            ));
+        }
+        if self.save_last {
+            parts.push("last".to_string());
+        }
+        if let Some(n) = self.every_n_epochs {
+            parts.push(format!("every_n_epochs={n}"));
+        }
+        if let Some(dir) = &self.dir {
+            parts.push(format!("dir={}", dir.display()));
+        }
+        format!("model_checkpoint[{}]", parts.join(","))
     }
 
     fn on_epoch_end(&mut self, ctx: &EpochEnd<'_>, actions: &mut Actions) -> Result<()> {
@@ -383,6 +449,10 @@ impl Callback for ModelCheckpoint {
         Ok(())
     }
 
+    fn monitor(&self) -> Option<(String, Mode)> {
+        self.monitor.clone().map(|m| (m, self.mode))
+    }
+
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(&self.kept).unwrap_or_default()
     }
@@ -400,6 +470,7 @@ mod tests {
     fn end(epoch: usize, metrics: &Row) -> EpochEnd<'_> {
         EpochEnd {
             epoch,
+            global_step: epoch,
             metrics,
             run_dir: Some(Path::new("/run")),
         }
@@ -473,5 +544,28 @@ mod tests {
                 .to_string_lossy()
                 .contains("best-epoch=003")
         );
+    }
+
+    /// Checkpoint callbacks of different configurations have different names (their states
+    /// are keyed by name in a checkpoint).
+    #[test]
+    fn checkpoint_names_carry_the_configuration() {
+        let names = [
+            ModelCheckpoint::best("val_loss", Mode::Min, 1),
+            ModelCheckpoint::best("val_loss", Mode::Max, 1),
+            ModelCheckpoint::best("val_loss", Mode::Min, 2),
+            ModelCheckpoint::best("val_acc", Mode::Min, 1),
+            ModelCheckpoint::best("val_loss", Mode::Min, 1).with_dir("/elsewhere"),
+            ModelCheckpoint::best("val_loss", Mode::Min, 1).with_every_n_epochs(5),
+            ModelCheckpoint::last_only(),
+        ]
+        .map(|cb| cb.name());
+        assert_eq!(
+            names[0],
+            "model_checkpoint[monitor=val_loss,mode=min,top_k=1,last]"
+        );
+        assert_eq!(names[6], "model_checkpoint[last]");
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
     }
 }

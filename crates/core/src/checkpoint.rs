@@ -74,6 +74,35 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
     v.out
 }
 
+/// Paths of the float tensors of a module that require a gradient, in visiting order: what an
+/// optimiser steps and a data-parallel run averages. Frozen parameters and BatchNorm running
+/// statistics are not among them.
+pub fn trainable_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    struct Trainable {
+        path: Vec<String>,
+        out: Vec<String>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Trainable {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.val().is_require_grad() {
+                self.out.push(self.path.join("."));
+            }
+        }
+    }
+    let mut v = Trainable {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 /// Number of learnable values, as PyTorch's `sum(p.numel() for p in model.parameters())` counts
 /// them: BatchNorm running statistics (`running_mean`, `running_var`) are buffers there, while
 /// Burn's `num_params` includes them.
@@ -97,13 +126,39 @@ pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
 
 /// Loads `record` into `module`, failing (instead of mis-loading) when any parameter's shape
 /// differs from what the module expects.
+///
+/// Which tensors train stays as `module` had it: a float tensor that required no gradient there
+/// (a frozen parameter, a BatchNorm running statistic) is loaded outside the autodiff graph.
+/// Burn's `RunningState` would otherwise take the loaded tensor as the record made it, marked
+/// for a gradient and moved to the device by a recorded operation, so that every running
+/// update of a resumed run chained onto the last.
 pub fn load_checked<B: Backend, M: Module<B>>(
     module: M,
     record: M::Record,
     what: &str,
 ) -> Result<M> {
+    struct Frozen(Vec<bool>);
+    impl<B: Backend> ModuleVisitor<B> for Frozen {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(!param.val().is_require_grad());
+        }
+    }
+    struct Untrack(std::vec::IntoIter<bool>);
+    impl<B: Backend> ModuleMapper<B> for Untrack {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if self.0.next().unwrap_or(false) {
+                param.map(|t| t.set_require_grad(false))
+            } else {
+                param
+            }
+        }
+    }
     let expected = param_shapes::<B, M>(&module);
-    let loaded = module.load_record(record);
+    let mut frozen = Frozen(Vec::new());
+    module.visit(&mut frozen);
+    let loaded = module
+        .load_record(record)
+        .map(&mut Untrack(frozen.0.into_iter()));
     let got = param_shapes::<B, M>(&loaded);
     if expected.len() != got.len() {
         bail!(
@@ -146,15 +201,33 @@ pub fn load_module<B: Backend, M: Module<B>>(
     load_checked(module, record, &path.display().to_string())
 }
 
-/// Sets `require_grad` on every float parameter of a module (freeze with `false`).
+/// Sets `require_grad` on every float parameter of a module (freeze with `false`). BatchNorm
+/// running statistics (the `running_mean` and `running_var` of kiln's and Burn's layers) are
+/// buffers and stay out of the autodiff graph.
 pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: bool) -> M {
-    struct Flag(bool);
+    struct Flag {
+        trainable: bool,
+        field: Vec<String>,
+    }
     impl<B: Backend> ModuleMapper<B> for Flag {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.field.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.field.pop();
+        }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            param.set_require_grad(self.0)
+            let running = self
+                .field
+                .last()
+                .is_some_and(|f| f == "running_mean" || f == "running_var");
+            param.set_require_grad(self.trainable && !running)
         }
     }
-    module.map(&mut Flag(trainable))
+    module.map(&mut Flag {
+        trainable,
+        field: Vec::new(),
+    })
 }
 
 /// The JSON header of a checkpoint.
@@ -171,7 +244,7 @@ pub struct CheckpointMeta {
     #[serde(deserialize_with = "nan_for_null")]
     pub metrics: BTreeMap<String, f64>,
     /// Callback states by callback name.
-    pub callbacks: BTreeMap<String, serde_json::Value>,
+    pub callbacks: CallbackStates,
     /// Free-form task state (e.g. label maps).
     pub task: serde_json::Value,
     /// Names and lengths of the binary sections that follow the header.
@@ -186,6 +259,39 @@ fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Strin
         .into_iter()
         .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
         .collect())
+}
+
+/// The callback states of a checkpoint, by [`Callback::name`](crate::callbacks::Callback::name)
+/// (a JSON object in the header).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallbackStates(pub BTreeMap<String, serde_json::Value>);
+
+impl CallbackStates {
+    /// The state saved for the callback called `name`.
+    ///
+    /// A name with its configuration in brackets (`model_checkpoint[monitor=val_loss,…]`) that
+    /// the checkpoint does not hold falls back to the state under the bare name before the
+    /// bracket (`model_checkpoint`): checkpoints written before the name carried the
+    /// configuration still resume.
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0
+            .get(name)
+            .or_else(|| self.0.get(name.split_once('[')?.0))
+    }
+}
+
+impl FromIterator<(String, serde_json::Value)> for CallbackStates {
+    fn from_iter<I: IntoIterator<Item = (String, serde_json::Value)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl std::ops::Deref for CallbackStates {
+    type Target = BTreeMap<String, serde_json::Value>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 const MAGIC: &[u8] = b"KILNCKPT1\n";
@@ -449,7 +555,9 @@ mod tests {
             global_step: 30,
             seed: 9,
             metrics: [("val_loss".to_string(), 0.5)].into(),
-            callbacks: BTreeMap::new(),
+            callbacks: [("early_stopping[val_loss]".to_string(), serde_json::json!(1))]
+                .into_iter()
+                .collect(),
             task: serde_json::json!({"labels": ["a", "b"]}),
             sections: vec![],
         };
@@ -482,7 +590,7 @@ mod tests {
             global_step: 1,
             seed: 1,
             metrics: [("a".to_string(), f64::NAN), ("b".to_string(), 2.0)].into(),
-            callbacks: BTreeMap::new(),
+            callbacks: CallbackStates::default(),
             task: serde_json::Value::Null,
             sections: vec![],
         };
@@ -514,5 +622,34 @@ mod tests {
         assert_eq!(params[0].1, w);
         assert_eq!(params[2].1.len(), 3);
         assert!(record_params(b"not a record").is_err());
+    }
+
+    /// A callback's own key first; a bracketed name missing from the checkpoint falls back to
+    /// its bare name (the key of checkpoints written before names carried a configuration),
+    /// never to another callback's state. The header keeps its JSON object.
+    #[test]
+    fn callback_states_fall_back_to_the_bare_name() {
+        use serde_json::json;
+        let old: CallbackStates =
+            serde_json::from_str(r#"{"model_checkpoint": [1], "early_stopping[val_loss]": 2}"#)
+                .unwrap();
+        assert_eq!(
+            old.get("model_checkpoint[monitor=val_loss]"),
+            Some(&json!([1]))
+        );
+        assert_eq!(old.get("early_stopping[val_loss]"), Some(&json!(2)));
+        assert_eq!(old.get("early_stopping[val_acc]"), None);
+        assert_eq!(old.get("other"), None);
+        let new: CallbackStates = [
+            ("model_checkpoint[last]".to_string(), json!(3)),
+            ("model_checkpoint".to_string(), json!(0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(new.get("model_checkpoint[last]"), Some(&json!(3)));
+        assert_eq!(
+            serde_json::to_value(&new).unwrap(),
+            json!({"model_checkpoint": 0, "model_checkpoint[last]": 3})
+        );
     }
 }

@@ -161,9 +161,7 @@ pub fn hoist_flags(command: &clap::Command, args: Vec<String>) -> Vec<String> {
     }
     let rest: Vec<String> = iter.collect();
     // The subcommand chosen, if any: flags are looked up in it and in the top level.
-    let sub = rest
-        .iter()
-        .find_map(|a| command.get_subcommands().find(|s| s.get_name() == a));
+    let sub = rest.iter().find_map(|a| find_subcommand(command, a));
     let takes_value = |name: &str| -> Option<bool> {
         let find = |c: &clap::Command| {
             c.get_arguments()
@@ -189,7 +187,7 @@ pub fn hoist_flags(command: &clap::Command, args: Vec<String>) -> Vec<String> {
         }
         if !in_sub {
             out.push(arg.clone());
-            if sub.is_some_and(|s| s.get_name() == arg) {
+            if sub.is_some_and(|s| names(s).any(|n| n == arg)) {
                 in_sub = true;
             }
             i += 1;
@@ -227,6 +225,46 @@ pub fn hoist_flags(command: &clap::Command, args: Vec<String>) -> Vec<String> {
     out
 }
 
+/// A subcommand's name and aliases.
+fn names(sub: &clap::Command) -> impl Iterator<Item = &str> {
+    std::iter::once(sub.get_name()).chain(sub.get_all_aliases())
+}
+
+/// The subcommand of `command` called `word` (by name or alias).
+fn find_subcommand<'a>(command: &'a clap::Command, word: &str) -> Option<&'a clap::Command> {
+    command
+        .get_subcommands()
+        .find(|s| names(s).any(|n| n == word))
+}
+
+/// The first `--flag` among a subcommand's trailing `KEY VALUE` pairs once [`hoist_flags`] has
+/// moved the known flags in front of them: a flag the tool does not know (a misspelling, or a
+/// flag of another subcommand). No configuration key starts with `--`.
+pub fn unknown_flag(command: &clap::Command, args: &[String]) -> Option<String> {
+    let start = args
+        .iter()
+        .position(|a| find_subcommand(command, a).is_some())?;
+    let sub = find_subcommand(command, &args[start])?;
+    let known = |name: &str| {
+        [sub, command].iter().any(|c| {
+            c.get_arguments().any(|a| {
+                a.get_long() == Some(name)
+                    || a.get_all_aliases()
+                        .is_some_and(|aliases| aliases.contains(&name))
+            })
+        }) || name == "help"
+    };
+    args[start + 1..]
+        .iter()
+        .take_while(|a| a.as_str() != "--")
+        .find(|a| {
+            a.strip_prefix("--")
+                .map(|n| n.split('=').next().unwrap_or(n))
+                .is_some_and(|n| !n.is_empty() && !known(n))
+        })
+        .cloned()
+}
+
 /// Restores the default `SIGPIPE` behaviour so that `tool | head` ends the tool quietly instead
 /// of panicking on a closed standard output (Rust ignores `SIGPIPE` by default). Call it first
 /// thing in `main`.
@@ -250,6 +288,17 @@ pub fn run_tool<C: clap::Parser>(
     crate::alloc::retain_freed_memory();
     // Flags may follow the trailing `KEY VALUE` overrides, as yacs users write them.
     let args = hoist_flags(&C::command(), args);
+    if let Some(flag) = unknown_flag(&C::command(), &args) {
+        C::command()
+            .error(
+                clap::error::ErrorKind::UnknownArgument,
+                format!(
+                    "unexpected argument '{flag}' (not a flag of this command; `KEY VALUE` \
+                     overrides never start with `--`)"
+                ),
+            )
+            .exit();
+    }
     let cli = C::parse_from(args);
     // burn-collective logs every tensor transfer at INFO: keep it to warnings.
     crate::progress::init_logging(crate::dist::QUIET_LOGS);
@@ -279,6 +328,31 @@ mod tests {
             #[command(flatten)]
             overrides: Overrides,
         },
+    }
+
+    #[test]
+    fn an_unknown_flag_among_the_overrides_is_found() {
+        let words = |line: &str| -> Vec<String> {
+            hoist_flags(
+                &Tool::command(),
+                line.split_whitespace().map(String::from).collect(),
+            )
+        };
+        let cmd = Tool::command();
+        assert_eq!(
+            unknown_flag(&cmd, &words("tool train seed 3 --bogus 1")),
+            Some("--bogus".into())
+        );
+        assert_eq!(
+            unknown_flag(&cmd, &words("tool train seed 3 --resum=1")),
+            Some("--resum=1".into())
+        );
+        assert_eq!(
+            unknown_flag(&cmd, &words("tool train seed 3 --resume")),
+            None
+        );
+        assert_eq!(unknown_flag(&cmd, &words("tool train seed -3")), None);
+        assert_eq!(unknown_flag(&cmd, &words("tool train -- seed --x")), None);
     }
 
     fn parse(line: &str) -> Tool {

@@ -57,10 +57,12 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod pickle;
+pub mod plot;
 pub mod progress;
 pub mod seed;
 pub mod step;
 pub mod sync;
+pub mod tensorboard;
 pub mod testing;
 pub mod torch;
 pub mod trainer;
@@ -69,6 +71,7 @@ pub use amp::{GradScaler, autocast};
 pub use backend::{BackendJob, DeviceKind, launch};
 pub use callbacks::{Callback, EarlyStopping, Mode, ModelCheckpoint};
 pub use optim::{Interval, LrControl, Optimization, Standard};
+pub use tensorboard::TensorBoardLogger;
 pub use trainer::{
     EpochInfo, FitOutcome, Loader, Precision, StepOutput, Strategy, Task, Trainer, TrainerConfig,
 };

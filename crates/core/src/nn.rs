@@ -273,8 +273,10 @@ impl<B: Backend> BatchNorm<B> {
             };
             let m = self.momentum;
             let device = y.device();
-            let rm = self.running_mean.value_sync().to_device(&device);
-            let rv = self.running_var.value_sync().to_device(&device);
+            // Detached: the statistics are buffers, and an update recorded on the graph would
+            // chain every step's onto the last.
+            let rm = self.running_mean.value_sync().detach().to_device(&device);
+            let rv = self.running_var.value_sync().detach().to_device(&device);
             self.running_mean
                 .update(rm.mul_scalar(1.0 - m) + mean.mul_scalar(m));
             self.running_var
@@ -431,6 +433,72 @@ mod tests {
         let x = Tensor::<Flex, 2>::from_data(TensorData::from([[1.0f32, 2.0]]), &device);
         let y: Vec<f32> = eval.forward(x).into_data().to_vec().unwrap();
         assert!((y[0] - 0.7 / 1.3f32.sqrt()).abs() < 1e-5, "{y:?}");
+    }
+
+    /// The running statistics are buffers: never trainable and never in the autodiff graph,
+    /// not after a checkpoint round trip (as a resume loads one), nor after
+    /// `set_trainable(true)` (as unfreezing does), nor after a training step (whatever loaded
+    /// them); an optimiser step
+    /// (SGD with weight decay, which moves every parameter it steps) leaves them where the
+    /// running-statistics update put them.
+    #[test]
+    fn running_statistics_are_never_trainable() {
+        use crate::checkpoint::{
+            load_checked, record_from_bytes, record_to_bytes, set_trainable, trainable_paths,
+        };
+        use burn::optim::{GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};
+        type AD = Autodiff<Flex>;
+        // Neither a tracked leaf nor a recorded result (whose updates would chain every step's
+        // into one graph), and not among the trainable tensors.
+        let buffers = |bn: &BatchNorm<AD>, when: &str| {
+            for (name, t) in [
+                ("running_mean", bn.running_mean.value_sync()),
+                ("running_var", bn.running_var.value_sync()),
+            ] {
+                let node = t.into_primitive().tensor().node;
+                assert!(node.requirement.is_none(), "{when}: {name} is in the graph");
+            }
+            assert_eq!(trainable_paths::<AD, _>(bn), ["weight", "bias"], "{when}");
+        };
+        let device = Default::default();
+        let saved = BatchNorm::<AD>::new(2, &device);
+        let bytes = record_to_bytes::<AD, _>(saved.into_record()).unwrap();
+        let record = || record_from_bytes::<AD, _>(bytes.clone(), &device).unwrap();
+        let bn = load_checked(BatchNorm::<AD>::new(2, &device), record(), "bn").unwrap();
+        buffers(&bn, "loaded");
+        buffers(&set_trainable(bn, true), "set trainable");
+        // Burn's own loading leaves them in the graph; the forward pass's update takes them
+        // out.
+        let bn = BatchNorm::<AD>::new(2, &device).load_record(record());
+
+        // The batch of `matches_pytorch_running_statistics`: running mean [0.3, 0.6] and
+        // variance [1.3, 2.5] after the forward pass.
+        let x = Tensor::<AD, 2>::from_data(
+            TensorData::from([[1.0f32, 2.0], [3.0, 6.0], [5.0, 10.0]]),
+            &device,
+        );
+        let g = Tensor::<AD, 2>::from_data(
+            TensorData::from([[1.0f32, -1.0], [0.5, 2.0], [-2.0, 0.0]]),
+            &device,
+        );
+        let loss = (bn.forward(x) * g).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &bn);
+        buffers(&bn, "forward");
+        let weight = bn.weight.val().into_data();
+        let mut sgd = SgdConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(0.5)))
+            .init::<AD, BatchNorm<AD>>();
+        let bn = sgd.step(1.0, bn, grads);
+        assert_ne!(bn.weight.val().into_data(), weight, "the step moved γ");
+        bn.running_mean
+            .value_sync()
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([0.3f32, 0.6]), Tolerance::default());
+        bn.running_var
+            .value_sync()
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([1.3f32, 2.5]), Tolerance::default());
+        buffers(&bn, "step");
     }
 
     #[test]

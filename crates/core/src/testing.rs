@@ -11,7 +11,7 @@
 //! [`gradients`] read a module's values and gradients by parameter path, and
 //! [`max_relative_diff`] finds the tensor that differs most.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -31,6 +31,22 @@ pub struct Drift {
     pub diff: f32,
     /// The tolerance applied, as a fraction of `moved`.
     pub tolerance: f32,
+    /// Two units in the last place of the tensor's largest value: differences this small are
+    /// f32 rounding of the stored weights whatever the movement, and always pass.
+    pub ulp_floor: f32,
+}
+
+impl Drift {
+    /// Whether the difference is within the tolerance (plus the rounding floor).
+    pub fn passes(&self) -> bool {
+        self.diff <= self.tolerance * self.moved + self.ulp_floor
+    }
+}
+
+/// Two units in the last place of the largest magnitude in `v` (0 for an empty slice).
+fn ulp_floor(v: &[f32]) -> f32 {
+    let largest = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    2.0 * f32::EPSILON * largest
 }
 
 impl std::fmt::Display for Drift {
@@ -48,7 +64,8 @@ impl std::fmt::Display for Drift {
 }
 
 /// Compares `got` with the reference run `want`, tensor by tensor: each must differ by at most
-/// `tolerance(name)` times how far `want` moved from `start` (the common initial weights, or
+/// `tolerance(name)` times how far `want` moved from `start` (plus two units in the last place
+/// of its largest value, the rounding of the stored weights) (the common initial weights, or
 /// the reference run at an earlier point). An error names the first tensor that did not move
 /// (the comparison would not check it) or that differs by more; the `Ok` rows say how close
 /// every tensor came.
@@ -65,12 +82,6 @@ pub fn compare_runs(
         want.len(),
         start.len()
     );
-    let max_abs = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
-    };
     let mut rows = Vec::with_capacity(got.len());
     for (((name, a), (name_b, b)), (_, s)) in got.iter().zip(want).zip(start) {
         ensure!(
@@ -84,11 +95,12 @@ pub fn compare_runs(
             moved: max_abs(b, s),
             diff: max_abs(a, b),
             tolerance: tolerance(name),
+            ulp_floor: ulp_floor(b),
         };
-        if !(row.moved > 0.0) {
+        if row.moved.is_nan() || row.moved <= 0.0 {
             bail!("{name} did not move: comparing it would check nothing");
         }
-        if !(row.diff <= row.tolerance * row.moved) {
+        if !row.passes() {
             bail!("the runs differ: {row}");
         }
         rows.push(row);
@@ -218,6 +230,91 @@ pub fn max_relative_diff(got: &Params, want: &Params) -> Result<Mismatch> {
         }
     }
     worst.ok_or_else(|| anyhow::anyhow!("no tensors to compare"))
+
+/// Splits each packed attention in-projection bias (a tensor named `…in_proj_bias`, PyTorch's
+/// `[q; k; v]` layout) into its three parts, `…in_proj_bias[q]`, `[k]` and `[v]`, so that a
+/// comparison can treat the key bias apart: its gradient is zero in exact arithmetic (a softmax
+/// ignores a shift shared by all keys of a query), so training moves it by float noise alone,
+/// which Adam's `g/√v` turns into steps of up to the learning rate.
+pub fn split_in_proj_bias(params: &Params) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut out = Vec::with_capacity(params.len() + 2);
+    for (name, v) in params {
+        if name.ends_with("in_proj_bias") {
+            ensure!(
+                v.len() % 3 == 0,
+                "{name} holds {} values, not three equal parts",
+                v.len()
+            );
+            for (part, chunk) in ["q", "k", "v"].iter().zip(v.chunks(v.len() / 3)) {
+                out.push((format!("{name}[{part}]"), chunk.to_vec()));
+            }
+        } else {
+            out.push((name.clone(), v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// [`compare_runs`] for networks with attention: packed in-projection biases are split
+/// ([`split_in_proj_bias`]), every tensor but the key biases is held to `tolerance(name)` of
+/// its own movement, and each key bias, which training moves by float noise alone, to
+/// `key_tolerance` of the movement of its layer's query bias (noise, small against what
+/// training did to the layer). The key rows' `moved` is that query movement.
+pub fn compare_attention_runs(
+    got: &Params,
+    want: &Params,
+    start: &Params,
+    tolerance: impl Fn(&str) -> f32,
+    key_tolerance: f32,
+) -> Result<Vec<Drift>> {
+    let is_key = |n: &str| n.ends_with("in_proj_bias[k]");
+    let (got, want, start) = (
+        split_in_proj_bias(got)?,
+        split_in_proj_bias(want)?,
+        split_in_proj_bias(start)?,
+    );
+    let others = |p: &Params| -> Vec<(String, Vec<f32>)> {
+        p.iter().filter(|(n, _)| !is_key(n)).cloned().collect()
+    };
+    let mut rows = compare_runs(&others(&got), &others(&want), &others(&start), tolerance)?;
+    for ((name, a), (_, b)) in got.iter().zip(&want) {
+        if !is_key(name) {
+            continue;
+        }
+        let query = name.replace("[k]", "[q]");
+        let moved = rows
+            .iter()
+            .find(|r| r.name == query)
+            .map(|r| r.moved)
+            .with_context(|| format!("no {query} next to {name}"))?;
+        let row = Drift {
+            name: name.clone(),
+            moved,
+            diff: max_abs(a, b),
+            tolerance: key_tolerance,
+            ulp_floor: ulp_floor(b),
+        };
+        if !row.passes() {
+            bail!("the runs differ: {row} (the movement of {query})");
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Largest absolute difference of two equally long slices; NaN when either holds one
+/// (`f32::max` would drop it, and a NaN weight would compare as equal).
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, |m, d| {
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 #[cfg(test)]
@@ -245,5 +342,55 @@ mod tests {
             .to_string();
         assert!(e.contains("did not move"), "{e}");
         assert!(compare_runs(&p(&[f32::NAN]), &p(&[1.0]), &p(&[0.0]), |_| 1.0).is_err());
+        assert!(
+            compare_runs(
+                &p(&[1.0, f32::NAN]),
+                &p(&[1.0, 1.0]),
+                &p(&[0.0, 0.0]),
+                |_| 1.0
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn packed_biases_split_into_query_key_value() {
+        let params = vec![
+            (
+                "a.in_proj_bias".to_string(),
+                vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            ),
+            ("a.out_proj.bias".to_string(), vec![7.0]),
+        ];
+        let split = split_in_proj_bias(&params).unwrap();
+        let names: Vec<&str> = split.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a.in_proj_bias[q]",
+                "a.in_proj_bias[k]",
+                "a.in_proj_bias[v]",
+                "a.out_proj.bias"
+            ]
+        );
+        assert_eq!(split[1].1, [3.0, 4.0]);
+        assert!(split_in_proj_bias(&[("in_proj_bias".to_string(), vec![1.0])]).is_err());
+    }
+
+    #[test]
+    fn key_biases_are_measured_against_the_query_movement() {
+        let run = |k: f32| vec![("in_proj_bias".to_string(), vec![1.0, 0.0 + k, 2.0])];
+        let start = run(0.0);
+        let want = vec![("in_proj_bias".to_string(), vec![2.0, 0.001, 2.5])];
+        let rows = compare_attention_runs(&want, &want, &start, |_| 1e-4, 1e-2).unwrap();
+        assert_eq!(rows[2].name, "in_proj_bias[k]");
+        assert_eq!(rows[2].moved, 1.0);
+        // 0.009 off the key bias is within 1e-2 of the query's movement 1; 0.02 is not.
+        let mut got = want.clone();
+        got[0].1[1] += 0.009;
+        assert!(compare_attention_runs(&got, &want, &start, |_| 1e-4, 1e-2).is_ok());
+        got[0].1[1] += 0.011;
+        let e = compare_attention_runs(&got, &want, &start, |_| 1e-4, 1e-2).unwrap_err();
+        assert!(e.to_string().contains("in_proj_bias[k]"), "{e}");
     }
 }

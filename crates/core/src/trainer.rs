@@ -3,8 +3,9 @@
 //! A [`Task`] is the LightningModule counterpart: it knows its data, how to compute a training
 //! loss from a batch, and how to validate. The [`Trainer`] owns everything around that: epochs,
 //! seeding, the optimisation step (through an [`Optimization`]), validation cadence, callbacks
-//! (early stopping, checkpointing), the CSV metrics log, progress bars, and resuming a run from a
-//! checkpoint, mixed precision ([`crate::amp`]) and data parallelism ([`crate::dist`]). Models
+//! (early stopping, checkpointing), the CSV metrics log, a TensorBoard event file and the
+//! `curves.png` picture of the run ([`crate::tensorboard`], [`crate::plot`]), progress bars,
+//! resuming a run from a checkpoint, mixed precision ([`crate::amp`]) and data parallelism ([`crate::dist`]). Models
 //! never re-implement any of this.
 //!
 //! ```text
@@ -103,6 +104,21 @@ pub struct TrainerConfig {
     /// When a diverging run stops with an error instead of training on.
     #[serde(default)]
     pub divergence: DivergenceCheck,
+    /// Write a TensorBoard event file into the run directory (the
+    /// [`TensorBoardLogger`](crate::tensorboard::TensorBoardLogger): per-step loss, learning
+    /// rate, loss scale and step time, and every epoch's metrics). On by default; without a run
+    /// directory nothing is written either way.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// Draw `curves.png` into the run directory when fitting ends (losses and the monitored
+    /// metric per epoch, train and validation, the best epoch marked; see [`crate::plot`]). On
+    /// by default.
+    #[serde(default = "yes")]
+    pub curves: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// When a diverging run stops (Lightning's `detect_anomaly` / terminate-on-NaN, and an
@@ -163,6 +179,8 @@ impl TrainerConfig {
             strategy: Strategy::SingleDevice,
             virtual_ranks: 1,
             divergence: DivergenceCheck::default(),
+            tensorboard: true,
+            curves: true,
         }
     }
 }
@@ -311,6 +329,9 @@ pub struct FitOutcome<M> {
 pub struct Trainer {
     config: TrainerConfig,
     callbacks: Vec<Box<dyn Callback>>,
+    /// The callbacks every run with a run directory gets (the TensorBoard logger), made afresh
+    /// by each fit on rank 0; they keep no checkpoint state.
+    builtin: Vec<Box<dyn Callback>>,
     stepper: Stepper,
     fingerprint: String,
     divergence: DivergenceWatch,
@@ -372,6 +393,7 @@ impl Trainer {
         Self {
             config,
             callbacks: Vec::new(),
+            builtin: Vec::new(),
             stepper: Stepper::default(),
             fingerprint: String::new(),
             divergence: DivergenceWatch::default(),
@@ -523,6 +545,11 @@ impl Trainer {
             }
             _ => MetricLog::in_memory(),
         };
+        self.builtin.clear();
+        if let (Some(dir), true, true) = (&cfg.run_dir, self.is_main(), cfg.tensorboard) {
+            self.builtin
+                .push(Box::new(crate::tensorboard::TensorBoardLogger::new(dir)));
+        }
 
         let mut stopped_early = false;
         let mut epochs_completed = start_epoch;
@@ -576,10 +603,11 @@ impl Trainer {
                 }
                 let ctx = EpochEnd {
                     epoch,
+                    global_step,
                     metrics: &metrics,
                     run_dir: cfg.run_dir.as_deref(),
                 };
-                for cb in &mut self.callbacks {
+                for cb in self.builtin.iter_mut().chain(&mut self.callbacks) {
                     cb.on_epoch_end(&ctx, &mut actions)?;
                 }
             }
@@ -625,7 +653,7 @@ impl Trainer {
 
         let mut actions = Actions::default();
         if self.is_main() {
-            for cb in &mut self.callbacks {
+            for cb in self.builtin.iter_mut().chain(&mut self.callbacks) {
                 cb.on_fit_end(&mut actions);
             }
         }
@@ -638,6 +666,9 @@ impl Trainer {
         if let Some(new_dir) = new_dir {
             new_dir.keep();
         }
+        if let (Some(dir), true, true) = (&cfg.run_dir, self.is_main(), cfg.curves) {
+            self.write_curves(dir, log.rows());
+        }
         Ok(FitOutcome {
             model,
             history: log.rows().to_vec(),
@@ -645,6 +676,23 @@ impl Trainer {
             stopped_early,
             restored_best,
         })
+    }
+
+    /// Draws `curves.png` of the run (a failure is a warning: the run itself succeeded). The best
+    /// epoch is the first callback monitor's (where the run logged it), else
+    /// [`crate::plot::default_monitor`]'s.
+    fn write_curves(&self, dir: &std::path::Path, rows: &[(usize, Row)]) {
+        let has = |c: &str| rows.iter().any(|(_, r)| r.contains_key(c));
+        let monitor = self
+            .callbacks
+            .iter()
+            .find_map(|c| c.monitor())
+            .filter(|(m, _)| has(m))
+            .unwrap_or_else(|| crate::plot::default_monitor(rows));
+        match crate::plot::write_run_curves(dir, rows.to_vec(), &monitor.0, monitor.1) {
+            Ok(path) => tracing::debug!("wrote {}", path.display()),
+            Err(e) => tracing::warn!("no training-curve picture: {e:#}"),
+        }
     }
 
     /// Restores model, optimiser, callbacks, task, scaler and position from the configured
@@ -770,6 +818,7 @@ impl Trainer {
         let mut skipped = 0usize;
         let mut consecutive_skips = 0usize;
         for b in 0.. {
+            let step_started = Instant::now();
             let batches: Vec<_> = loaders.iter_mut().map(|l| l.batches.next()).collect();
             if batches.iter().all(Option::is_none) {
                 break;
@@ -848,6 +897,7 @@ impl Trainer {
             } else {
                 loss.div_scalar(ranks as f64)
             };
+            let step_lr = optim.lr();
             let status;
             (model, status) = self.stepper.step(model, loss, optim).with_context(|| {
                 format!(
@@ -874,6 +924,38 @@ impl Trainer {
                 }
             }
             let shown = losses_mean;
+            if !self.builtin.is_empty() || !self.callbacks.is_empty() {
+                // The step's per-batch logs, weighted by batch size over the virtual ranks.
+                let mut logs: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+                for out in &outs {
+                    for (name, v) in &out.logs {
+                        let e = logs.entry(name.as_str()).or_default();
+                        e.0 += v * out.batch_size as f64;
+                        e.1 += out.batch_size as f64;
+                    }
+                }
+                let logs: Vec<(String, f64)> = logs
+                    .into_iter()
+                    .map(|(k, (sum, n))| (k.to_string(), sum / n.max(1e-12)))
+                    .collect();
+                let ctx = crate::callbacks::StepEnd {
+                    epoch,
+                    global_step,
+                    loss: losses_mean,
+                    lr: step_lr,
+                    loss_scale: cfg
+                        .precision
+                        .needs_scaler()
+                        .then(|| self.stepper.scaler().scale),
+                    seconds: step_started.elapsed().as_secs_f64(),
+                    logs: &logs,
+                };
+                if self.is_main() {
+                    for cb in self.builtin.iter_mut().chain(&mut self.callbacks) {
+                        cb.on_train_step(&ctx)?;
+                    }
+                }
+            }
             for (out, loss) in outs.into_iter().zip(losses) {
                 let n = out.batch_size as f64;
                 seen += out.batch_size;

@@ -239,6 +239,74 @@ fn learns_and_writes_run_files() {
         "{ckpts:?}"
     );
     assert!(!ckpts.iter().any(|n| n.contains(".tmp")), "{ckpts:?}");
+
+    // The TensorBoard event file: every optimiser step and every epoch.
+    let files = kiln::tensorboard::event_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = kiln::tensorboard::read_events(&files[0]).unwrap();
+    assert_eq!(
+        events[0].file_version.as_deref(),
+        Some(kiln::tensorboard::FILE_VERSION)
+    );
+    let tagged = |tag: &str| -> Vec<(i64, f32)> {
+        events
+            .iter()
+            .flat_map(|e| {
+                e.scalars
+                    .iter()
+                    .filter(|(t, _)| t == tag)
+                    .map(move |(_, v)| (e.step, *v))
+            })
+            .collect()
+    };
+    let steps = tagged("step/loss");
+    let per_epoch = steps.len() / 30;
+    assert!(
+        per_epoch >= 1 && steps.len() == 30 * per_epoch,
+        "{}",
+        steps.len()
+    );
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=steps.len() as i64).collect::<Vec<_>>()
+    );
+    assert!(tagged("step/lr").iter().all(|(_, v)| *v == 0.05));
+    assert!(tagged("step/seconds").iter().all(|(_, v)| *v >= 0.0));
+    assert!(tagged("step/loss_scale").is_empty());
+    let val = tagged("epoch/val_loss");
+    assert_eq!(val.len(), 30);
+    assert_eq!(val[29].0, steps.len() as i64);
+    assert_eq!(val[29].1, last as f32);
+    // The training-curve picture.
+    let png = std::fs::read(dir.path().join("curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn run_files_can_be_turned_off() {
+    let _guard = seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let mut cfg = TrainerConfig::new(2);
+    cfg.run_dir = Some(dir.path().to_path_buf());
+    cfg.progress = false;
+    cfg.tensorboard = false;
+    cfg.curves = false;
+    Trainer::new(cfg)
+        .fit(
+            &mut Regression::new(16, false),
+            Net::<B>::new(&device),
+            &mut optim(),
+            &device,
+        )
+        .unwrap();
+    assert!(dir.path().join("metrics.csv").exists());
+    assert!(!dir.path().join("curves.png").exists());
+    assert!(
+        kiln::tensorboard::event_files(dir.path())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -518,6 +586,19 @@ fn mixed_precision_trains_like_f32_and_resumes_exactly() {
     );
     assert_eq!(w_resumed, w_straight);
     assert_eq!(s_resumed, s_straight);
+    // The loss scale of every step is in the TensorBoard file (the resumed fit wrote a second
+    // file beside the first).
+    let files = kiln::tensorboard::event_files(split.path()).unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let scales: Vec<f32> = kiln::tensorboard::read_events(&files[1])
+        .unwrap()
+        .iter()
+        .flat_map(|e| e.scalars.clone())
+        .filter(|(t, _)| t == "step/loss_scale")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!scales.is_empty());
+    assert_eq!(*scales.last().unwrap() as f64, s_resumed.scale);
     // With growth every 3 steps the scale reaches 2^17, where these O(1) gradients overflow
     // f16 (> 65504): the grow → skip → back-off cycle ran, and resumed in step.
     assert!(s_straight.skipped_steps >= 1, "{s_straight:?}");
@@ -805,4 +886,55 @@ fn best_checkpoints_hold_the_best_epochs_by_the_monitor_mode() {
     assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
     let (epochs, _, weights) = checkpoint_weights(&dir.join(&best[0]));
     assert_eq!((epochs, &weights), (4, &seen[3]));
+}
+
+/// Two checkpoint callbacks of one run keep their own top-k lists across a resume (as in the
+/// uninterrupted run above), and a checkpoint from when every checkpoint callback saved its
+/// state under the one key `model_checkpoint` still resumes with its list.
+#[test]
+fn checkpoint_callbacks_keep_their_own_state_across_a_resume() {
+    let _guard = seed::global_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let max_dir = dir.path().join("max");
+    let both = || {
+        vec![
+            ModelCheckpoint::best("val_loss", Mode::Min, 1),
+            ModelCheckpoint::best("val_acc", Mode::Max, 2).with_dir(&max_dir),
+        ]
+    };
+    fit_scripted(2, dir.path(), false, both());
+    fit_scripted(6, dir.path(), true, both());
+    let best = best_files(&dir.path().join("checkpoints"));
+    assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
+    let best = best_files(&max_dir);
+    assert_eq!(
+        best,
+        [
+            "best-epoch=001-val_acc=0.900000.ckpt",
+            "best-epoch=003-val_acc=0.800000.ckpt"
+        ],
+        "{best:?}"
+    );
+
+    // The old key: last.ckpt of a 2-epoch run rewritten with its one state under
+    // `model_checkpoint`. The resumed run knows epoch 1's 0.4, so epoch 2's 0.7 is no best
+    // and epoch 3's 0.3 replaces epoch 1's file.
+    let old = tempfile::tempdir().unwrap();
+    let one = || vec![ModelCheckpoint::best("val_loss", Mode::Min, 1)];
+    fit_scripted(2, old.path(), false, one());
+    let last = old.path().join("checkpoints/last.ckpt");
+    let (mut meta, sections) = kiln::checkpoint::read_checkpoint(&last).unwrap();
+    assert_eq!(meta.callbacks.len(), 1);
+    let state = meta.callbacks.values().next().unwrap().clone();
+    meta.callbacks = [("model_checkpoint".to_string(), state)]
+        .into_iter()
+        .collect();
+    let sections = sections
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.clone()))
+        .collect();
+    kiln::checkpoint::write_checkpoint(&last, meta, sections).unwrap();
+    fit_scripted(6, old.path(), true, one());
+    let best = best_files(&old.path().join("checkpoints"));
+    assert_eq!(best, ["best-epoch=003-val_loss=0.300000.ckpt"], "{best:?}");
 }

@@ -54,6 +54,11 @@ pub struct FitReport {
     pub final_train_acc: Option<f64>,
     /// Number of parameters.
     pub num_params: usize,
+    /// How the fit trained: the small-data rule resolved (batch, epochs, steps per epoch,
+    /// schedule).
+    pub plan: train::Plan,
+    /// The input scaling (recorded in the model card; `auto` resolved on the training set).
+    pub scaling: crate::scaling::InputScaling,
 }
 
 /// Start/end pointer predictions of the CNN-Transformer (reference `predict_with_pointers`).
@@ -189,13 +194,16 @@ impl<B: AutodiffBackend> Classifier<B> {
             best_val_loss,
             final_train_acc,
             num_params: kiln::checkpoint::parameter_count(&net),
+            plan: fitted.plan,
+            scaling: fitted.scaling,
         };
         let card = ModelCard::new(
             &self.spec,
             data.n_features,
             data.seq_len,
             fitted.prepared.labels.classes().to_vec(),
-        );
+        )
+        .with_scaling(fitted.scaling);
         self.fitted = Some(TrainedNet { net, card });
         Ok(report)
     }
@@ -225,11 +233,19 @@ impl<B: AutodiffBackend> Classifier<B> {
         Ok(())
     }
 
-    /// Class probabilities `[n, classes]` (softmax), columns in label-index (sorted) order.
-    pub fn predict_proba(&self, data: &WindowSet) -> Result<Vec<Vec<f64>>> {
+    /// The network's outputs on `data` after the card's input scaling.
+    fn infer(&self, data: &WindowSet) -> Result<train::HostOutputs> {
         self.check_shape(data)?;
         let fitted = self.fitted()?;
-        let (logits, _) = train::infer(&fitted.net, data, INFER_BATCH, &self.device)?;
+        data.check_finite()?;
+        let scaled = fitted.card.scaling.apply(data)?;
+        train::infer(&fitted.net, &scaled, INFER_BATCH, &self.device)
+    }
+
+    /// Class probabilities `[n, classes]` (softmax), columns in label-index (sorted) order.
+    /// The windows go through the input scaling the model was trained with (its card's).
+    pub fn predict_proba(&self, data: &WindowSet) -> Result<Vec<Vec<f64>>> {
+        let (logits, _) = self.infer(data)?;
         Ok(logits.iter().map(|r| train::softmax(r)).collect())
     }
 
@@ -245,7 +261,6 @@ impl<B: AutodiffBackend> Classifier<B> {
 
     /// Labels, probabilities and start/end pointers (CNN-Transformer trained with pointers).
     pub fn predict_with_pointers(&self, data: &WindowSet) -> Result<PointerPredictions> {
-        self.check_shape(data)?;
         let fitted = self.fitted()?;
         let window = match &fitted.card.spec {
             ModelSpec::CnnTransformer(c) if c.predict_pointers => c
@@ -254,7 +269,7 @@ impl<B: AutodiffBackend> Classifier<B> {
                 .context("pointer model without an inner window")?,
             _ => bail!("this model was not trained with pointer heads"),
         };
-        let (logits, pointers) = train::infer(&fitted.net, data, INFER_BATCH, &self.device)?;
+        let (logits, pointers) = self.infer(data)?;
         let (starts, ends) = pointers.context("the network returned no pointer outputs")?;
         let sigmoid = |r: &Vec<f32>| -> Vec<f64> {
             r.iter()

@@ -7,14 +7,17 @@
 //!   ingest     validate a data file and write the canonical parquet
 //!   describe   print a model's architecture and parameter count
 //!   train      fit a model, save it, report held-out metrics
-//!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.csv
+//!   evaluate   stratified k-fold cross-validation → metrics.json, confusion_matrix.{csv,png},
+//!              reliability.png
 //!   oof        out-of-fold probabilities on persisted folds → oof/<model>/v1/seed_<seed>.npy
+//!              (+ seed_<seed>_{confusion_matrix,reliability}.png)
 //!   pretrain   self-supervised encoder pre-training (masked-lstm | ts-tcc) on unlabelled windows
 //!   stack      random-forest stack on the OOF files → models/stack/{stack.json, metrics.json}
 //!   audit      the stack's acceptance rule (exit 1 on fail)
 //!   predict    CSV of predictions and per-class probabilities
 //!   import     turn a reference PyTorch checkpoint into this project's format
 //!   bench      one training step per model, side by side with PyTorch
+//!   plot       training curves of run directories side by side → PNG
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -31,7 +34,7 @@ use crate::config::MoolaConfig;
 use crate::data::{self, LabelMap, WindowSet};
 use crate::model::{InnerWindow, ModelSpec};
 pub use crate::pretrain::PretrainMethod;
-use crate::train::RunOptions;
+use crate::train::{RunOptions, TrainConfig};
 
 /// moola: classifiers of fixed-length OHLC windows (SimpleLSTM, CNN-Transformer, RWKV-TS) on Burn.
 #[derive(Debug, Parser)]
@@ -40,6 +43,15 @@ pub struct Cli {
     /// YAML configuration merged over the defaults (then `KEY VALUE` overrides).
     #[arg(long, global = true)]
     pub config_file: Option<PathBuf>,
+    /// The recipe preset (the same as the override `recipe <preset>`): `auto` (default: the
+    /// small-data recipe up to `small_data.max_windows` training windows), `default`,
+    /// `small_data` or `reference` (the reference's recipe exactly).
+    #[arg(long, global = true, value_enum)]
+    pub recipe: Option<crate::config::RecipePreset>,
+    /// Input scaling of every model and of pre-training (overrides every `*.scaling` key):
+    /// auto, none, zscore, relative_close, relative_open, log_returns.
+    #[arg(long, global = true, value_enum)]
+    pub scaling: Option<crate::scaling::InputScaling>,
     /// Device and progress options.
     #[command(flatten)]
     pub runtime: kiln::cli::RuntimeArgs,
@@ -82,6 +94,30 @@ pub enum Command {
     Import(ImportArgs),
     /// Time one training step per model at the reference batch size, next to PyTorch.
     Bench(crate::bench::BenchArgs),
+    /// Accuracy of every model on every bundled data set over seeds, next to published
+    /// results (the table of docs/moola-learning.md).
+    BenchmarkData(crate::benchmark::BenchmarkDataArgs),
+    /// Draw the training curves of one or more run directories (their metrics.csv) side by
+    /// side into one PNG.
+    Plot(PlotArgs),
+}
+
+/// `plot` arguments.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories (each with the metrics.csv of a training run).
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "curves.png")]
+    pub out: PathBuf,
+    /// The monitored metric whose best epoch is marked (default: val_loss, as moola's runs
+    /// select by it, or train_loss for a run that did not validate).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Whether the monitored metric improves downwards (min) or upwards (max).
+    #[arg(long, default_value = "min")]
+    pub mode: kiln::Mode,
 }
 
 pub use kiln::cli::Overrides;
@@ -346,6 +382,8 @@ impl Command {
             Command::Predict(a) => &a.overrides.opts,
             Command::Import(a) => &a.overrides.opts,
             Command::Bench(a) => &a.overrides.opts,
+            Command::BenchmarkData(a) => &a.overrides.opts,
+            Command::Plot(_) => &[],
         }
     }
 }
@@ -358,14 +396,25 @@ pub fn main_with(args: Vec<String>) -> Result<()> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let mut cfg = MoolaConfig::load(cli.config_file.as_deref(), cli.command.overrides())?;
-    if let Some(p) = cli.runtime.precision {
-        // `--precision` overrides every model's `precision` key.
-        let fixed = kiln::amp::PrecisionSetting::Fixed(p);
-        cfg.simple_lstm.train.precision = fixed;
-        cfg.cnn_transformer.train.precision = fixed;
-        cfg.rwkv_ts.train.precision = fixed;
+    // The global flags are overrides of their keys (after the command's own), so that a
+    // configuration rebuilt for the data's size (`MoolaConfig::for_windows`) keeps them.
+    let mut overrides = cli.command.overrides().to_vec();
+    let mut set = |key: &str, value: String| overrides.extend([key.to_string(), value]);
+    if let Some(preset) = cli.recipe {
+        let name = serde_json::to_value(preset)?;
+        set("recipe", name.as_str().unwrap_or_default().to_string());
     }
+    if let Some(scaling) = cli.scaling {
+        for key in crate::config::SCALING_KEYS {
+            set(key, scaling.to_string());
+        }
+    }
+    if let Some(p) = cli.runtime.precision {
+        for model in crate::config::DEEP_MODELS {
+            set(&format!("{model}.train.precision"), p.to_string());
+        }
+    }
+    let cfg = MoolaConfig::load(cli.config_file.as_deref(), &overrides)?;
     let progress = cli.runtime.progress();
     let device = cli.runtime.device;
     let dist = cli.runtime.dist_config()?;
@@ -401,6 +450,12 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Doctor(_) => doctor(&cfg, device),
+        Command::Plot(a) => {
+            let monitor = a.monitor.as_deref().map(|m| (m, a.mode));
+            kiln::plot::plot_runs(&a.runs, monitor, &a.out)?;
+            println!("wrote {}", a.out.display());
+            Ok(())
+        }
         Command::Ingest(a) => {
             let out = a
                 .output
@@ -411,14 +466,20 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Describe(a) => launch(device, Describe { cfg, args: a }),
+        Command::Train(a) if crate::classical::CLASSICAL_MODELS.contains(&a.model.as_str()) => {
+            if a.encoder.is_some() || a.resume.is_some() || dist.is_some() {
+                bail!(
+                    "--encoder, --resume and data-parallel flags apply to the deep models, not \
+                     to {}",
+                    a.model
+                );
+            }
+            train_classical(&cfg, a)
+        }
         Command::Train(a) => {
-            let train = cfg.train_mut(&a.model)?;
-            if let Some(path) = &a.encoder {
-                train.encoder.path = Some(path.clone());
-            }
-            if let Some(freeze) = a.freeze_encoder {
-                train.encoder.freeze = freeze;
-            }
+            // Refuse a missing encoder before anything is read or written.
+            let (_, mut train) = cfg.model(&a.model)?;
+            encoder_flags(&mut train, a.encoder.as_ref(), a.freeze_encoder);
             train.encoder.check_exists()?;
             kiln::backend::launch_workers(
                 device,
@@ -462,6 +523,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => launch(device, PredictJob { cfg, args: a }),
         Command::Import(a) => launch(device, ImportJob { args: a }),
         Command::Bench(a) => crate::bench::run(&cfg, &a, device, dist),
+        Command::BenchmarkData(a) => launch(
+            device,
+            crate::benchmark::BenchmarkData {
+                args: a,
+                config_file: cli.config_file.clone(),
+                overrides,
+            },
+        ),
     }
 }
 
@@ -566,18 +635,82 @@ fn default_data(cfg: &MoolaConfig, data: Option<PathBuf>) -> PathBuf {
     data.unwrap_or_else(|| cfg.paths.data_dir.join("processed/train.parquet"))
 }
 
-/// The model's spec and recipe, and its labelled data with the pointer policy applied.
+/// The model's spec, and its labelled data with the pointer policy applied.
 fn model_and_data(
     cfg: &MoolaConfig,
     model: &str,
     data: Option<PathBuf>,
     pointers: Pointers,
-) -> Result<(ModelSpec, crate::train::TrainConfig, PathBuf, WindowSet)> {
-    let (spec, train_cfg) = cfg.model(model)?;
+) -> Result<(ModelSpec, PathBuf, WindowSet)> {
+    let (spec, _) = cfg.model(model)?;
     let data_path = default_data(cfg, data);
     let data = data::read_any(&data_path)?;
     let (spec, data) = apply_pointer_policy(spec, data, pointers)?;
-    Ok((spec, train_cfg, data_path, data))
+    Ok((spec, data_path, data))
+}
+
+/// The `--encoder` / `--freeze-encoder` flags of a command, applied to a recipe.
+fn encoder_flags(train: &mut TrainConfig, encoder: Option<&PathBuf>, freeze: Option<bool>) {
+    if let Some(path) = encoder {
+        train.encoder.path = Some(path.clone());
+    }
+    if let Some(freeze) = freeze {
+        train.encoder.freeze = freeze;
+    }
+}
+
+/// The recipe of `model` for training sets of `n` windows: the `recipe` preset resolved for
+/// that size ([`MoolaConfig::for_windows`]), with the command's encoder flags.
+fn recipe_for(
+    cfg: &MoolaConfig,
+    model: &str,
+    n: usize,
+    encoder: Option<&PathBuf>,
+    freeze: Option<bool>,
+) -> Result<TrainConfig> {
+    let (_, mut train) = cfg.for_windows(n)?.model(model)?;
+    encoder_flags(&mut train, encoder, freeze);
+    Ok(train)
+}
+
+/// About how many windows each fold of a `k`-fold split of `n` trains on.
+fn fold_train_size(n: usize, k: usize) -> usize {
+    n - n / k.max(1)
+}
+
+/// One line saying how a recipe trains (printed by the training commands).
+fn recipe_line(cfg: &MoolaConfig, train: &TrainConfig, n: usize) -> String {
+    let preset = if cfg.uses_small_data(n) {
+        format!("small-data recipe for {n} training windows")
+    } else {
+        serde_json::to_value(cfg.recipe)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| format!("{s} recipe")))
+            .unwrap_or_default()
+    };
+    let augment = if train.mixup_alpha > 0.0 || train.cutmix_prob > 0.0 {
+        "mixup/CutMix"
+    } else {
+        "no mixup/CutMix"
+    };
+    format!(
+        "{preset}: input scaling {}, batch {}, up to {} epochs, {} learning rate {}, {augment}, \
+         {}temporal augmentation, validation split {}",
+        train.scaling,
+        train.batch_size,
+        train.n_epochs,
+        match train.lr_schedule {
+            crate::train::LrSchedule::Constant => "constant",
+            crate::train::LrSchedule::OneCycle => "one-cycle",
+        },
+        train.learning_rate,
+        if train.temporal_aug.enabled {
+            ""
+        } else {
+            "no "
+        },
+        train.val_split
+    )
 }
 
 /// Encodes a labelled set with a trained label map.
@@ -620,35 +753,27 @@ impl kiln::backend::DistJob for TrainJob {
         } = self;
         // Data-parallel workers other than rank 0 train and write nothing.
         let main = dist.as_ref().is_none_or(kiln::dist::Dist::is_main);
-        let (spec, train_cfg, data_path, data) =
-            model_and_data(&cfg, &args.model, args.data, args.pointers)?;
-        let (train_set, test_set, test_name) = match &args.test {
-            Some(p) => {
-                let test = data::read_any(p)?;
-                let (_, test) = apply_pointer_policy(spec.clone(), test, args.pointers)?;
-                (data, test, p.display().to_string())
-            }
-            None => {
-                let y = LabelMap::fit(data.require_labels()?).encode(data.require_labels()?)?;
-                let mut rng = kiln::seed::rng(cfg.seed, "test_split", 0);
-                let (tr, te) = kiln::data::stratified_split(&y, cfg.test_split, &mut rng)?;
-                (
-                    data.select(&tr),
-                    data.select(&te),
-                    format!(
-                        "{} ({:.0}% stratified hold-out)",
-                        data_path.display(),
-                        cfg.test_split * 100.0
-                    ),
-                )
-            }
-        };
+        let (spec, data_path, data) =
+            model_and_data(&cfg, &args.model, args.data.clone(), args.pointers)?;
+        let (train_set, test_set, test_name) = split_for_training(&cfg, &data_path, data, &args)?;
+        let (_, test_set) = apply_pointer_policy(spec.clone(), test_set, args.pointers)?;
+        // The recipe for this training set's size, with the encoder flags (written to
+        // config.yaml as trained).
+        let n = train_set.len();
+        let mut cfg = cfg.for_windows(n)?;
+        encoder_flags(
+            cfg.train_mut(&args.model)?,
+            args.encoder.as_ref(),
+            args.freeze_encoder,
+        );
+        let (_, train_cfg) = cfg.model(&args.model)?;
         let out = model_dir(&cfg, args.out, &args.model);
         // A run that fails before its first checkpoint leaves no directory behind.
         let new_dir = main
             .then(|| kiln::trainer::RunDirGuard::new(&out))
             .flatten();
         if main {
+            println!("{}", recipe_line(&cfg, &train_cfg, n));
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             kiln::config::dump_yaml(&cfg, out.join("config.yaml"))?;
@@ -751,8 +876,10 @@ impl BackendJob for EvaluateJob {
             args,
             progress,
         } = self;
-        let (spec, train_cfg, data_path, data) =
-            model_and_data(&cfg, &args.model, args.data, args.pointers)?;
+        let (spec, data_path, data) = model_and_data(&cfg, &args.model, args.data, args.pointers)?;
+        let n = fold_train_size(data.len(), cfg.cv_folds);
+        let train_cfg = recipe_for(&cfg, &args.model, n, None, None)?;
+        println!("{}", recipe_line(&cfg, &train_cfg, n));
         let cv = crate::cv::cross_validate::<B>(
             &spec,
             &train_cfg,
@@ -780,6 +907,15 @@ impl BackendJob for EvaluateJob {
         };
         let (oof, classes) = (cv.oof, cv.classes);
         let out = model_dir(&cfg, args.out, &args.model);
+        let y = LabelMap::from_classes(classes.clone())?.encode(data.require_labels()?)?;
+        kiln::plot::classification_pictures(
+            &out,
+            "",
+            &format!("{} {}-fold CV, out-of-fold", args.model, cfg.cv_folds),
+            &classes,
+            &y,
+            &oof,
+        )?;
         kiln::io::write_json(out.join("metrics.json"), &metrics)?;
         kiln::io::write_atomic(
             out.join("confusion_matrix.csv"),
@@ -803,7 +939,8 @@ impl BackendJob for EvaluateJob {
         );
         println!("out-of-fold: {}", metrics.oof.summary());
         println!(
-            "wrote {}/{{metrics.json, confusion_matrix.csv, oof_probabilities.csv}}",
+            "wrote {}/{{metrics.json, confusion_matrix.csv, oof_probabilities.csv, \
+             confusion_matrix.png, reliability.png}}",
             out.display()
         );
         Ok(())
@@ -874,8 +1011,13 @@ impl BackendJob for OofJob {
             );
         }
         let (deep, data) = match deep {
-            Some((spec, train_cfg)) => {
+            Some((spec, _)) => {
                 let (spec, data) = apply_pointer_policy(spec, data, args.pointers)?;
+                // The recipe for the folds' training sets (the seed is this run's).
+                let n = fold_train_size(data.len(), k);
+                let train_cfg =
+                    recipe_for(&cfg, &args.model, n, args.encoder.as_ref(), None)?.with_seed(seed);
+                println!("{}", recipe_line(&cfg, &train_cfg, n));
                 (Some((spec, train_cfg)), data)
             }
             None => (None, data),
@@ -919,10 +1061,7 @@ impl BackendJob for OofJob {
                         });
                     Ok(Box::new(clf) as Box<dyn crate::Estimator>)
                 }
-                None => Ok(Box::new(crate::classical::ClassicalModel::from_name(
-                    &args.model,
-                    seed,
-                )?) as Box<dyn crate::Estimator>),
+                None => Ok(Box::new(cfg.classical(&args.model)?) as Box<dyn crate::Estimator>),
             },
             &data,
             &folds,
@@ -939,6 +1078,18 @@ impl BackendJob for OofJob {
             },
         )?;
         crate::oof::write_npy(&out_path, &result.oof)?;
+        // The pictures beside the matrix: seed_<seed>_{confusion_matrix,reliability}.png.
+        let stem = out_path
+            .file_stem()
+            .map_or_else(String::new, |s| format!("{}_", s.to_string_lossy()));
+        let pictures = kiln::plot::classification_pictures(
+            out_path.parent().unwrap_or(Path::new(".")),
+            &stem,
+            &format!("{} out-of-fold, seed {seed}", args.model),
+            &result.classes,
+            &y,
+            &result.oof,
+        )?;
         // The pooled OOF metrics next to the matrix (what `audit` compares the stack with).
         kiln::io::write_json(
             out_path.with_extension("json"),
@@ -962,11 +1113,13 @@ impl BackendJob for OofJob {
         );
         println!("out-of-fold: {}", result.report.summary());
         println!(
-            "wrote {} (float64 [{}, {}], columns {:?})",
+            "wrote {} (float64 [{}, {}], columns {:?}), {} and {}",
             out_path.display(),
             result.oof.len(),
             result.classes.len(),
-            result.classes
+            result.classes,
+            pictures[0].display(),
+            pictures[1].display()
         );
         let (manifest_path, manifest) =
             crate::manifest::write_manifest(&artifacts, &oof_models(&artifacts, &args.model))?;
@@ -1017,10 +1170,140 @@ struct PredictJob {
     args: PredictArgs,
 }
 
+/// The JSON file of a saved classical model at `path` (the file itself or `<path>.json`), or
+/// `None` when `path` is a deep model (its JSON sidecar is a model card with a `format` tag).
+fn classical_model_file(path: &Path) -> Option<PathBuf> {
+    let file = if path.extension().is_some_and(|e| e == "json") {
+        path.to_path_buf()
+    } else {
+        crate::model::model_paths(path).1
+    };
+    let text = std::fs::read(&file).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let obj = value.as_object()?;
+    (obj.contains_key("model") && !obj.contains_key("format")).then_some(file)
+}
+
+/// `moola predict` with a classical model file.
+fn predict_classical(file: &Path, args: &PredictArgs) -> Result<()> {
+    use crate::Estimator;
+    let model = crate::classical::ClassicalModel::load(file)?;
+    let data = data::read_any(&args.input)?;
+    let proba = model.predict_proba(&data)?;
+    let classes = model.classes()?;
+    write_proba_csv(&args.output, &data, &proba, &classes, None)?;
+    println!(
+        "wrote {} predictions of {} ({}) to {}",
+        data.len(),
+        model.name(),
+        file.display(),
+        args.output.display()
+    );
+    println!("columns prob_class_k follow the class order {classes:?}");
+    if data.labels.is_some() {
+        let labels = LabelMap::from_classes(classes)?;
+        let y = encode(&labels, &data, "the input")?;
+        println!(
+            "input is labelled: {}",
+            ClassificationReport::from_probabilities(&y, &proba)?.summary()
+        );
+    }
+    Ok(())
+}
+
+/// `moola train` with a classical model (`logreg`, `rf`, `xgb`, `minirocket`): fit on the
+/// data (less the test split), save `<out>/model.json`, report train and test metrics.
+fn train_classical(cfg: &MoolaConfig, args: TrainArgs) -> Result<()> {
+    use crate::Estimator;
+    let data_path = default_data(cfg, args.data.clone());
+    let data = data::read_any(&data_path)?;
+    let (train_set, test_set, test_name) = split_for_training(cfg, &data_path, data, &args)?;
+    let mut model = cfg.classical(&args.model)?;
+    let started = std::time::Instant::now();
+    model.fit(&train_set)?;
+    let fit_seconds = started.elapsed().as_secs_f64();
+    let out = model_dir(cfg, args.out, &args.model);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    kiln::config::dump_yaml(cfg, out.join("config.yaml"))?;
+    let model_path = out.join("model.json");
+    model.save(&model_path)?;
+    let labels = LabelMap::from_classes(model.classes()?)?;
+    let train_metrics = ClassificationReport::from_probabilities(
+        &encode(&labels, &train_set, "the training data")?,
+        &model.predict_proba(&train_set)?,
+    )?;
+    let test_metrics = ClassificationReport::from_probabilities(
+        &encode(&labels, &test_set, "the test data")?,
+        &model.predict_proba(&test_set)?,
+    )?;
+    println!(
+        "{}: fitted on {} windows in {fit_seconds:.2} s",
+        args.model,
+        train_set.len()
+    );
+    println!(
+        "train ({} windows): {}",
+        train_set.len(),
+        train_metrics.summary()
+    );
+    println!(
+        "test  ({} windows): {}",
+        test_set.len(),
+        test_metrics.summary()
+    );
+    kiln::io::write_json(
+        out.join("report.json"),
+        &serde_json::json!({
+            "model": args.model,
+            "data": data_path.display().to_string(),
+            "test": test_name,
+            "fit_seconds": fit_seconds,
+            "train": train_metrics,
+            "test_metrics": test_metrics,
+        }),
+    )?;
+    println!(
+        "saved {} and {}",
+        model_path.display(),
+        out.join("report.json").display()
+    );
+    Ok(())
+}
+
+/// The training and test sets of `train`: the `--test` file, or a stratified `test_split` of
+/// the data.
+fn split_for_training(
+    cfg: &MoolaConfig,
+    data_path: &Path,
+    data: WindowSet,
+    args: &TrainArgs,
+) -> Result<(WindowSet, WindowSet, String)> {
+    Ok(match &args.test {
+        Some(p) => (data, data::read_any(p)?, p.display().to_string()),
+        None => {
+            let y = LabelMap::fit(data.require_labels()?).encode(data.require_labels()?)?;
+            let mut rng = kiln::seed::rng(cfg.seed, "test_split", 0);
+            let (tr, te) = kiln::data::stratified_split(&y, cfg.test_split, &mut rng)?;
+            (
+                data.select(&tr),
+                data.select(&te),
+                format!(
+                    "{} ({:.0}% stratified hold-out)",
+                    data_path.display(),
+                    cfg.test_split * 100.0
+                ),
+            )
+        }
+    })
+}
+
 impl BackendJob for PredictJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let _ = &self.cfg;
+        if let Some(file) = classical_model_file(&self.args.model_path) {
+            return predict_classical(&file, &self.args);
+        }
         let clf = Classifier::<B>::load(&self.args.model_path, Default::default(), device)?;
         let data = data::read_any(&self.args.input)?;
         let card = clf.card().context("loaded model has no card")?.clone();
@@ -1221,7 +1504,7 @@ impl kiln::backend::DistJob for PretrainJob {
                 if !main {
                     return Ok(());
                 }
-                ts_tcc::save_encoder(&done.model.encoder, &encoder_path)?;
+                done.save_encoder(&encoder_path)?;
                 let best = done
                     .history
                     .val_loss

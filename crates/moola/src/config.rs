@@ -18,8 +18,23 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::classical::MiniRocketConfig;
 use crate::model::{CnnTransformerConfig, ModelSpec, RwkvTsConfig, SimpleLstmConfig};
-use crate::train::TrainConfig;
+use crate::scaling::InputScaling;
+use crate::train::{SmallData, TrainConfig};
+
+/// The deep models, each with a `model` and a `train` section.
+pub const DEEP_MODELS: [&str; 3] = ["simple_lstm", "cnn_transformer", "rwkv_ts"];
+
+/// Every input-scaling key (what `--scaling` sets).
+pub const SCALING_KEYS: [&str; 6] = [
+    "simple_lstm.train.scaling",
+    "cnn_transformer.train.scaling",
+    "rwkv_ts.train.scaling",
+    "minirocket.scaling",
+    "pretrain.masked_lstm.scaling",
+    "pretrain.ts_tcc.scaling",
+];
 
 /// One model's sections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,10 +66,52 @@ pub struct PretrainSection {
     pub ts_tcc: crate::pretrain::ts_tcc::TsTccPretrainConfig,
 }
 
+/// Which defaults the models' `train` sections start from (the top-level `recipe` key,
+/// `--recipe` on the command line). Keys set in a file or on the command line override the
+/// preset's values either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum RecipePreset {
+    /// `small_data` for training sets of at most `small_data.max_windows` windows, `default`
+    /// for larger ones.
+    #[default]
+    Auto,
+    /// The reference's hyper-parameters with the default input scaling
+    /// ([`TrainConfig::for_model`]).
+    Default,
+    /// The small-data recipe for the training set's size ([`SmallData::recipe`]).
+    SmallData,
+    /// The reference recipe exactly: raw inputs, constant learning rate
+    /// ([`TrainConfig::reference`]); pre-training on raw windows too.
+    Reference,
+}
+
+/// Where a configuration came from (to rebuild it over other defaults); never serialised and
+/// never part of a comparison.
+#[derive(Debug, Clone, Default)]
+struct Origin {
+    file: Option<PathBuf>,
+    overrides: Vec<String>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoolaConfig {
+    /// The defaults every model's `train` section (and the pre-training's scaling) start from:
+    /// `auto`, `default`, `small_data` or `reference` (explicit keys still override them).
+    #[serde(default)]
+    pub recipe: RecipePreset,
+    /// The small-data rule: when `recipe auto` picks it and what it sets.
+    #[serde(default)]
+    pub small_data: SmallData,
     /// Seed of every random stream (reference: 1337).
     pub seed: u64,
     /// Folds of `evaluate` (reference: 5).
@@ -74,6 +131,11 @@ pub struct MoolaConfig {
     /// When a diverging run stops with an error (`divergence.terminate_on_nan`, default True;
     /// `divergence.factor`, default 1e4, 0 = off): for every training and pre-training run.
     pub divergence: kiln::trainer::DivergenceCheck,
+    /// MiniRocket + ridge (`minirocket`; its `seed` is the run's).
+    #[serde(default)]
+    pub minirocket: MiniRocketConfig,
+    #[serde(skip)]
+    origin: Origin,
 }
 
 impl Default for MoolaConfig {
@@ -84,6 +146,8 @@ impl Default for MoolaConfig {
                 .unwrap_or_else(|| PathBuf::from(default))
         };
         Self {
+            recipe: RecipePreset::Auto,
+            small_data: SmallData::default(),
             seed: kiln::seed::DEFAULT_SEED,
             cv_folds: 5,
             test_split: 0.2,
@@ -105,16 +169,79 @@ impl Default for MoolaConfig {
             },
             pretrain: PretrainSection::default(),
             divergence: kiln::trainer::DivergenceCheck::default(),
+            minirocket: MiniRocketConfig::default(),
+            origin: Origin::default(),
         }
     }
 }
 
 impl MoolaConfig {
-    /// Defaults, then the YAML file, then `KEY VALUE` overrides.
+    /// Defaults, then the YAML file, then `KEY VALUE` overrides. With `recipe reference` (in
+    /// the file or the overrides) the defaults are [`MoolaConfig::reference`]'s; the size-dependent
+    /// presets (`auto`, `small_data`) are resolved by [`MoolaConfig::for_windows`] once the
+    /// training set's size is known (until then the models hold the `default` recipe).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let cfg: Self = kiln::config::load(file, overrides)?;
+        let mut cfg: Self = kiln::config::load(file, overrides)?;
+        cfg.origin = Origin {
+            file: file.map(Path::to_path_buf),
+            overrides: overrides.to_vec(),
+        };
+        if cfg.recipe == RecipePreset::Reference {
+            cfg = cfg.rebuild(Self::reference())?;
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// This configuration's file and overrides again, over other defaults.
+    fn rebuild(&self, defaults: Self) -> Result<Self> {
+        let mut cfg: Self = kiln::config::Builder::from_defaults(&defaults)
+            .file(self.origin.file.as_deref())?
+            .overrides(&self.origin.overrides)?
+            .build()?;
+        cfg.origin = self.origin.clone();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration for a training set of `n` windows: with `recipe small_data`, or
+    /// `recipe auto` and `n ≤ small_data.max_windows`, every model's `train` section starts
+    /// from the small-data recipe for `n` ([`SmallData::recipe`]) and the file's and command
+    /// line's keys apply over it; otherwise the configuration is unchanged.
+    pub fn for_windows(&self, n: usize) -> Result<Self> {
+        if !self.uses_small_data(n) {
+            return Ok(self.clone());
+        }
+        let rule = &self.small_data;
+        let mut defaults = Self::default();
+        defaults.simple_lstm.train = rule.recipe("simple_lstm", n);
+        defaults.cnn_transformer.train = rule.recipe("cnn_transformer", n);
+        defaults.rwkv_ts.train = rule.recipe("rwkv_ts", n);
+        self.rebuild(defaults)
+    }
+
+    /// Whether [`MoolaConfig::for_windows`] gives the small-data recipe for `n` windows.
+    pub fn uses_small_data(&self, n: usize) -> bool {
+        match self.recipe {
+            RecipePreset::SmallData => true,
+            RecipePreset::Auto => self.small_data.applies(n),
+            RecipePreset::Default | RecipePreset::Reference => false,
+        }
+    }
+
+    /// The reference's configuration: every model's [`TrainConfig::reference`] recipe and
+    /// pre-training on raw windows.
+    pub fn reference() -> Self {
+        let mut cfg = Self {
+            recipe: RecipePreset::Reference,
+            ..Self::default()
+        };
+        cfg.simple_lstm.train = TrainConfig::reference("simple_lstm");
+        cfg.cnn_transformer.train = TrainConfig::reference("cnn_transformer");
+        cfg.rwkv_ts.train = TrainConfig::reference("rwkv_ts");
+        cfg.pretrain.masked_lstm.scaling = InputScaling::None;
+        cfg.pretrain.ts_tcc.scaling = InputScaling::None;
+        cfg
     }
 
     fn validate(&self) -> Result<()> {
@@ -124,7 +251,7 @@ impl MoolaConfig {
         if !(self.test_split > 0.0 && self.test_split < 1.0) {
             anyhow::bail!("test_split must be in (0, 1), got {}", self.test_split);
         }
-        Ok(())
+        self.small_data.validate()
     }
 
     /// The model spec and recipe of a model by name (the recipe carries the run seed).
@@ -147,6 +274,21 @@ impl MoolaConfig {
         Ok((spec, train))
     }
 
+    /// An unfitted classical model by name (`logreg`, `rf`, `xgb`, `minirocket`) with the run's
+    /// seed (and, for MiniRocket, this configuration's `minirocket` section).
+    pub fn classical(&self, name: &str) -> Result<crate::classical::ClassicalModel> {
+        use crate::classical::{ClassicalModel, MINIROCKET, MiniRocket, MiniRocketConfig};
+        if name == MINIROCKET {
+            return Ok(ClassicalModel::MiniRocket(MiniRocket::new(
+                MiniRocketConfig {
+                    seed: self.seed,
+                    ..self.minirocket.clone()
+                },
+            )));
+        }
+        ClassicalModel::from_name(name, self.seed)
+    }
+
     /// The training recipe of the model `name`, to change it in place.
     pub fn train_mut(&mut self, name: &str) -> Result<&mut TrainConfig> {
         Ok(match ModelSpec::from_name(name)? {
@@ -164,6 +306,76 @@ mod tests {
 
     fn ov(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_reference_recipe_is_one_value_away() {
+        let cfg = MoolaConfig::load(None, &[]).unwrap();
+        assert_eq!(cfg.recipe, RecipePreset::Auto);
+        let (_, train) = cfg.model("cnn_transformer").unwrap();
+        assert_eq!(
+            train,
+            TrainConfig::for_model("cnn_transformer").with_seed(1337)
+        );
+        let reference = MoolaConfig::load(None, &ov(&["recipe", "reference"])).unwrap();
+        for name in ["simple_lstm", "cnn_transformer", "rwkv_ts"] {
+            let (_, train) = reference.model(name).unwrap();
+            assert_eq!(train, TrainConfig::reference(name).with_seed(1337));
+            assert_eq!(train.scaling, InputScaling::None);
+            // The reference recipe does not depend on the data's size.
+            let (_, small) = reference.for_windows(40).unwrap().model(name).unwrap();
+            assert_eq!(small, train);
+        }
+        assert_eq!(reference.pretrain.ts_tcc.scaling, InputScaling::None);
+        assert_eq!(reference.pretrain.masked_lstm.scaling, InputScaling::None);
+        // Explicit keys still override the reference defaults, in any order.
+        let cfg = MoolaConfig::load(
+            None,
+            &ov(&[
+                "simple_lstm.train.scaling",
+                "log_returns",
+                "recipe",
+                "reference",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.simple_lstm.train.scaling, InputScaling::LogReturns);
+        assert_eq!(cfg.rwkv_ts.train.scaling, InputScaling::None);
+        let err = MoolaConfig::load(None, &ov(&["recipe", "paper"])).unwrap_err();
+        assert!(format!("{err:#}").contains("recipe"), "{err:#}");
+    }
+
+    #[test]
+    fn auto_picks_the_small_data_recipe_by_size_and_keeps_explicit_keys() {
+        use crate::train::LrSchedule;
+        let cfg = MoolaConfig::load(
+            None,
+            &ov(&["simple_lstm.train.n_epochs", "7", "small_data.steps", "400"]),
+        )
+        .unwrap();
+        // 100 windows: batch 25 (4 steps per epoch), 400 steps = 100 epochs; n_epochs was set
+        // by hand for SimpleLSTM and stays.
+        let small = cfg.for_windows(100).unwrap();
+        let (_, lstm) = small.model("simple_lstm").unwrap();
+        let (_, rwkv) = small.model("rwkv_ts").unwrap();
+        assert_eq!(lstm.n_epochs, 7);
+        assert_eq!((rwkv.batch_size, rwkv.n_epochs), (25, 100));
+        assert_eq!(rwkv.lr_schedule, LrSchedule::OneCycle);
+        assert_eq!((rwkv.mixup_alpha, rwkv.cutmix_prob), (0.0, 0.0));
+        let rule = SmallData {
+            steps: 400,
+            ..SmallData::default()
+        };
+        assert_eq!(rwkv, rule.recipe("rwkv_ts", 100).with_seed(1337));
+        // Above the threshold the configuration is unchanged.
+        assert_eq!(cfg.for_windows(5000).unwrap(), cfg);
+        assert!(cfg.uses_small_data(1024) && !cfg.uses_small_data(1025));
+        // `recipe small_data` forces it, `recipe default` turns it off.
+        let forced = MoolaConfig::load(None, &ov(&["recipe", "small_data"])).unwrap();
+        let (_, t) = forced.for_windows(5000).unwrap().model("rwkv_ts").unwrap();
+        assert_eq!(t.lr_schedule, LrSchedule::OneCycle);
+        let off = MoolaConfig::load(None, &ov(&["recipe", "default"])).unwrap();
+        assert_eq!(off.for_windows(40).unwrap(), off);
     }
 
     #[test]

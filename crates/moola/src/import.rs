@@ -173,6 +173,8 @@ pub fn import_torch_checkpoint_with<B: Backend>(
         seq_len: options.seq_len,
         classes: meta.classes.clone(),
         source: Some(format!("pytorch:{shown}")),
+        // The reference feeds raw prices.
+        scaling: crate::scaling::InputScaling::None,
     };
     let net = spec
         .init::<B>(card.input_dim, card.n_classes, card.seq_len, device)

@@ -29,6 +29,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod benchmark;
 pub mod classical;
 pub mod classifier;
 pub mod cli;
@@ -43,6 +44,7 @@ pub mod model;
 pub mod nn;
 pub mod oof;
 pub mod pretrain;
+pub mod scaling;
 pub mod splits;
 pub mod stack;
 pub mod train;
@@ -53,5 +55,6 @@ pub use data::WindowSet;
 pub use estimator::Estimator;
 pub use model::ModelSpec;
 pub use oof::{OofResult, generate_oof};
+pub use scaling::InputScaling;
 pub use splits::{Fold, get_or_create_folds};
 pub use train::TrainConfig;

@@ -22,7 +22,6 @@
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
-use burn::optim::lr_scheduler::constant::ConstantLr;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use kiln::amp::PrecisionSetting;
@@ -36,6 +35,7 @@ use crate::augment::{TemporalAugment, mixup_cutmix};
 use crate::data::{LabelMap, WindowSet};
 use crate::loss;
 use crate::model::{InnerWindow, ModelSpec, Net};
+use crate::scaling::{DEFAULT_SCALING, InputScaling};
 
 /// Training hyper-parameters of one model (the reference's constructor arguments).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +77,17 @@ pub struct TrainConfig {
     pub precision: PrecisionSetting,
     /// A pre-trained encoder to start from, and how it is unfrozen.
     pub encoder: EncoderTransfer,
+    /// Per-window input transform (recorded in the saved model; `none` = the reference).
+    pub scaling: InputScaling,
+    /// Learning-rate schedule: `constant` (the reference) or `one_cycle` (peaking at
+    /// `learning_rate`, over all the steps of `n_epochs` epochs).
+    pub lr_schedule: LrSchedule,
+    /// One-cycle: fraction of the steps rising to the peak (PyTorch's `pct_start`).
+    pub warmup_fraction: f64,
+    /// Epochs before early stopping may stop (0: from the first epoch, the reference).
+    pub min_epochs: usize,
+    /// Global gradient-norm clip (`None`: no clipping, the reference).
+    pub grad_clip: Option<f64>,
     /// Seed of every random stream (set from the run configuration's top-level `seed`).
     #[serde(skip)]
     pub seed: u64,
@@ -157,15 +168,35 @@ impl Default for TrainConfig {
             multitask_mix_inputs: true,
             precision: PrecisionSetting::Auto,
             encoder: EncoderTransfer::default(),
+            scaling: DEFAULT_SCALING,
+            lr_schedule: LrSchedule::Constant,
+            warmup_fraction: 0.3,
+            min_epochs: 0,
+            grad_clip: None,
             seed: kiln::seed::DEFAULT_SEED,
         }
     }
 }
 
 impl TrainConfig {
-    /// The reference defaults of a model (RWKV-TS: patience 30, mixup α 0.2, no temporal
-    /// augmentation).
+    /// The recipe new runs of a model use on large data sets: the reference's
+    /// hyper-parameters with the default input scaling ([`DEFAULT_SCALING`]). For a data set of
+    /// known size, [`TrainConfig::for_data`] picks between this and the small-data recipe.
     pub fn for_model(name: &str) -> Self {
+        Self {
+            scaling: DEFAULT_SCALING,
+            ..Self::reference(name)
+        }
+    }
+
+    /// The reference recipe of a model, exactly: raw inputs, constant learning rate, the
+    /// reference's constructor defaults (RWKV-TS: patience 30, mixup α 0.2, no temporal
+    /// augmentation).
+    pub fn reference(name: &str) -> Self {
+        let shared = Self {
+            scaling: InputScaling::None,
+            ..Self::default()
+        };
         match name {
             "rwkv_ts" => Self {
                 early_stopping_patience: 30,
@@ -174,10 +205,34 @@ impl TrainConfig {
                     enabled: false,
                     ..TemporalAugment::default()
                 },
-                ..Self::default()
+                ..shared
             },
-            _ => Self::default(),
+            _ => shared,
         }
+    }
+
+    /// The small-data recipe of a model for a training set of `n` windows (the windows handed
+    /// to `fit`): [`SmallData::recipe`] with the default rule.
+    pub fn small_data(name: &str, n: usize) -> Self {
+        SmallData::default().recipe(name, n)
+    }
+
+    /// The recipe for a training set of `n` windows: [`TrainConfig::small_data`] when the
+    /// default rule applies to `n` (at most [`SmallData::max_windows`]), otherwise
+    /// [`TrainConfig::for_model`].
+    pub fn for_data(name: &str, n: usize) -> Self {
+        let rule = SmallData::default();
+        if rule.applies(n) {
+            rule.recipe(name, n)
+        } else {
+            Self::for_model(name)
+        }
+    }
+
+    /// The recipe with `seed`.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     fn validate(&self) -> Result<()> {
@@ -190,11 +245,342 @@ impl TrainConfig {
         if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             bail!("learning_rate must be positive, got {}", self.learning_rate);
         }
+        if !(0.0..1.0).contains(&self.warmup_fraction) {
+            bail!(
+                "warmup_fraction must be in [0, 1), got {}",
+                self.warmup_fraction
+            );
+        }
         let f = self.encoder.unfreeze_lr_factor;
         if f.is_nan() || f <= 0.0 {
             bail!("encoder.unfreeze_lr_factor must be positive, got {f}");
         }
+        if let Some(c) = self.grad_clip
+            && (c.is_nan() || c <= 0.0)
+        {
+            bail!("grad_clip must be positive (or None), got {c}");
+        }
         Ok(())
+    }
+
+    /// How a fit of this recipe trains `n_train` windows on `world_size` data-parallel
+    /// workers (each takes `batch_size` windows of every step): steps per epoch and the
+    /// learning-rate schedule over the whole run.
+    pub fn plan(&self, n_train: usize, world_size: usize) -> Plan {
+        let global_batch = self.batch_size.max(1) * world_size.max(1);
+        let steps_per_epoch = n_train.div_ceil(global_batch).max(1);
+        let schedule = match self.lr_schedule {
+            LrSchedule::Constant => Schedule::Constant {
+                lr: self.learning_rate,
+            },
+            LrSchedule::OneCycle => Schedule::OneCycle(OneCycleLr::new(
+                self.learning_rate,
+                self.n_epochs * steps_per_epoch,
+                self.warmup_fraction,
+            )),
+        };
+        Plan {
+            batch_size: self.batch_size,
+            steps_per_epoch,
+            epochs: self.n_epochs,
+            schedule,
+        }
+    }
+}
+
+/// The learning-rate schedule of a recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// A constant rate (the reference: no scheduler).
+    Constant,
+    /// PyTorch's `OneCycleLR` peaking at the recipe's rate ([`OneCycleLr`]).
+    OneCycle,
+}
+
+/// The small-data recipe: what a practitioner changes in the reference recipe (tuned for
+/// thousands of windows, where a batch of 512 gives many optimiser steps per epoch) for a data
+/// set of tens to hundreds of windows. [`SmallData::recipe`] turns the rule into a model's
+/// [`TrainConfig`] for a training set of `n` windows:
+///
+/// * the batch is [`batch_size`](Self::batch_size), smaller for tiny sets so that an epoch has
+///   at least [`min_batches_per_epoch`](Self::min_batches_per_epoch) optimiser steps;
+/// * training lasts about [`steps`](Self::steps) optimiser steps (`n_epochs` follows from the
+///   steps per epoch) on a one-cycle learning rate peaking at [`max_lr`](Self::max_lr), with
+///   the gradient norm clipped at [`grad_clip`](Self::grad_clip);
+/// * the loss is cross-entropy ([`focal_gamma`](Self::focal_gamma) 0) instead of the focal loss's
+///   γ = 2, which down-weights the windows already classified well;
+/// * mixup, CutMix and temporal augmentation are off unless [`augment`](Self::augment);
+/// * the validation split is [`val_split`](Self::val_split); with one, early stopping counts
+///   its patience and minimum training in optimiser steps ([`patience_steps`](Self::patience_steps),
+///   [`min_steps`](Self::min_steps), turned into epochs for `n`) and restores the best
+///   validation weights; without one the whole cycle runs on every window and the final
+///   weights are kept;
+/// * the input scaling is the default one ([`DEFAULT_SCALING`]).
+///
+/// The result is an ordinary recipe: any of its keys can still be set by hand. The command
+/// line picks it by itself (`recipe auto`, the default) for training sets of at most
+/// [`max_windows`](Self::max_windows) windows: where the reference's batch of 512 gives at most
+/// two optimiser steps per epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmallData {
+    /// `recipe auto` uses the small-data recipe for training sets of at most this many
+    /// windows.
+    pub max_windows: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Fewest optimiser steps per epoch (the batch shrinks for tiny sets).
+    pub min_batches_per_epoch: usize,
+    /// Optimiser steps of a run (rounded up to whole epochs).
+    pub steps: usize,
+    /// Peak learning rate of the one-cycle schedule.
+    pub max_lr: f64,
+    /// Fraction of the steps spent rising to the peak.
+    pub warmup_fraction: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    /// Focal-loss γ (0: cross-entropy).
+    pub focal_gamma: f64,
+    /// Stratified validation fraction (0: no validation, the whole cycle on every window).
+    pub val_split: f64,
+    /// Early-stopping patience in optimiser steps (with a validation set).
+    pub patience_steps: usize,
+    /// Optimiser steps before early stopping may stop (with a validation set).
+    pub min_steps: usize,
+    /// Keep mixup, CutMix and temporal augmentation on.
+    pub augment: bool,
+}
+
+impl Default for SmallData {
+    fn default() -> Self {
+        Self {
+            max_windows: 1024,
+            batch_size: 32,
+            min_batches_per_epoch: 4,
+            steps: 1000,
+            max_lr: 1e-3,
+            warmup_fraction: 0.3,
+            grad_clip: 1.0,
+            focal_gamma: 0.0,
+            val_split: 0.0,
+            patience_steps: 300,
+            min_steps: 300,
+            augment: false,
+        }
+    }
+}
+
+impl SmallData {
+    /// Whether `recipe auto` picks the small-data recipe for `n` training windows.
+    pub fn applies(&self, n: usize) -> bool {
+        n > 0 && n <= self.max_windows
+    }
+
+    /// The recipe of model `name` for `n` training windows (see the type's docs).
+    pub fn recipe(&self, name: &str, n: usize) -> TrainConfig {
+        let base = TrainConfig::for_model(name);
+        let n_train = n - (n as f64 * self.val_split).round() as usize;
+        let cap = n_train.max(1).div_ceil(self.min_batches_per_epoch.max(1));
+        let batch_size = self.batch_size.min(cap).max(1);
+        let steps_per_epoch = n_train.max(1).div_ceil(batch_size);
+        let epochs = |steps: usize| steps.div_ceil(steps_per_epoch);
+        let mut c = TrainConfig {
+            n_epochs: epochs(self.steps).max(1),
+            batch_size,
+            learning_rate: self.max_lr,
+            lr_schedule: LrSchedule::OneCycle,
+            warmup_fraction: self.warmup_fraction,
+            grad_clip: Some(self.grad_clip),
+            focal_gamma: self.focal_gamma,
+            val_split: self.val_split,
+            early_stopping_patience: epochs(self.patience_steps).max(1),
+            min_epochs: epochs(self.min_steps),
+            ..base
+        };
+        if !self.augment {
+            c.mixup_alpha = 0.0;
+            c.cutmix_prob = 0.0;
+            c.temporal_aug.enabled = false;
+        }
+        c
+    }
+
+    /// Checks the rule's settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.steps == 0 {
+            bail!("small_data.batch_size and small_data.steps must be at least 1");
+        }
+        if self.max_lr.is_nan() || self.max_lr <= 0.0 {
+            bail!("small_data.max_lr must be positive, got {}", self.max_lr);
+        }
+        if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
+            bail!(
+                "small_data.grad_clip must be positive, got {}",
+                self.grad_clip
+            );
+        }
+        if !(0.0..1.0).contains(&self.warmup_fraction) {
+            bail!(
+                "small_data.warmup_fraction must be in [0, 1), got {}",
+                self.warmup_fraction
+            );
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            bail!(
+                "small_data.val_split must be in [0, 1), got {}",
+                self.val_split
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How one fit trains: see [`TrainConfig::plan`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Optimiser steps per epoch (one process).
+    pub steps_per_epoch: usize,
+    /// Epochs of the run (at most).
+    pub epochs: usize,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+}
+
+/// A fit's learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    /// The reference's constant rate.
+    Constant {
+        /// The rate.
+        lr: f64,
+    },
+    /// One-cycle.
+    OneCycle(OneCycleLr),
+}
+
+impl burn::optim::lr_scheduler::LrScheduler for Schedule {
+    type Record<B: Backend> = usize;
+
+    fn step(&mut self) -> f64 {
+        match self {
+            Schedule::Constant { lr } => *lr,
+            Schedule::OneCycle(s) => s.step(),
+        }
+    }
+
+    fn to_record<B: Backend>(&self) -> usize {
+        match self {
+            Schedule::Constant { .. } => 0,
+            Schedule::OneCycle(s) => s.next_step,
+        }
+    }
+
+    fn load_record<B: Backend>(mut self, record: usize) -> Self {
+        if let Schedule::OneCycle(s) = &mut self {
+            s.next_step = record;
+        }
+        self
+    }
+}
+
+/// PyTorch's `OneCycleLR` (cosine annealing, two phases, `div_factor` 25,
+/// `final_div_factor` 1e4), stepped once per optimiser step: from `max_lr / 25` up to `max_lr`
+/// over the first `warmup_fraction` of the steps, then down to `max_lr / 25 / 1e4`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OneCycleLr {
+    /// Peak rate.
+    pub max_lr: f64,
+    /// Steps of the whole cycle.
+    pub total_steps: usize,
+    /// Fraction of the steps rising to the peak (PyTorch's `pct_start`).
+    pub warmup_fraction: f64,
+    next_step: usize,
+}
+
+impl OneCycleLr {
+    /// Initial rate = `max_lr / DIV`.
+    pub const DIV: f64 = 25.0;
+    /// Final rate = initial / `FINAL_DIV`.
+    pub const FINAL_DIV: f64 = 1e4;
+
+    /// A cycle of `total_steps` steps.
+    pub fn new(max_lr: f64, total_steps: usize, warmup_fraction: f64) -> Self {
+        Self {
+            max_lr,
+            total_steps,
+            warmup_fraction,
+            next_step: 0,
+        }
+    }
+
+    /// The rate of step `i` (0-based; steps past the end keep the final rate).
+    pub fn lr_at(&self, i: usize) -> f64 {
+        let initial = self.max_lr / Self::DIV;
+        let last = initial / Self::FINAL_DIV;
+        let cos = |start: f64, end: f64, pct: f64| {
+            end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0)
+        };
+        let total = self.total_steps.max(2) as f64;
+        let peak = self.warmup_fraction * total - 1.0;
+        let end = total - 1.0;
+        let i = (i as f64).min(end);
+        if i <= peak {
+            cos(
+                initial,
+                self.max_lr,
+                if peak > 0.0 { i / peak } else { 1.0 },
+            )
+        } else {
+            cos(self.max_lr, last, (i - peak) / (end - peak))
+        }
+    }
+
+    fn step(&mut self) -> f64 {
+        let lr = self.lr_at(self.next_step);
+        self.next_step += 1;
+        lr
+    }
+}
+
+/// Early stopping that may not stop before `min_epochs` epochs (minimum training); the patience
+/// counter and best-weight restore are [`EarlyStopping`]'s.
+struct MinEpochsEarlyStopping {
+    inner: EarlyStopping,
+    min_epochs: usize,
+}
+
+impl kiln::callbacks::Callback for MinEpochsEarlyStopping {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        ctx: &kiln::callbacks::EpochEnd<'_>,
+        actions: &mut kiln::callbacks::Actions,
+    ) -> Result<()> {
+        let stop_before = actions.stop;
+        self.inner.on_epoch_end(ctx, actions)?;
+        if ctx.epoch + 1 < self.min_epochs {
+            actions.stop = stop_before;
+        }
+        Ok(())
+    }
+
+    fn on_fit_end(&mut self, actions: &mut kiln::callbacks::Actions) {
+        self.inner.on_fit_end(actions)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        self.inner.state()
+    }
+
+    fn load_state(&mut self, state: serde_json::Value) -> Result<()> {
+        self.inner.load_state(state)
     }
 }
 
@@ -598,6 +984,7 @@ impl<B: AutodiffBackend> Task<B> for ClassifierTask<B> {
 fn transfer_encoder<B: AutodiffBackend>(
     net: Net<B>,
     transfer: &EncoderTransfer,
+    scaling: InputScaling,
     device: &B::Device,
 ) -> Result<Net<B>> {
     let Some(path) = &transfer.path else {
@@ -611,8 +998,9 @@ fn transfer_encoder<B: AutodiffBackend>(
     };
     match net {
         Net::SimpleLstm(m) => {
-            let (encoder, _) =
+            let (encoder, card) =
                 crate::pretrain::masked_lstm::load_encoder::<B>(path, device).with_context(what)?;
+            check_encoder_scaling(card.scaling, scaling).with_context(what)?;
             let (m, report) =
                 crate::pretrain::masked_lstm::transfer_encoder(m, &encoder, transfer.freeze)
                     .with_context(what)?;
@@ -626,7 +1014,10 @@ fn transfer_encoder<B: AutodiffBackend>(
             Ok(Net::SimpleLstm(m))
         }
         Net::CnnTransformer(m) => {
-            let m = crate::pretrain::ts_tcc::load_pretrained_encoder_file(m, path, transfer.freeze)
+            let (encoder, card) =
+                crate::pretrain::ts_tcc::load_encoder::<B>(path, device).with_context(what)?;
+            check_encoder_scaling(card.scaling, scaling).with_context(what)?;
+            let m = crate::pretrain::ts_tcc::load_pretrained_encoder(m, &encoder, transfer.freeze)
                 .with_context(what)?;
             tracing::info!(
                 "pre-trained TS-TCC encoder {}{}",
@@ -637,6 +1028,19 @@ fn transfer_encoder<B: AutodiffBackend>(
         }
         Net::RwkvTs(_) => bail!("{}: RWKV-TS has no pre-trained encoder", what()),
     }
+}
+
+/// An encoder pre-trained on windows scaled one way does not fit a classifier that scales
+/// them another way.
+fn check_encoder_scaling(encoder: InputScaling, classifier: InputScaling) -> Result<()> {
+    if encoder != classifier {
+        bail!(
+            "the encoder was pre-trained on windows with input scaling `{encoder}`, the \
+             classifier scales its inputs `{classifier}`: train with `<model>.train.scaling \
+             {encoder}` or pre-train with `pretrain.<method>.scaling {classifier}`"
+        );
+    }
+    Ok(())
 }
 
 /// What a fit produced.
@@ -651,6 +1055,10 @@ pub struct Fitted<B: AutodiffBackend> {
     pub epochs: usize,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// How the run trained (steps per epoch, schedule).
+    pub plan: Plan,
+    /// The input scaling it trained with (`auto` resolved).
+    pub scaling: InputScaling,
 }
 
 /// Everything one training run needs: the task, a fresh network and its optimiser (internal:
@@ -660,11 +1068,13 @@ pub(crate) struct Session<B: AutodiffBackend> {
     pub(crate) task: ClassifierTask<B>,
     /// The freshly initialised network.
     pub(crate) net: Net<B>,
-    /// AdamW with the recipe's constant learning rate.
+    /// AdamW with the plan's learning-rate schedule.
     pub(crate) optim:
-        Standard<burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Net<B>, B>, ConstantLr>,
+        Standard<burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Net<B>, B>, Schedule>,
     /// Labels and pointer targets.
     pub(crate) prepared: Prepared,
+    /// How the run trains.
+    pub(crate) plan: Plan,
 }
 
 impl<B: AutodiffBackend> Session<B> {
@@ -675,7 +1085,7 @@ impl<B: AutodiffBackend> Session<B> {
         data: &WindowSet,
         device: &B::Device,
     ) -> Result<Self> {
-        Self::with_validation(spec, config, data, None, device)
+        Self::with_validation(spec, config, data, None, 1, device)
     }
 
     /// [`Session::new`] with a caller-supplied validation set instead of the `val_split` of
@@ -685,6 +1095,7 @@ impl<B: AutodiffBackend> Session<B> {
         config: &TrainConfig,
         data: &WindowSet,
         validation: Option<&WindowSet>,
+        world_size: usize,
         device: &B::Device,
     ) -> Result<Self> {
         config.validate()?;
@@ -719,8 +1130,12 @@ impl<B: AutodiffBackend> Session<B> {
         } else {
             (all, Vec::new())
         };
+        let plan = config.plan(train_idx.len(), world_size);
+        // `auto` is decided once, on the windows of this fit (validation included).
+        let scaling = config.scaling.resolve(data);
         tracing::info!(
-            "fitting {} on {} windows ({} train / {} validation), {} classes {:?}, shape {}×{}",
+            "fitting {} on {} windows ({} train / {} validation), {} classes {:?}, shape {}×{}, \
+             input scaling {}, batch {}, {} epochs of {} steps, {} learning rate {}",
             spec.name(),
             data.len(),
             train_idx.len(),
@@ -728,15 +1143,26 @@ impl<B: AutodiffBackend> Session<B> {
             n_classes,
             prep.labels.classes(),
             data.seq_len,
-            data.n_features
+            data.n_features,
+            scaling,
+            plan.batch_size,
+            plan.epochs,
+            plan.steps_per_epoch,
+            match config.lr_schedule {
+                LrSchedule::Constant => "constant",
+                LrSchedule::OneCycle => "one-cycle",
+            },
+            config.learning_rate
         );
+        let scaled = scaling.apply(data)?;
+        let scaled_val = validation.map(|v| scaling.apply(v)).transpose()?;
         let net: Net<B> = kiln::seed::init_module(device, config.seed, || {
             spec.init(data.n_features, n_classes, data.seq_len, device)
         })?;
-        let net = transfer_encoder(net, &config.encoder, device)?;
+        let net = transfer_encoder(net, &config.encoder, scaling, device)?;
         tracing::info!("{} parameters", kiln::checkpoint::parameter_count(&net));
-        let val = match validation {
-            Some(v) => {
+        let val = match (validation, &scaled_val) {
+            (Some(v), Some(sv)) => {
                 let vprep = prepare(spec, v, Some(&prep.labels))
                     .context("the validation set does not fit the training set")?;
                 if (v.seq_len, v.n_features) != (data.seq_len, data.n_features) {
@@ -749,12 +1175,12 @@ impl<B: AutodiffBackend> Session<B> {
                     );
                 }
                 let idx: Vec<usize> = (0..v.len()).collect();
-                (!v.is_empty()).then(|| Split::take(v, &vprep, &idx))
+                (!v.is_empty()).then(|| Split::take(sv, &vprep, &idx))
             }
-            None => (!val_idx.is_empty()).then(|| Split::take(data, &prep, &val_idx)),
+            _ => (!val_idx.is_empty()).then(|| Split::take(&scaled, &prep, &val_idx)),
         };
         let task = ClassifierTask::<B> {
-            train: Split::take(data, &prep, &train_idx),
+            train: Split::take(&scaled, &prep, &train_idx),
             val,
             seq_len: data.seq_len,
             n_features: data.n_features,
@@ -766,7 +1192,8 @@ impl<B: AutodiffBackend> Session<B> {
                 data.n_features,
                 data.seq_len,
                 prep.labels.classes().to_vec(),
-            ),
+            )
+            .with_scaling(scaling),
         };
         let optim = AdamWConfig::new()
             .with_beta_1(0.9)
@@ -774,17 +1201,22 @@ impl<B: AutodiffBackend> Session<B> {
             .with_epsilon(1e-8)
             .with_weight_decay(config.weight_decay as f32)
             .init::<B, Net<B>>();
-        let optim = Standard::new(optim, ConstantLr::new(config.learning_rate), Interval::Step);
+        let mut optim = Standard::new(optim, plan.schedule.clone(), Interval::Step);
+        if let Some(c) = config.grad_clip {
+            optim = optim.with_clip_norm(c);
+        }
         Ok(Self {
             task,
             net,
             optim,
             prepared: prep,
+            plan,
         })
     }
 }
 
-/// Builds a fresh network from `spec` and trains it on `data` with the recipe.
+/// Builds a fresh network from `spec` and trains it on `data` with the recipe (the small-data
+/// rule and the input scaling applied).
 pub fn fit<B: AutodiffBackend>(
     spec: &ModelSpec,
     config: &TrainConfig,
@@ -797,8 +1229,17 @@ pub fn fit<B: AutodiffBackend>(
         net,
         mut optim,
         prepared,
-    } = Session::with_validation(spec, config, data, run.validation.as_ref(), device)?;
-    let mut tc = TrainerConfig::new(config.n_epochs);
+        plan,
+    } = Session::with_validation(
+        spec,
+        config,
+        data,
+        run.validation.as_ref(),
+        // Virtual ranks split each global batch like replicas do: the plan counts them.
+        run.dist.as_ref().map_or(1, kiln::dist::Dist::world_size) * run.virtual_ranks.max(1),
+        device,
+    )?;
+    let mut tc = TrainerConfig::new(plan.epochs);
     tc.seed = config.seed;
     tc.run_dir = run.run_dir.clone();
     tc.resume_from = run.resume_from.clone();
@@ -814,11 +1255,15 @@ pub fn fit<B: AutodiffBackend>(
             .with_fingerprint(fingerprint);
     }
     if task.val.is_some() {
-        trainer = trainer.with_callback(EarlyStopping::new(
-            "val_loss",
-            Mode::Min,
-            config.early_stopping_patience,
-        ));
+        let stopping = EarlyStopping::new("val_loss", Mode::Min, config.early_stopping_patience);
+        trainer = if config.min_epochs > 0 {
+            trainer.with_callback(MinEpochsEarlyStopping {
+                inner: stopping,
+                min_epochs: config.min_epochs,
+            })
+        } else {
+            trainer.with_callback(stopping)
+        };
         if run.run_dir.is_some() {
             trainer = trainer.with_callback(ModelCheckpoint::best("val_loss", Mode::Min, 1));
         }
@@ -835,6 +1280,8 @@ pub fn fit<B: AutodiffBackend>(
         history: outcome.history,
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
+        plan,
+        scaling: task.card.scaling,
     })
 }
 
@@ -890,4 +1337,270 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
 /// The inner (eval) network of a trained autodiff network.
 pub fn eval_net<B: AutodiffBackend>(net: &Net<B>) -> Net<B::InnerBackend> {
     net.valid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CnnTransformerConfig;
+    use kiln::backend::{Autodiff, Flex};
+
+    type AD = Autodiff<Flex>;
+
+    const T: usize = 24;
+    const WINDOW: InnerWindow = InnerWindow { start: 6, end: 18 };
+
+    /// `n` labelled windows `[T, 4]` of smooth deterministic values (labels `down`, `up`
+    /// alternating), with expansions in and around [`WINDOW`] (those before it clip to 0).
+    fn windows(n: usize, phase: f32) -> WindowSet {
+        let x = (0..n * T * 4)
+            .map(|i| (i as f32 * 0.37 + phase).sin() + (i / (T * 4)) as f32 * 0.1)
+            .collect();
+        let labels = (0..n).map(|i| ["down", "up"][i % 2].to_string()).collect();
+        let expansion = (0..n)
+            .map(|i| Some((2 + 3 * (i % 5) as i64, 5 + 3 * (i % 5) as i64)))
+            .collect();
+        let ids = (0..n).map(|i| format!("w{i}")).collect();
+        WindowSet::new(ids, x, T, 4, Some(labels), Some(expansion)).unwrap()
+    }
+
+    fn pointer_spec() -> ModelSpec {
+        ModelSpec::CnnTransformer(CnnTransformerConfig {
+            cnn_channels: vec![4, 4, 8],
+            cnn_kernels: vec![3, 5],
+            transformer_layers: 1,
+            transformer_heads: 2,
+            dropout: 0.0,
+            predict_pointers: true,
+            window: Some(WINDOW),
+        })
+    }
+
+    /// β ramps over 4 epochs to 0.6 (not the reference's 0.1 over 50); mixup only, no temporal
+    /// augmentation; every validation window in one batch.
+    fn recipe(multitask_mix_inputs: bool) -> TrainConfig {
+        TrainConfig {
+            batch_size: 16,
+            pointer_beta_max: 0.6,
+            pointer_beta_warmup_epochs: 4,
+            multitask_mix_inputs,
+            mixup_alpha: 1.0,
+            cutmix_prob: 0.0,
+            temporal_aug: crate::augment::TemporalAugment {
+                enabled: false,
+                ..Default::default()
+            },
+            // The hand computations below see the raw windows.
+            scaling: InputScaling::None,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn info(epoch: usize, global_step: usize) -> EpochInfo {
+        EpochInfo {
+            epoch,
+            max_epochs: 10,
+            global_step,
+            seed: 5,
+            rank: 0,
+            world_size: 1,
+        }
+    }
+
+    /// `CE(class) + β·(BCE(start) + BCE(end))` in f64 from host logits: CE through
+    /// log-sum-exp, the BCEs as `softplus(z) − z·t` against one-hot targets, all means.
+    fn multitask_by_hand(
+        logits: &[Vec<f32>],
+        starts: &[Vec<f32>],
+        ends: &[Vec<f32>],
+        labels: &[usize],
+        pointers: &[(usize, usize)],
+        beta: f64,
+    ) -> f64 {
+        let n = logits.len() as f64;
+        let ce: f64 = logits
+            .iter()
+            .zip(labels)
+            .map(|(row, &y)| {
+                let max = row.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (f64::from(v) - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                lse - f64::from(row[y])
+            })
+            .sum::<f64>()
+            / n;
+        let bce = |rows: &[Vec<f32>], target: &dyn Fn(usize) -> usize| {
+            let mut sum = 0.0;
+            let mut count = 0.0;
+            for (i, row) in rows.iter().enumerate() {
+                for (j, &z) in row.iter().enumerate() {
+                    let z = f64::from(z);
+                    let t = if j == target(i) { 1.0 } else { 0.0 };
+                    sum += z.max(0.0) + (-z.abs()).exp().ln_1p() - z * t;
+                    count += 1.0;
+                }
+            }
+            sum / count
+        };
+        ce + beta * (bce(starts, &|i| pointers[i].0) + bce(ends, &|i| pointers[i].1))
+    }
+
+    /// Pointer targets of [`windows`] by hand: the expansion relative to the window start,
+    /// clipped to the window.
+    fn targets(set: &WindowSet, rows: &[usize]) -> (Vec<usize>, Vec<(usize, usize)>) {
+        let labels = rows.iter().map(|&i| i % 2).collect();
+        let rel = |v: i64| (v - WINDOW.start as i64).clamp(0, (WINDOW.len() - 1) as i64) as usize;
+        let exp = set.expansion.as_ref().unwrap();
+        let ptr = rows
+            .iter()
+            .map(|&i| {
+                let (s, e) = exp[i].unwrap();
+                (rel(s), rel(e))
+            })
+            .collect();
+        (labels, ptr)
+    }
+
+    /// The network's outputs on `x` (`[rows, T, 4]`), on the host.
+    fn outputs<Bk: Backend>(net: &Net<Bk>, x: Vec<f32>, rows: usize) -> HostOutputs {
+        let input =
+            Tensor::<Bk, 3>::from_data(TensorData::new(x, [rows, T, 4]), &Default::default());
+        let out = net.forward(input);
+        let (s, e) = out.pointers.expect("pointer heads");
+        (
+            super::rows(out.logits).unwrap(),
+            Some((super::rows(s).unwrap(), super::rows(e).unwrap())),
+        )
+    }
+
+    /// The validation loss is the class loss plus the pointer loss weighted by
+    /// `β = pointer_beta_max · min(epoch / pointer_beta_warmup_epochs, 1)`, computed here.
+    #[test]
+    fn validation_loss_weights_the_pointer_loss_by_the_ramp() {
+        let device = Default::default();
+        let (train, val) = (windows(16, 0.0), windows(12, 1.3));
+        let mut session = Session::<AD>::with_validation(
+            &pointer_spec(),
+            &recipe(true),
+            &train,
+            Some(&val),
+            1,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(session.prepared.labels.classes(), ["down", "up"]);
+        let net = session.net.valid();
+        let (logits, pointers) = outputs(&net, val.x.clone(), val.len());
+        let (starts, ends) = pointers.unwrap();
+        let (labels, ptr) = targets(&val, &(0..val.len()).collect::<Vec<_>>());
+        for (epoch, beta) in [(0, 0.0), (1, 0.15), (2, 0.3), (3, 0.45), (4, 0.6), (9, 0.6)] {
+            let got = session.task.validate(&net, &info(epoch, 0)).unwrap()["val_loss"];
+            let want = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, beta);
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "epoch {epoch}: val_loss {got}, by hand {want} (β {beta})"
+            );
+        }
+        // The pointer term is not negligible: β 0.6 against β 0 moves the loss.
+        let none = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, 0.0);
+        let full = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, 0.6);
+        assert!(full - none > 0.1, "{none} {full}");
+    }
+
+    /// A training step's loss: with `multitask_mix_inputs` the network sees the mixup of the
+    /// batch (the draw of the step's augmentation stream) and the loss keeps the un-mixed class
+    /// and pointer targets; without it the network sees the batch itself.
+    #[test]
+    fn training_loss_mixes_the_inputs_but_not_the_targets() {
+        let device = Default::default();
+        let train = windows(16, 0.0);
+        let rows: Vec<usize> = vec![3, 0, 7, 12, 5, 10, 1, 14];
+        let (labels, ptr) = targets(&train, &rows);
+        let (epoch, step) = (3, 17);
+        let beta = 0.6 * 3.0 / 4.0;
+        let x = gather(&train.x, T * 4, &rows);
+        for mix in [false, true] {
+            let mut config = recipe(mix);
+            config.val_split = 0.0;
+            let mut session =
+                Session::<AD>::new(&pointer_spec(), &config, &train, &device).unwrap();
+            let got = session
+                .task
+                .training_step(&session.net, rows.clone(), &info(epoch, step))
+                .unwrap()
+                .loss
+                .into_scalar()
+                .elem::<f64>();
+            let seen = if mix {
+                let mut rng =
+                    kiln::seed::rng(info(epoch, step).stream_seed(), "augment", step as u64);
+                let mixed = mixup_cutmix(&x, rows.len(), T, 4, 1.0, 0.3, 0.0, &mut rng);
+                assert!(mixed.lambda < 0.99 && mixed.x != x, "λ {}", mixed.lambda);
+                mixed.x
+            } else {
+                x.clone()
+            };
+            let (logits, pointers) = outputs(&session.net, seen, rows.len());
+            let (starts, ends) = pointers.unwrap();
+            let want = multitask_by_hand(&logits, &starts, &ends, &labels, &ptr, beta);
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "mix {mix}: loss {got}, by hand {want}"
+            );
+        }
+    }
+
+    /// A frozen pre-trained LSTM opens at epoch `unfreeze_after` (not one epoch earlier or
+    /// later) and stays open, and the learning rate is multiplied by `unfreeze_lr_factor` then,
+    /// once; the attention and head train throughout.
+    #[test]
+    fn the_encoder_unfreezes_at_its_epoch_with_the_lr_factor() {
+        struct Lr(Vec<f64>);
+        impl kiln::optim::LrControl for Lr {
+            fn lr(&self) -> f64 {
+                1.0
+            }
+            fn scale_lr(&mut self, factor: f64) {
+                self.0.push(factor);
+            }
+        }
+        let device = Default::default();
+        let spec = ModelSpec::SimpleLstm(crate::model::SimpleLstmConfig {
+            hidden_size: 8,
+            num_heads: 2,
+            dropout: 0.0,
+            ..Default::default()
+        });
+        let mut config = recipe(false);
+        config.val_split = 0.0;
+        let mut session = Session::<AD>::new(&spec, &config, &windows(8, 0.0), &device).unwrap();
+        // The encoder itself is loaded when the session is built; the schedule needs only its
+        // configuration.
+        session.task.config.encoder = EncoderTransfer {
+            path: Some("encoder.mpk".into()),
+            freeze: true,
+            unfreeze_after: 3,
+            unfreeze_lr_factor: 0.3,
+            ..EncoderTransfer::default()
+        };
+        let mut net = session.net;
+        for epoch in 0..6 {
+            let mut lr = Lr(Vec::new());
+            net = session
+                .task
+                .on_epoch_start(net, &info(epoch, 0), &mut lr)
+                .unwrap();
+            let trainable = kiln::checkpoint::trainable_paths::<AD, _>(&net);
+            let lstm = trainable.iter().filter(|p| p.contains("lstm")).count();
+            let rest = trainable.len() - lstm;
+            assert_eq!(lstm > 0, epoch >= 3, "epoch {epoch}: {trainable:?}");
+            assert!(rest > 0, "epoch {epoch}: {trainable:?}");
+            let want: &[f64] = if epoch == 3 { &[0.3] } else { &[] };
+            assert_eq!(lr.0, want, "epoch {epoch}");
+        }
+    }
 }

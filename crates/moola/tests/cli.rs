@@ -31,6 +31,15 @@ fn failed(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Width and height of a PNG file, after checking its signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
 /// 40 labelled 105×4 windows (two trend classes) with expansion indices.
 fn windows() -> WindowSet {
     let mut x = Vec::new();
@@ -127,6 +136,21 @@ fn ingest_train_predict_evaluate_resume() {
     assert_eq!(report["fit"]["epochs"], 3);
     let config = std::fs::read_to_string(root.join("run/config.yaml")).unwrap();
     assert!(config.contains("hidden_size: 8"), "{config}");
+    // The run's TensorBoard events (3 epochs) and its training curves.
+    let events = kiln::tensorboard::event_files(&root.join("run")).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let events = kiln::tensorboard::read_events(&events[0]).unwrap();
+    let epoch_losses = events
+        .iter()
+        .filter(|e| e.scalars.iter().any(|(t, _)| t == "epoch/train_loss"))
+        .count();
+    assert_eq!(epoch_losses, 3);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.scalars.iter().any(|(t, _)| t == "step/loss"))
+    );
+    assert_eq!(png_size(&root.join("run/curves.png")), (560, 680));
 
     let out = ok(&moola(
         &[
@@ -192,6 +216,8 @@ fn ingest_train_predict_evaluate_resume() {
         .map(|v| v.parse::<usize>().unwrap())
         .sum();
     assert_eq!(counts, 40);
+    png_size(&root.join("cv/confusion_matrix.png"));
+    assert_eq!(png_size(&root.join("cv/reliability.png")), (620, 600));
 
     // Resume the first run to 5 epochs: metrics.csv continues at epoch 3.
     let mut args = vec![
@@ -214,6 +240,30 @@ fn ingest_train_predict_evaluate_resume() {
         rows.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         vec![0, 1, 2, 3, 4]
     );
+
+    // `plot` on two runs (the second a copy of the first's log), side by side.
+    std::fs::create_dir_all(root.join("run2")).unwrap();
+    std::fs::copy(root.join("run/metrics.csv"), root.join("run2/metrics.csv")).unwrap();
+    let out = ok(&moola(&["plot", "run", "run2", "--out", "both.png"], root));
+    assert!(out.contains("wrote both.png"), "{out}");
+    assert_eq!(png_size(&root.join("both.png")), (1120, 680));
+    // Bad input: a missing run directory, a log without the monitored column.
+    let err = failed(&moola(&["plot", "run", "nope", "--out", "x.png"], root));
+    assert!(
+        err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
+    std::fs::create_dir_all(root.join("bare")).unwrap();
+    std::fs::write(root.join("bare/metrics.csv"), "epoch,train_loss\n0,1.5\n").unwrap();
+    let err = failed(&moola(
+        &["plot", "bare", "--monitor", "val_acc", "--out", "x.png"],
+        root,
+    ));
+    assert!(
+        err.contains("bare/metrics.csv") && err.contains("`val_acc`"),
+        "{err}"
+    );
+    assert!(!root.join("x.png").exists());
 }
 
 #[test]
@@ -650,6 +700,9 @@ fn pretrain_then_train_from_the_encoder_then_stack_and_audit() {
         assert!(out.contains("out-of-fold accuracy"), "{out}");
         let report = root.join(format!("art/oof/{model}/v1/seed_1337.json"));
         assert!(report.exists(), "{out}");
+        for picture in ["confusion_matrix", "reliability"] {
+            png_size(&root.join(format!("art/oof/{model}/v1/seed_1337_{picture}.png")));
+        }
     }
     let mut args = vec!["--quiet", "stack", "--data", "w.parquet"];
     args.extend_from_slice(&arts);
@@ -744,7 +797,14 @@ fn resumed_training_gives_the_uninterrupted_model() {
             args.extend_from_slice(&["--resume", ckpt]);
         }
         args.extend_from_slice(TINY);
-        args.extend_from_slice(&["simple_lstm.train.n_epochs", epochs]);
+        // A one-cycle schedule (the small-data recipe's) spans the run's epochs, so a run
+        // extended on resume would follow another schedule: a constant rate here.
+        args.extend_from_slice(&[
+            "simple_lstm.train.n_epochs",
+            epochs,
+            "simple_lstm.train.lr_schedule",
+            "constant",
+        ]);
         ok(&moola(&args, root))
     };
     train("full", "5", None);
@@ -786,10 +846,240 @@ fn resumed_training_gives_the_uninterrupted_model() {
     assert_eq!(full["fit"], resumed["fit"]);
     assert_eq!(full["test_metrics"], resumed["test_metrics"]);
 
-    // The run's config.yaml reloads to the configuration the command line gave.
+    // The run's config.yaml reloads to the configuration the command line gave, resolved for
+    // the 32 training windows (the small-data recipe of `recipe auto`).
     let mut given: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
-    given.extend(["simple_lstm.train.n_epochs".into(), "5".into()]);
-    let expected = moola::MoolaConfig::load(None, &given).unwrap();
+    given.extend(
+        [
+            "simple_lstm.train.n_epochs",
+            "5",
+            "simple_lstm.train.lr_schedule",
+            "constant",
+        ]
+        .map(String::from),
+    );
+    let expected = moola::MoolaConfig::load(None, &given)
+        .unwrap()
+        .for_windows(32)
+        .unwrap();
     let dumped = moola::MoolaConfig::load(Some(&root.join("split/config.yaml")), &[]).unwrap();
     assert_eq!(dumped, expected);
+}
+
+/// A bundled data set's file.
+fn bundled(name: &str, split: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../datasets/{name}/{name}_{split}.ts"))
+        .display()
+        .to_string()
+}
+
+/// The accuracy printed on the `test  (...)` line of `train`.
+fn test_accuracy(out: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("test  ("))
+        .unwrap_or_else(|| panic!("no test line in {out}"));
+    let at = line.find("accuracy ").unwrap() + "accuracy ".len();
+    line[at..at + 6].parse().unwrap()
+}
+
+#[test]
+fn minirocket_trains_predicts_and_stacks_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (train, test) = (
+        bundled("ItalyPowerDemand", "TRAIN"),
+        bundled("ItalyPowerDemand", "TEST"),
+    );
+    let out = ok(&moola(
+        &[
+            "--quiet",
+            "train",
+            "--model",
+            "minirocket",
+            "--data",
+            &train,
+            "--test",
+            &test,
+            "--out",
+            "mr",
+        ],
+        root,
+    ));
+    assert!(out.contains("test  (1029 windows)"), "{out}");
+    assert!(test_accuracy(&out) >= 0.93, "{out}");
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("mr/model.json")).unwrap()).unwrap();
+    assert_eq!(model["model"], "minirocket");
+    // `predict` takes the classical model file with or without its extension.
+    for path in ["mr/model", "mr/model.json"] {
+        let out = ok(&moola(
+            &[
+                "--quiet",
+                "predict",
+                "--model-path",
+                path,
+                "--input",
+                &test,
+                "--output",
+                "p.csv",
+            ],
+            root,
+        ));
+        assert!(out.contains("input is labelled: accuracy"), "{out}");
+        let csv = std::fs::read_to_string(root.join("p.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1030);
+        assert!(csv.starts_with("window_id,prediction,prob_class_0,prob_class_1"));
+    }
+    // Out-of-fold MiniRocket next to a tiny SimpleLSTM, then the stack of the two.
+    let arts = ["paths.artifacts_dir", "art", "cv_folds", "3"];
+    for model in ["minirocket", "simple_lstm"] {
+        let mut args = vec!["--quiet", "oof", "--model", model, "--data", &train];
+        args.extend_from_slice(&arts);
+        args.extend_from_slice(TINY);
+        let out = ok(&moola(&args, root));
+        assert!(out.contains("out-of-fold accuracy"), "{out}");
+    }
+    let mut args = vec![
+        "--quiet",
+        "stack",
+        "--data",
+        &train,
+        "--models",
+        "minirocket,simple_lstm",
+    ];
+    args.extend_from_slice(&arts);
+    let out = ok(&moola(&args, root));
+    assert!(
+        out.contains("stacking 2 base models (minirocket, simple_lstm)"),
+        "{out}"
+    );
+    // Classical models take no encoder.
+    let err = failed(&moola(
+        &[
+            "train",
+            "--model",
+            "minirocket",
+            "--data",
+            &train,
+            "--encoder",
+            "enc",
+        ],
+        root,
+    ));
+    assert!(err.contains("--encoder"), "{err}");
+}
+
+#[test]
+fn recipe_and_scaling_flags_reach_the_saved_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_parquet(&windows(), &root.join("w.parquet"), FeatureLayout::Flat).unwrap();
+    let train = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "--quiet",
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            "w.parquet",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(TINY);
+        let stdout = ok(&moola(&args, root));
+        let card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(out).join("model.json")).unwrap())
+                .unwrap();
+        let config = std::fs::read_to_string(root.join(out).join("config.yaml")).unwrap();
+        (stdout, card, config)
+    };
+    // The default: `auto` on 32 training windows is the small-data recipe; the windows'
+    // levels are close, so `auto` scaling keeps them raw.
+    let (out, card, config) = train(&[], "auto");
+    assert!(
+        out.contains("small-data recipe for 32 training windows"),
+        "{out}"
+    );
+    assert_eq!(card["scaling"], "none");
+    assert!(config.contains("lr_schedule: one_cycle"), "{config}");
+    // `--scaling` and `--recipe reference`.
+    let (out, card, config) = train(&["--scaling", "zscore"], "z");
+    assert!(out.contains("input scaling zscore"), "{out}");
+    assert_eq!(card["scaling"], "zscore");
+    assert!(config.contains("scaling: zscore"), "{config}");
+    let (out, card, config) = train(&["--recipe", "reference"], "ref");
+    assert!(
+        out.contains("reference recipe: input scaling none"),
+        "{out}"
+    );
+    assert_eq!(card["scaling"], "none");
+    assert!(config.contains("lr_schedule: constant"), "{config}");
+    // A scaling that does not fit the data is an error naming it, before any output.
+    let err = failed(&moola(
+        &[
+            "--scaling",
+            "relative_open",
+            "train",
+            "--model",
+            "simple_lstm",
+            "--data",
+            &bundled("BasicMotions", "TRAIN"),
+            "--out",
+            "bad",
+        ],
+        root,
+    ));
+    assert!(
+        err.contains("relative_open") && err.contains("OHLC"),
+        "{err}"
+    );
+    let err = failed(&moola(
+        &["--quiet", "doctor", "simple_lstm.train.scaling", "minmax"],
+        root,
+    ));
+    assert!(err.contains("simple_lstm.train.scaling"), "{err}");
+}
+
+#[test]
+fn benchmark_data_prints_the_table_and_refuses_unknown_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let datasets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    let datasets = datasets.display().to_string();
+    let out = ok(&moola(
+        &[
+            "--quiet",
+            "benchmark-data",
+            "--datasets",
+            "italy_power_demand",
+            "--rows",
+            "minirocket/none",
+            "--seeds",
+            "1,2",
+            "--datasets-dir",
+            &datasets,
+            "--json",
+            "b.json",
+            "minirocket.n_features",
+            "840",
+        ],
+        root,
+    ));
+    assert!(out.contains("| minirocket | - | none |"), "{out}");
+    assert!(out.contains("MiniRocket 0.960"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("b.json")).unwrap()).unwrap();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert!(r["accuracy"].as_f64().unwrap() > 0.9, "{r}");
+    }
+    let err = failed(&moola(
+        &["benchmark-data", "--rows", "simple_lstm/fast/none"],
+        root,
+    ));
+    assert!(err.contains("simple_lstm/fast/none"), "{err}");
 }

@@ -355,29 +355,47 @@ fn oof_npy_reads_back_as_float64_matrix() {
 
 #[test]
 fn concurrent_writers_of_one_npy_never_leave_a_partial_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("oof/m/v1/seed_1.npy");
     let rows_a = vec![vec![0.25, 0.75]; 2000];
     let rows_b = vec![vec![0.5, 0.5]; 2000];
-    std::thread::scope(|s| {
-        for rows in [&rows_a, &rows_b] {
-            let path = &path;
-            s.spawn(move || {
-                for _ in 0..20 {
-                    write_npy(path, rows).unwrap();
-                }
-            });
-        }
-        s.spawn(|| {
-            for _ in 0..50 {
-                if let Ok(a) = read_npy(&path) {
-                    assert_eq!(a.dim(), (2000, 2));
-                    let first = a[[0, 0]];
-                    assert!(a.column(0).iter().all(|&v| v == first), "mixed file");
-                }
+    let done = AtomicBool::new(false);
+    let reads = std::thread::scope(|s| {
+        let writers: Vec<_> = [&rows_a, &rows_b]
+            .into_iter()
+            .map(|rows| {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_npy(path, rows).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Once the first rename has put the file in place, every read must see a complete
+        // file of one writer: a truncated or mixed file fails the test (it is not skipped).
+        let reader = s.spawn(|| {
+            while !path.exists() && !done.load(Ordering::SeqCst) {
+                std::thread::yield_now();
             }
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) {
+                let a = read_npy(&path).expect("a reader saw a partial file");
+                assert_eq!(a.dim(), (2000, 2));
+                let first = a[[0, 0]];
+                assert!(a.column(0).iter().all(|&v| v == first), "mixed file");
+                reads += 1;
+            }
+            reads
         });
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        reader.join().unwrap()
     });
+    assert!(reads > 0, "the reader never saw the file");
     assert_eq!(read_npy(&path).unwrap().dim(), (2000, 2));
     assert_eq!(
         std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
@@ -695,8 +713,12 @@ fn recompute(y: &[usize], proba: &[Vec<f64>]) -> Recomputed {
 }
 
 /// A recipe that trains the tiny SimpleLSTM to confidences spread over several bins in a few epochs,
-/// over- and under-confident in different bins (so that ECE depends on the binning).
+/// over- and under-confident in different bins (so that ECE depends on the binning). On the
+/// reference recipe (raw inputs, constant learning rate): the small-data recipe that `auto`
+/// picks for a set this size trains it to other confidences.
 const CONFIDENT: &[&str] = &[
+    "recipe",
+    "reference",
     "simple_lstm.train.n_epochs",
     "8",
     "simple_lstm.train.learning_rate",

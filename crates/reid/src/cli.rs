@@ -11,13 +11,16 @@
 //!   evaluate           mAP/CMC of precomputed query/gallery embeddings (.npy), three protocols
 //!   convert-fashion-mnist   build the bundled Market1501-layout Fashion-MNIST set
 //!   bench              one CTL training step and embedding throughput, next to PyTorch
+//!   index              build or extend the ANN index of a saved gallery
+//!   bench-search       the ANN index against exact search on a synthetic gallery
+//!   plot               training curves of run directories side by side → PNG
 //!   doctor             compiled backends, CUDA driver, wgpu adapters, CPU threads
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::ReidConfig;
 use crate::tools;
@@ -72,12 +75,17 @@ pub struct TestArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the CTL model (or the base model) and test it with and without centroids.
+    /// `train_ctl_model` and `train_base_model` (`train --model base`) are the reference's
+    /// script names.
+    #[command(visible_alias = "train_ctl_model")]
     Train(TrainArgs),
     /// Evaluate MODEL.PRETRAIN_PATH (TEST.ONLY_TEST flow): configured USE_CENTROIDS, then flipped.
     Test(TestArgs),
     /// Embed a directory of images (embeddings.npy, paths.npy).
+    #[command(visible_alias = "create_embeddings")]
     CreateEmbeddings(tools::CreateEmbeddingsArgs),
     /// Find the top-k most similar gallery images of each query image.
+    #[command(visible_alias = "get_similar")]
     GetSimilar(tools::GetSimilarArgs),
     /// Draw ranked results (query + top-k, green/red borders).
     Visrank(tools::VisrankArgs),
@@ -89,6 +97,31 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// The devices this binary can use: compiled backends, CUDA driver, wgpu adapters.
     Doctor,
+    /// Build (or extend) the ANN index of a saved gallery (index.usearch beside embeddings.npy).
+    Index(tools::IndexArgs),
+    /// The ANN index against exact search on a synthetic clustered gallery.
+    BenchSearch(crate::search::bench::BenchSearchArgs),
+    /// Draw the training curves of one or more run directories (their metrics.csv) side by
+    /// side into one PNG.
+    Plot(PlotArgs),
+}
+
+/// `reid plot` arguments.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories (`version_N/` of `reid train`, each with its metrics.csv).
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "curves.png")]
+    pub out: PathBuf,
+    /// The monitored metric whose best epoch is marked (default: SOLVER.MONITOR_METRIC_NAME of
+    /// the first run's config.yaml, else mAP).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Its direction (default: SOLVER.MONITOR_METRIC_MODE of that config.yaml, else max).
+    #[arg(long)]
+    pub mode: Option<kiln::Mode>,
 }
 
 /// `reid convert-fashion-mnist` arguments.
@@ -102,10 +135,48 @@ pub struct ConvertArgs {
     pub out: PathBuf,
 }
 
+/// `reid plot`: the monitored metric from the flags, else from the first run's config.yaml.
+fn plot(a: PlotArgs) -> Result<()> {
+    let saved = a
+        .runs
+        .first()
+        .map(|d| d.join("config.yaml"))
+        .filter(|p| p.is_file())
+        .map(|p| ReidConfig::load(Some(&p), &[]))
+        .transpose()?;
+    let solver = saved.map(|c| c.solver).unwrap_or_default();
+    let monitor = a.monitor.unwrap_or(solver.monitor_metric_name);
+    let mode = a.mode.unwrap_or(if solver.monitor_metric_mode == "min" {
+        kiln::Mode::Min
+    } else {
+        kiln::Mode::Max
+    });
+    kiln::plot::plot_runs(&a.runs, Some((&monitor, mode)), &a.out)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
 /// The `reid` tool on `args` (the program name first), as the `reid` binary runs it: see
 /// [`kiln::cli::run_tool`]. Returns the command's error; usage errors exit the process (status 2).
 pub fn main_with(args: Vec<String>) -> Result<()> {
-    kiln::cli::run_tool(args, run)
+    kiln::cli::run_tool(script_names(args), run)
+}
+
+/// The reference's `train_base_model` script as `train --model base`, when it is the
+/// subcommand word (the first word after the program that names a subcommand); the other script
+/// names are subcommand aliases.
+pub fn script_names(mut args: Vec<String>) -> Vec<String> {
+    let command = Cli::command();
+    let first = args.iter().skip(1).position(|a| {
+        a == "train_base_model"
+            || command
+                .get_subcommands()
+                .any(|s| s.get_name() == a || s.get_all_aliases().any(|n| n == a))
+    });
+    if let Some(i) = first.filter(|&i| args[i + 1] == "train_base_model") {
+        args.splice(i + 1..i + 2, ["train", "--model", "base"].map(String::from));
+    }
+    args
 }
 
 /// Runs a parsed command line.
@@ -146,6 +217,9 @@ pub fn run(cli: Cli) -> Result<()> {
             doctor(device);
             Ok(())
         }
+        Command::Index(a) => tools::index(a, progress),
+        Command::BenchSearch(a) => crate::search::bench::run(&a).map(|_| ()),
+        Command::Plot(a) => plot(a),
         Command::ConvertFashionMnist(a) => {
             let summary = crate::data::convert_fashion_mnist(&a.src, &a.out, &Default::default())?;
             println!(

@@ -31,6 +31,15 @@
 //! did; `USE_MIXED_PRECISION True` is `16-mixed` on CUDA and f32 on CPU (`--precision` overrides
 //! both).
 //!
+//! ## Keys the reference does not have
+//!
+//! Re-ranking and query expansion (fast-reid's `TEST.RERANK` and `TEST.AQE`) are new keys in
+//! the style of the reference's flat `TEST.*` section, all off by default so that a reference
+//! configuration evaluates as before: `TEST.RERANK` (k-reciprocal re-ranking, with
+//! `TEST.RERANK_K1` 20, `TEST.RERANK_K2` 6, `TEST.RERANK_LAMBDA` 0.3) and `TEST.AQE` (average
+//! query expansion, with `TEST.AQE_K` 5, `TEST.AQE_ALPHA` 3.0); see [`crate::eval::rerank`].
+//! A configuration that sets them does not load in the reference.
+//!
 //! ## Keys `run_main` overwrites
 //!
 //! The reference's training entry point (`utils/misc.py::run_main`) overwrites two keys after
@@ -276,6 +285,22 @@ pub struct TestConfig {
     pub visualize_topk: usize,
     /// `TEST.VISUALIZE_MAX_NUMBER` (default `1000000`): most queries pictured.
     pub visualize_max_number: usize,
+    /// `TEST.RERANK` (default `False`; **not in the reference**, fast-reid's `TEST.RERANK.ENABLED`):
+    /// k-reciprocal re-ranking of every protocol's distances (`test`, `evaluate`, `get-similar`).
+    pub rerank: bool,
+    /// `TEST.RERANK_K1` (default `20`; not in the reference): k-reciprocal neighbourhood size.
+    pub rerank_k1: usize,
+    /// `TEST.RERANK_K2` (default `6`; not in the reference): local query expansion size.
+    pub rerank_k2: usize,
+    /// `TEST.RERANK_LAMBDA` (default `0.3`; not in the reference): weight of the original distance.
+    pub rerank_lambda: f64,
+    /// `TEST.AQE` (default `False`; **not in the reference**, fast-reid's `TEST.AQE.ENABLED`):
+    /// α-weighted average query expansion before the distances.
+    pub aqe: bool,
+    /// `TEST.AQE_K` (default `5`; not in the reference): neighbours averaged (self included).
+    pub aqe_k: usize,
+    /// `TEST.AQE_ALPHA` (default `3.0`; not in the reference): similarity-weight exponent.
+    pub aqe_alpha: f64,
 }
 
 impl Default for ModelConfig {
@@ -374,6 +399,13 @@ impl Default for TestConfig {
             visualize: "no".into(),
             visualize_topk: 10,
             visualize_max_number: 1_000_000,
+            rerank: false,
+            rerank_k1: 20,
+            rerank_k2: 6,
+            rerank_lambda: 0.3,
+            aqe: false,
+            aqe_k: 5,
+            aqe_alpha: 3.0,
         }
     }
 }
@@ -679,6 +711,34 @@ impl ReidConfig {
             matches!(t.visualize.as_str(), "yes" | "no"),
             "TEST.VISUALIZE",
             format!("must be 'yes' or 'no', got '{}'", t.visualize),
+        );
+        check(
+            t.rerank_k1 >= 1,
+            "TEST.RERANK_K1",
+            format!("must be at least 1, got {}", t.rerank_k1),
+        );
+        check(
+            t.rerank_k2 >= 1,
+            "TEST.RERANK_K2",
+            format!(
+                "must be at least 1 (1 = no local expansion), got {}",
+                t.rerank_k2
+            ),
+        );
+        check(
+            (0.0..=1.0).contains(&t.rerank_lambda),
+            "TEST.RERANK_LAMBDA",
+            format!("must be in [0, 1], got {}", t.rerank_lambda),
+        );
+        check(
+            t.aqe_k >= 1,
+            "TEST.AQE_K",
+            format!("must be at least 1, got {}", t.aqe_k),
+        );
+        check(
+            t.aqe_alpha.is_finite(),
+            "TEST.AQE_ALPHA",
+            format!("must be finite, got {}", t.aqe_alpha),
         );
 
         // Top level

@@ -13,7 +13,8 @@ use crate::config::ReidConfig;
 use crate::model::{ReidModel, ReidModelConfig, load_reference_checkpoint};
 
 pub use crate::eval::embed::{
-    Embedded, distance_func, embed_batches, embed_samples, retrieval_options,
+    Embedded, aqe_params, distance_func, embed_batches, embed_samples, rerank_params,
+    retrieval_options,
 };
 
 /// The task state this crate stores in its kiln checkpoints (`meta.task`).

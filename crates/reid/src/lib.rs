@@ -12,11 +12,13 @@
 //! * [`ReidModel`]: ResNet / ResNet-IBN-a + BNNeck; [`ReidModelConfig`] builds one; reference
 //!   checkpoints load through [`infer::load_model`];
 //! * [`EvalReport`]: mAP / CMC without centroids and with centroid modes A and B;
-//! * [`load_dataset`] / [`ReidDataset`]: Market1501, DukeMTMC-reID and COCO-style retrieval sets.
+//! * [`load_dataset`] / [`ReidDataset`]: Market1501, DukeMTMC-reID and COCO-style retrieval sets;
+//! * [`ImageEmbedder`] + [`SavedGallery`]: embed any image files and search a saved gallery
+//!   (exact or through its HNSW index, [`search`]).
 //!
 //! Modules, from data to command line: [`data`], [`model`], [`loss`], [`eval`], [`train`]
 //! (the kiln task and its optimisation), [`learner`], [`infer`] and [`tools`] (embedding and
-//! similarity search), [`bench`], and [`cli`] on top, which nothing below imports.
+//! similarity search), [`search`] (gallery-scale retrieval), [`bench`], and [`cli`] on top, which nothing below imports.
 
 pub mod bench;
 pub mod cli;
@@ -27,6 +29,7 @@ pub mod infer;
 pub mod learner;
 pub mod loss;
 pub mod model;
+pub mod search;
 pub mod tools;
 pub mod train;
 
@@ -35,4 +38,5 @@ pub use data::{ReidDataset, load_dataset};
 pub use eval::EvalReport;
 pub use learner::{Learner, Trained};
 pub use model::{ReidModel, ReidModelConfig};
+pub use search::{ImageEmbedder, SavedGallery, SearchMetric, SearchMode};
 pub use train::{FitOptions, RunSummary, StepKind};

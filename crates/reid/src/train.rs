@@ -787,6 +787,9 @@ impl BackendJob for TestJob {
         report.write_json(out.join("test_report.json"))?;
         println!("{}", report.table());
         println!("wrote {}", out.join("test_report.json").display());
+        let cmc = out.join(TEST_CMC_FILE);
+        write_cmc_picture(&report, &format!("CMC of {}", loaded.source), &cmc)?;
+        println!("wrote {}", cmc.display());
         if cfg.test.visualize.eq_ignore_ascii_case("yes") {
             let vis_root = crate::tools::output_dir(cfg);
             let n = crate::tools::visualize(
@@ -806,6 +809,22 @@ impl BackendJob for TestJob {
         }
         Ok(report)
     }
+}
+
+/// The CMC picture `reid test` writes beside `test_report.json`.
+pub const TEST_CMC_FILE: &str = "test_cmc.png";
+
+/// Draws the CMC curves (rank-k accuracy, k = 1..max rank) of every protocol of `report`.
+pub fn write_cmc_picture(report: &EvalReport, title: &str, path: &Path) -> Result<()> {
+    let curves: Vec<(String, Vec<f64>)> = [
+        ("no centroids", &report.no_centroids),
+        ("centroids A", &report.centroids_a),
+        ("centroids B", &report.centroids_b),
+    ]
+    .into_iter()
+    .filter_map(|(name, m)| m.as_ref().map(|m| (name.to_string(), m.cmc.clone())))
+    .collect();
+    kiln::plot::cmc_curves(&curves, title, path)
 }
 
 /// `reid test` (TEST.ONLY_TEST): evaluate `MODEL.PRETRAIN_PATH` with all three protocols (the

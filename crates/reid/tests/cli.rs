@@ -123,10 +123,17 @@ fn unknown_subcommands_and_flags_are_usage_errors() {
         &["huge", "--model"],
     );
     fails(&reid(&["--device", "tpu", "train"], cwd), 2, &["tpu"]);
-    // After the subcommand an unknown `--word` cannot be told from a yacs override: it is
-    // refused as one, by name.
-    fails(&reid(&["train", "--bogus"], cwd), 1, &["--bogus"]);
-    fails(&reid(&["train", "--bogus", "1"], cwd), 1, &["--bogus"]);
+    // After the subcommand, among the yacs overrides (no key starts with `--`), as in moola.
+    fails(&reid(&["train", "--bogus"], cwd), 2, &["--bogus"]);
+    fails(&reid(&["train", "--bogus", "1"], cwd), 2, &["--bogus"]);
+    fails(
+        &reid(
+            &["train_ctl_model", "SOLVER.BASE_LR", "1", "--bogus=2"],
+            cwd,
+        ),
+        2,
+        &["--bogus=2"],
+    );
     assert!(files_under(cwd).is_empty(), "{:?}", files_under(cwd));
 }
 
@@ -315,6 +322,48 @@ fn a_tiny_run_with_the_reference_spellings_succeeds() {
     ] {
         assert!(files.contains(&f.to_string()), "no {f} in {files:?}");
     }
+    // The run's TensorBoard events and training curves.
+    let run = root.join("out/train_base_model/version_0");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("train_base_model/version_0/events.out.tfevents.")),
+        "{files:?}"
+    );
+    let png =
+        |p: &Path| image::image_dimensions(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(png(&run.join("curves.png")), (560, 680));
+    // `reid test` of its checkpoint draws the CMC curves beside test_report.json.
+    let mut test: Vec<&str> = vec!["--quiet", "test"];
+    test.extend(pairs.iter().map(String::as_str));
+    let ckpt = run.join("checkpoints/last.ckpt").display().to_string();
+    test.extend(["MODEL.PRETRAIN_PATH", &ckpt]);
+    let out = reid(&test, root);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(png(&root.join("out/test_cmc.png")), (720, 500));
+    // `reid plot` on two runs (the monitor, mAP, from the first one's config.yaml), and its
+    // errors.
+    let both = root.join("both.png");
+    let run_s = run.display().to_string();
+    let out = reid(
+        &["plot", &run_s, &run_s, "--out", &both.display().to_string()],
+        root,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(png(&both), (1120, 680));
+    fails(
+        &reid(&["plot", &run_s, "no-such-run", "--out", "x.png"], root),
+        1,
+        &["no-such-run", "does not exist"],
+    );
+    fails(
+        &reid(
+            &["plot", &run_s, "--monitor", "Rank-99", "--out", "x.png"],
+            root,
+        ),
+        1,
+        &["metrics.csv", "`Rank-99`"],
+    );
     // Resuming from a copy of that checkpoint kept outside its run (`models/last.ckpt`: the run
     // directory is then `models/`), when the resumed run fails before its first checkpoint
     // (here a corrupt image), leaves that directory and the checkpoint alone.
@@ -433,4 +482,34 @@ fn the_reference_flag_spellings_parse_as_their_flags() {
         dir.path(),
     );
     fails(&out, 1, &["no-gallery"]);
+}
+
+#[test]
+fn the_reference_script_names_are_subcommands() {
+    let cli = parse(&["train_ctl_model", "SOLVER.MAX_EPOCHS", "2"]);
+    let Sub::Train(a) = cli.command else {
+        panic!("not train")
+    };
+    assert_eq!(a.model, reid::StepKind::Ctl);
+    assert_eq!(a.common.opts, ["SOLVER.MAX_EPOCHS", "2"]);
+    let cli = parse(&["create_embeddings", "--images_in_subfolders"]);
+    assert!(matches!(cli.command, Sub::CreateEmbeddings(_)));
+    let cli = parse(&["get_similar", "--gallery-data", "g", "--exact"]);
+    assert!(matches!(cli.command, Sub::GetSimilar(_)));
+    // train_base_model is `train --model base`.
+    let args = reid::cli::script_names(
+        ["reid", "train_base_model", "SOLVER.MAX_EPOCHS", "2"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let cli = Cli::try_parse_from(kiln::cli::hoist_flags(&Cli::command(), args)).unwrap();
+    let Sub::Train(a) = cli.command else {
+        panic!("not train")
+    };
+    assert_eq!(a.model, reid::StepKind::Base);
+    assert_eq!(a.common.opts, ["SOLVER.MAX_EPOCHS", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = reid(&["train_base_model", "--help"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--model"));
 }

@@ -45,9 +45,9 @@ fn config(root: &Path, logs: &Path) -> ReidConfig {
         ("INPUT.SIZE_TRAIN", "[32, 16]"),
         ("INPUT.SIZE_TEST", "[32, 16]"),
         ("SOLVER.IMS_PER_BATCH", "3"),
-        ("SOLVER.MAX_EPOCHS", "4"),
-        ("SOLVER.EVAL_PERIOD", "4"),
-        ("SOLVER.BASE_LR", "3.5e-4"),
+        ("SOLVER.MAX_EPOCHS", "6"),
+        ("SOLVER.EVAL_PERIOD", "6"),
+        ("SOLVER.BASE_LR", "1e-3"),
         ("SOLVER.USE_WARMUP_LR", "False"),
         ("TEST.IMS_PER_BATCH", "8"),
         ("DATALOADER.USE_RESAMPLING", "False"),
@@ -144,7 +144,7 @@ fn two_process_ctl_training_lowers_the_loss_with_identical_replicas() {
                 );
                 assert!(status.success(), "rank {rank} failed:\n{log}");
                 assert!(
-                    log.contains(&format!("rank {rank} done after 4 epochs")),
+                    log.contains(&format!("rank {rank} done after 6 epochs")),
                     "{log}"
                 );
                 break;
@@ -165,10 +165,10 @@ fn two_process_ctl_training_lowers_the_loss_with_identical_replicas() {
     let run = &runs[0];
     assert!(run.join("test_report.json").exists());
     let rows = kiln::metric_log::read_csv(&run.join("metrics.csv")).unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 6);
     let loss = |e: usize| rows[e].1["train_loss"];
-    assert!(loss(3) < loss(0), "train loss {} -> {}", loss(0), loss(3));
-    assert!(rows[3].1.contains_key("mAP"), "{:?}", rows[3].1);
+    assert!(loss(5) < loss(0), "train loss {} -> {}", loss(0), loss(5));
+    assert!(rows[5].1.contains_key("mAP"), "{:?}", rows[5].1);
 }
 
 /// A port that is free now, for a node's data service (the default, orchestrator port + 1 +

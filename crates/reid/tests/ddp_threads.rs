@@ -53,13 +53,15 @@ fn ok(out: Output, what: &str) {
     );
 }
 
-/// The trained tensors of the run's last checkpoint (batch-norm running statistics left out).
+/// The trained tensors of the run's last checkpoint: batch-norm running statistics (rank 0's
+/// under data parallelism, by design) and the BNNeck bias (frozen, as in the reference; that it
+/// stays put is tested in `model.rs`) left out.
 fn params(logs: &Path) -> Vec<(String, Vec<f32>)> {
     let ckpt = logs.join("train_ctl_model/version_0/checkpoints/last.ckpt");
     kiln::checkpoint::checkpoint_params(&ckpt)
         .unwrap()
         .into_iter()
-        .filter(|(name, _)| !name.contains("running_"))
+        .filter(|(name, _)| !name.contains("running_") && name != "bn.bias")
         .collect()
 }
 
@@ -145,8 +147,13 @@ fn data_parallel_ctl_training_matches_one_device_training_virtual_ranks() {
     }
     let processes = params(&logs);
 
+    // 1e-3 of each tensor's movement: the gradients are summed in another order (an
+    // all-reduce of two rank gradients against one backward pass of the two ranks' mean loss),
+    // and Adam's g/√v turns the last-bit differences of 20-odd layers of small gradients into
+    // up to ~1e-4 of the movement after two epochs (a rank that trained on the other's share
+    // would be off by the whole movement).
     for (layout, got) in [("two threads", &threads), ("two processes", &processes)] {
-        let rows = kiln::testing::compare_runs(got, &virtual_ranks, &after_one, |_| 1e-4)
+        let rows = kiln::testing::compare_runs(got, &virtual_ranks, &after_one, |_| 1e-3)
             .unwrap_or_else(|e| panic!("{layout} vs one device: {e:#}"));
         let worst = rows.iter().map(|r| r.diff / r.moved).fold(0f32, f32::max);
         println!(

@@ -249,6 +249,95 @@ fn bnneck_bias_is_frozen_and_gets_no_gradient() {
     assert!(grads.get::<Flex, 1>(model.bn.bias.id).is_none());
 }
 
+/// The BatchNorm running statistics of the backbone and the BNNeck, by path, as the model
+/// holds them (pending updates synced).
+fn running_statistics(model: &ReidModel<AD>) -> Vec<(String, Vec<f32>)> {
+    struct Running {
+        path: Vec<String>,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl burn::module::ModuleVisitor<AD> for Running {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<AD, D>>) {
+            let path = self.path.join(".");
+            if path.ends_with("running_mean") || path.ends_with("running_var") {
+                let v = param.val().inner().into_data().to_vec().unwrap();
+                self.out.push((path, v));
+            }
+        }
+    }
+    let _ = model.clone().into_record(); // syncs the running statistics
+    let mut v = Running {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// BatchNorm running statistics are buffers: after `set_trainable(true)` and a checkpoint
+/// round trip none is trainable (every other tensor but the frozen BNNeck bias is), and an Adam
+/// step with weight decay (the reference's optimiser) leaves them where the forward pass's
+/// running update put them.
+#[test]
+fn batchnorm_running_statistics_are_never_trainable() {
+    use kiln::checkpoint::{
+        load_checked, param_shapes, record_from_bytes, record_to_bytes, set_trainable,
+        trainable_paths,
+    };
+    let device = Default::default();
+    let config = ResNetConfig::new(Arch::ResNet18, 1).with_width(2);
+    let model = ReidModel::<AD>::new(&config, 3, &device).unwrap();
+    let model = set_trainable(model, true).with_frozen_bnneck_bias();
+    let bytes = record_to_bytes::<AD, _>(model.into_record()).unwrap();
+    let record = record_from_bytes::<AD, _>(bytes, &device).unwrap();
+    let fresh = ReidModel::<AD>::new(&config, 3, &device).unwrap();
+    let model = load_checked(
+        set_trainable(fresh, true).with_frozen_bnneck_bias(),
+        record,
+        "reid",
+    )
+    .unwrap();
+    let trainable = trainable_paths::<AD, _>(&model);
+    let before = running_statistics(&model);
+    // 20 BatchNorms in a ResNet18 (stem, 2 per block, 3 downsamples) and the BNNeck.
+    assert_eq!(before.len(), 2 * 21);
+    assert_eq!(
+        trainable.len(),
+        param_shapes::<AD, _>(&model).len() - before.len() - 1,
+        "{trainable:?}"
+    );
+    assert!(
+        !trainable.iter().any(|p| p.contains("running")),
+        "{trainable:?}"
+    );
+
+    let x = Tensor::<AD, 4>::random([4, 3, 32, 16], Distribution::Normal(0.0, 1.0), &device);
+    let out = model.forward(x);
+    let loss = out.logits.sum() + out.global_feat.powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let updated = running_statistics(&model);
+    for ((path, a), (_, b)) in before.iter().zip(&updated) {
+        assert_ne!(a, b, "{path}: the forward pass updates it");
+    }
+    let mut adam = burn::optim::AdamConfig::new()
+        .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(5e-4)))
+        .init::<AD, ReidModel<AD>>();
+    let conv = values(model.backbone.base.conv1.weight.val().inner());
+    let model = burn::optim::Optimizer::step(&mut adam, 1e-2, model, grads);
+    assert_ne!(values(model.backbone.base.conv1.weight.val().inner()), conv);
+    assert_eq!(
+        running_statistics(&model),
+        updated,
+        "the optimiser step moved them"
+    );
+}
+
 #[test]
 fn embed_is_eval_mode_bnneck_of_the_pooled_feature() {
     let device = Default::default();

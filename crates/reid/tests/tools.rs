@@ -57,7 +57,7 @@ fn fixture() -> &'static Fixture {
             global_step: 10,
             seed: 0,
             metrics: BTreeMap::new(),
-            callbacks: BTreeMap::new(),
+            callbacks: Default::default(),
             task: serde_json::to_value(CheckpointTask {
                 model: config,
                 size_train: [H, W],
@@ -191,10 +191,23 @@ fn common(root: &Path, out: &Path, extra: &[(&str, &str)]) -> Common {
     }
 }
 
+fn index_args() -> tools::IndexBuildArgs {
+    tools::IndexBuildArgs {
+        index_storage: reid::search::Quantization::F32,
+        connectivity: 16,
+        expansion_add: 64,
+        expansion_search: 64,
+    }
+}
+
 fn create(root: &Path, out: &Path, subfolders: bool, extra: &[(&str, &str)]) -> anyhow::Result<()> {
     tools::create_embeddings(
         tools::CreateEmbeddingsArgs {
             images_in_subfolders: subfolders,
+            append: false,
+            build_index: false,
+            normalize_features: false,
+            index: index_args(),
             common: common(root, out, extra),
         },
         DeviceKind::Cpu,
@@ -507,6 +520,10 @@ fn errors_name_the_problem_and_leave_no_output() {
     let r = tools::create_embeddings(
         tools::CreateEmbeddingsArgs {
             images_in_subfolders: false,
+            append: false,
+            build_index: false,
+            normalize_features: false,
+            index: index_args(),
             common: args,
         },
         DeviceKind::Cpu,
@@ -568,16 +585,35 @@ fn similar(
     extra: &[(&str, &str)],
 ) -> anyhow::Result<()> {
     tools::get_similar(
-        tools::GetSimilarArgs {
-            gallery_data: gallery.to_path_buf(),
-            normalize_features: normalize,
-            topk,
-            images_in_subfolders: false,
-            common: common(queries, out, extra),
-        },
+        similar_args(queries, gallery, out, topk, normalize, extra),
         DeviceKind::Cpu,
         false,
     )
+}
+
+fn similar_args(
+    queries: &Path,
+    gallery: &Path,
+    out: &Path,
+    topk: usize,
+    normalize: bool,
+    extra: &[(&str, &str)],
+) -> tools::GetSimilarArgs {
+    tools::GetSimilarArgs {
+        gallery_data: gallery.to_path_buf(),
+        normalize_features: normalize,
+        topk,
+        images_in_subfolders: false,
+        query: Vec::new(),
+        query_embeddings: None,
+        query_names: None,
+        exact: false,
+        check_recall: None,
+        ef: None,
+        view: false,
+        rerank_candidates: 100,
+        common: common(queries, out, extra),
+    }
 }
 
 /// Brute-force distance in f64.
@@ -1209,4 +1245,328 @@ fn listing_matches_what_create_embeddings_embeds() {
         .map(|i| i.path)
         .collect();
     assert_eq!(listed, jpg_paths(&gallery_dir()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// retrieval at scale: queries from any image or from embeddings, the index, post-processing
+
+fn read_results(out: &Path) -> (Array2<i64>, Array2<f32>, BTreeMap<String, QueryResult>) {
+    (
+        read_npy(out.join("results_indices.npy")).unwrap(),
+        read_npy(out.join("results_distances.npy")).unwrap(),
+        kiln::io::read_json(out.join("results.json")).unwrap(),
+    )
+}
+
+#[test]
+fn get_similar_from_files_directories_and_embeddings_gives_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("gallery");
+    create(&gallery_dir(), &gallery, false, &[]).unwrap();
+    let base = tmp.path().join("base");
+    similar(&query_dir(), &gallery, &base, 5, true, &[]).unwrap();
+    let (bi, bd, _) = read_results(&base);
+    let base_q: Array2<f32> = read_npy(base.join("query_embeddings.npy")).unwrap();
+
+    // --query with the image files, then with the directory: DATASETS.ROOT_DIR is not read.
+    for (name, query) in [
+        ("files", jpg_paths(&query_dir())),
+        ("dir", vec![query_dir()]),
+    ] {
+        let out = tmp.path().join(name);
+        let mut args = similar_args(Path::new("/nonexistent"), &gallery, &out, 5, true, &[]);
+        args.query = query;
+        tools::get_similar(args, DeviceKind::Cpu, false).unwrap();
+        let (i, d, _) = read_results(&out);
+        assert_eq!((i, d), (bi.clone(), bd.clone()), "{name}");
+        check_similar_run(&out, &gallery, 5, DistanceFunc::Euclidean, true);
+    }
+
+    // --query-embeddings with their names, and no model at all.
+    let out = tmp.path().join("emb");
+    let mut args = similar_args(Path::new("/nonexistent"), &gallery, &out, 5, true, &[]);
+    args.common.opts[1] = String::new(); // MODEL.PRETRAIN_PATH ""
+    args.query_embeddings = Some(base.join("query_embeddings.npy"));
+    args.query_names = Some(base.join("query_paths.npy"));
+    tools::get_similar(args, DeviceKind::Cpu, false).unwrap();
+    check_similar_run(&out, &gallery, 5, DistanceFunc::Euclidean, true);
+    let q: Array2<f32> = read_npy(out.join("query_embeddings.npy")).unwrap();
+    assert_eq!(q, base_q);
+    assert_eq!(
+        fs::read(out.join("results.json")).unwrap(),
+        fs::read(base.join("results.json")).unwrap()
+    );
+
+    // Without names, rows are called `<file>#<row>`.
+    let out = tmp.path().join("unnamed");
+    let mut args = similar_args(Path::new("/nonexistent"), &gallery, &out, 2, false, &[]);
+    args.query_embeddings = Some(base.join("query_embeddings.npy"));
+    tools::get_similar(args, DeviceKind::Cpu, false).unwrap();
+    let names = read_unicode_npy(&out.join("query_paths.npy"));
+    assert_eq!(
+        names[1],
+        format!("{}#1", base.join("query_embeddings.npy").display())
+    );
+}
+
+fn index_cmd(gallery: &Path, normalize: bool, storage: &str, add: bool) -> anyhow::Result<()> {
+    let mut build = index_args();
+    build.index_storage = storage.parse().unwrap();
+    tools::index(
+        tools::IndexArgs {
+            gallery_data: gallery.to_path_buf(),
+            normalize_features: normalize,
+            add,
+            build,
+            common: Common {
+                config_file: None,
+                opts: Vec::new(),
+            },
+        },
+        false,
+    )
+}
+
+#[test]
+fn get_similar_searches_the_index_built_by_create_embeddings_or_reid_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("gallery");
+    let args = tools::CreateEmbeddingsArgs {
+        images_in_subfolders: false,
+        append: false,
+        build_index: true,
+        normalize_features: true,
+        index: index_args(),
+        common: common(&gallery_dir(), &gallery, &[]),
+    };
+    tools::create_embeddings(args, DeviceKind::Cpu, false).unwrap();
+    assert!(gallery.join("index.usearch").is_file());
+    let sidecar: reid::search::IndexSidecar =
+        kiln::io::read_json(gallery.join("index.json")).unwrap();
+    assert!(sidecar.metric.normalize);
+    assert_eq!(sidecar.rows, jpg_paths(&gallery_dir()).len());
+
+    // On a gallery this small the HNSW search is exact: index, view and --exact agree.
+    let exact = tmp.path().join("exact");
+    let mut a = similar_args(&query_dir(), &gallery, &exact, 4, true, &[]);
+    a.exact = true;
+    tools::get_similar(a, DeviceKind::Cpu, false).unwrap();
+    for view in [false, true] {
+        let out = tmp.path().join(format!("index-{view}"));
+        let mut a = similar_args(&query_dir(), &gallery, &out, 4, true, &[]);
+        a.view = view;
+        a.ef = Some(32);
+        a.check_recall = Some(3);
+        tools::get_similar(a, DeviceKind::Cpu, false).unwrap();
+        assert_eq!(read_results(&out).0, read_results(&exact).0);
+        check_similar_run(&out, &gallery, 4, DistanceFunc::Euclidean, true);
+    }
+
+    // `reid index`: int8 storage needs unit rows; with them it serves the cosine distance too.
+    let err = format!("{:#}", index_cmd(&gallery, false, "i8", false).unwrap_err());
+    assert!(err.contains("int8"), "{err}");
+    index_cmd(&gallery, true, "i8", false).unwrap();
+    let out = tmp.path().join("i8");
+    let cos = [("SOLVER.DISTANCE_FUNC", "cosine")];
+    similar(&query_dir(), &gallery, &out, 3, false, &cos).unwrap();
+    check_similar_run(&out, &gallery, 3, DistanceFunc::Cosine, false);
+    // --check-recall without an index is an error that says so.
+    fs::remove_file(gallery.join("index.usearch")).unwrap();
+    let out = tmp.path().join("noindex");
+    let mut a = similar_args(&query_dir(), &gallery, &out, 3, true, &[]);
+    a.check_recall = Some(2);
+    let r = tools::get_similar(a, DeviceKind::Cpu, false);
+    assert_error_without_output(r, &out, &["no index"]);
+}
+
+#[test]
+fn create_embeddings_appends_and_extends_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = jpg_paths(&gallery_dir());
+    let (first, second) = images.split_at(images.len() / 2);
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (dir, files) in [(&a_dir, first), (&b_dir, second)] {
+        fs::create_dir_all(dir).unwrap();
+        for f in files {
+            fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let gallery = tmp.path().join("gallery");
+    let run = |root: &Path, append: bool, build_index: bool| {
+        tools::create_embeddings(
+            tools::CreateEmbeddingsArgs {
+                images_in_subfolders: false,
+                append,
+                build_index,
+                normalize_features: true,
+                index: index_args(),
+                common: common(root, &gallery, &[]),
+            },
+            DeviceKind::Cpu,
+            false,
+        )
+    };
+    run(&a_dir, false, true).unwrap();
+    run(&b_dir, true, false).unwrap();
+    let emb: Array2<f32> = read_npy(gallery.join("embeddings.npy")).unwrap();
+    let mut all = first.to_vec();
+    all.extend_from_slice(second);
+    assert_eq!(
+        emb.as_slice().unwrap(),
+        reference_embeddings(&all).as_slice()
+    );
+    let paths = read_unicode_npy(&gallery.join("paths.npy"));
+    assert_eq!(paths.len(), images.len());
+    assert!(paths[first.len()].starts_with(&b_dir.display().to_string()));
+    let sidecar: reid::search::IndexSidecar =
+        kiln::io::read_json(gallery.join("index.json")).unwrap();
+    assert_eq!(sidecar.rows, images.len());
+    // Replacing the embeddings drops the index that no longer matches them.
+    run(&a_dir, false, false).unwrap();
+    assert!(!gallery.join("index.usearch").exists());
+}
+
+#[test]
+fn get_similar_rejects_mismatched_empty_and_corrupt_galleries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // A gallery of 8-d rows against the 512-d model.
+    let small = tmp.path().join("small");
+    fs::create_dir_all(&small).unwrap();
+    write_npy(small.join("embeddings.npy"), &Array2::<f32>::zeros((3, 8))).unwrap();
+    let names: Vec<String> = (0..3).map(|i| format!("g{i}")).collect();
+    fs::write(
+        small.join("paths.npy"),
+        tools::npy::string_array_bytes(&names),
+    )
+    .unwrap();
+    let r = similar(&query_dir(), &small, &out, 2, true, &[]);
+    assert_error_without_output(
+        r,
+        &out,
+        &[
+            "dimension 512",
+            "8-dimensional",
+            &small.join("embeddings.npy").display().to_string(),
+        ],
+    );
+    // Query embeddings of another dimension (no model).
+    let q = tmp.path().join("q.npy");
+    write_npy(&q, &Array2::<f32>::zeros((2, 5))).unwrap();
+    let mut a = similar_args(&query_dir(), &small, &out, 2, true, &[]);
+    a.query_embeddings = Some(q.clone());
+    let r = tools::get_similar(a, DeviceKind::Cpu, false);
+    assert_error_without_output(r, &out, &["dimension 5", &q.display().to_string()]);
+
+    // An empty gallery.
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    write_npy(
+        empty.join("embeddings.npy"),
+        &Array2::<f32>::zeros((0, 512)),
+    )
+    .unwrap();
+    fs::write(empty.join("paths.npy"), tools::npy::string_array_bytes(&[])).unwrap();
+    let r = similar(&query_dir(), &empty, &out, 2, true, &[]);
+    assert_error_without_output(
+        r,
+        &out,
+        &["empty", &empty.join("embeddings.npy").display().to_string()],
+    );
+
+    // A corrupt index.
+    let gallery = tmp.path().join("gallery");
+    create(&gallery_dir(), &gallery, false, &[]).unwrap();
+    index_cmd(&gallery, true, "f32", false).unwrap();
+    fs::write(gallery.join("index.usearch"), b"garbage").unwrap();
+    let r = similar(&query_dir(), &gallery, &out, 2, true, &[]);
+    assert_error_without_output(
+        r,
+        &out,
+        &[
+            "corrupt",
+            &gallery.join("index.usearch").display().to_string(),
+        ],
+    );
+}
+
+#[test]
+fn get_similar_re_ranks_and_expands_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("gallery");
+    create(&gallery_dir(), &gallery, false, &[]).unwrap();
+    let num_g = jpg_paths(&gallery_dir()).len();
+    let plain = tmp.path().join("plain");
+    similar(&query_dir(), &gallery, &plain, 0, true, &[]).unwrap();
+    let (plain_i, plain_d, _) = read_results(&plain);
+    let rerank = tmp.path().join("rerank");
+    let keys = [
+        ("TEST.RERANK", "True"),
+        ("TEST.RERANK_K1", "4"),
+        ("TEST.RERANK_K2", "2"),
+    ];
+    similar(&query_dir(), &gallery, &rerank, 5, true, &keys).unwrap();
+    let (ri, rd, _) = read_results(&rerank);
+    assert_eq!(ri.dim(), (plain_i.nrows(), 5));
+    for q in 0..ri.nrows() {
+        let row: Vec<f32> = rd.row(q).to_vec();
+        assert!(row.windows(2).all(|w| w[0] <= w[1]), "ascending");
+        assert!(row.iter().all(|d| (0.0..=1.0).contains(d)), "{row:?}");
+    }
+    // The distances are the re-ranked ones, not the plain ones.
+    assert_ne!(rd, plain_d.slice(ndarray::s![.., ..5]).to_owned());
+    let aqe = tmp.path().join("aqe");
+    similar(
+        &query_dir(),
+        &gallery,
+        &aqe,
+        num_g,
+        true,
+        &[("TEST.AQE", "True")],
+    )
+    .unwrap();
+    let (ai, _, _) = read_results(&aqe);
+    assert_eq!(ai.dim(), plain_i.dim());
+}
+
+#[test]
+fn get_similar_takes_several_query_paths_before_the_key_value_pairs() {
+    use clap::{CommandFactory, Parser};
+    let words = [
+        "reid",
+        "get-similar",
+        "--gallery-data",
+        "g",
+        "--query",
+        "a.jpg",
+        "b.jpg",
+        "dir/",
+        "MODEL.PRETRAIN_PATH",
+        "m.ckpt",
+        "OUTPUT_DIR",
+        "out",
+        "--exact",
+    ];
+    let args = kiln::cli::hoist_flags(
+        &reid::cli::Cli::command(),
+        words.iter().map(|w| w.to_string()).collect(),
+    );
+    let cli = reid::cli::Cli::try_parse_from(args).unwrap();
+    let reid::cli::Command::GetSimilar(mut a) = cli.command else {
+        panic!("not get-similar")
+    };
+    assert!(a.exact);
+    a.collect_query_paths();
+    assert_eq!(
+        a.query,
+        [
+            PathBuf::from("a.jpg"),
+            PathBuf::from("b.jpg"),
+            PathBuf::from("dir/")
+        ]
+    );
+    assert_eq!(
+        a.common.opts,
+        ["MODEL.PRETRAIN_PATH", "m.ckpt", "OUTPUT_DIR", "out"]
+    );
 }

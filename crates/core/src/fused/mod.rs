@@ -21,8 +21,11 @@
 //! (`Autodiff<Flex>`, the default CPU training backend) as one recorded operation with its own
 //! backward step, without autodiff (inference) the same forward kernel; on every other backend,
 //! and for other float types, the composition of Burn tensor operations in the `*_reference`
-//! function next to it, which is also what the tests compare the kernels against. The backend
-//! is recognised by its type (`TypeId`), so no trait bound spreads into the models.
+//! function next to it, which is also what the tests compare the kernels against ([`calls`]
+//! counts the kernel runs, so a test knows that its kernel side was not the composition too).
+//! The backend is recognised by its type (`TypeId`), so no trait bound spreads into the models.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
@@ -32,6 +35,62 @@ use crate::nn::ChannelNorm;
 
 #[cfg(feature = "flex")]
 mod flex;
+
+/// The operations of this module that have a burn-flex kernel, for [`calls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FusedOp {
+    /// [`layer_norm`].
+    LayerNorm,
+    /// [`shift_lerp`].
+    ShiftLerp,
+    /// [`relu`] (under autodiff only).
+    Relu,
+    /// [`relu_square`].
+    ReluSquare,
+    /// [`sigmoid_gate`].
+    SigmoidGate,
+    /// [`lstm_cell`].
+    LstmCell,
+    /// [`batch_norm`].
+    BatchNorm,
+    /// [`conv2d`].
+    Conv2d,
+    /// [`conv2d_epilogue`] (without autodiff only).
+    Conv2dEpilogue,
+}
+
+impl FusedOp {
+    /// Every operation, in declaration order.
+    pub const ALL: [FusedOp; 9] = [
+        FusedOp::LayerNorm,
+        FusedOp::ShiftLerp,
+        FusedOp::Relu,
+        FusedOp::ReluSquare,
+        FusedOp::SigmoidGate,
+        FusedOp::LstmCell,
+        FusedOp::BatchNorm,
+        FusedOp::Conv2d,
+        FusedOp::Conv2dEpilogue,
+    ];
+}
+
+/// One counter per [`FusedOp`], in declaration order.
+static CALLS: [AtomicU64; FusedOp::ALL.len()] = [const { AtomicU64::new(0) }; FusedOp::ALL.len()];
+
+/// How many times the burn-flex kernel of `op` has run in this process, on all threads (each
+/// forward call counts once; its backward step is part of the same operation). It stays 0
+/// without the `flex` feature, on other backends and for other float types, where the
+/// functions run their `*_reference` composition instead: a test that compares a kernel with
+/// its composition reads it before and after to know that the kernel side really ran.
+pub fn calls(op: FusedOp) -> u64 {
+    CALLS[op as usize].load(Ordering::Relaxed)
+}
+
+/// Counts one run of `op`'s burn-flex kernel (called by the kernels themselves).
+#[cfg(feature = "flex")]
+fn count(op: FusedOp) {
+    CALLS[op as usize].fetch_add(1, Ordering::Relaxed);
+}
 
 /// LayerNorm over the last axis: `(x − mean) / sqrt(var + ε) · γ + β` with the biased
 /// variance, as `torch.nn.functional.layer_norm`. `gamma` and `beta` have the size of the last
@@ -384,6 +443,21 @@ mod tests {
 
     type AD = Autodiff<Flex>;
 
+    /// Runs `f` and checks that it ran the burn-flex kernel of `op` at least `times` times, so
+    /// that a comparison with the composition cannot be the composition against itself (tests
+    /// running at the same time can only add to the count, never hide a fallback).
+    fn on_kernel<T>(op: FusedOp, times: u64, f: impl FnOnce() -> T) -> T {
+        let before = calls(op);
+        let out = f();
+        let ran = calls(op) - before;
+        assert!(
+            ran >= times,
+            "{op:?}: the burn-flex kernel ran {ran} times, expected at least {times} \
+             (the fused path fell back to the composition)"
+        );
+        out
+    }
+
     fn close<const D: usize>(a: Tensor<AD, D>, b: Tensor<AD, D>, what: &str) {
         let (a, b) = (a.into_data(), b.into_data());
         assert_eq!(a.shape, b.shape, "{what}: shape");
@@ -423,7 +497,7 @@ mod tests {
                     gb,
                 )
             };
-            let (y, dx, dg, db) = run(true);
+            let (y, dx, dg, db) = on_kernel(FusedOp::LayerNorm, 1, || run(true));
             let (yr, dxr, dgr, dbr) = run(false);
             let what = format!("rows {rows}, d {d}");
             close(y, yr, &format!("{what}: output"));
@@ -445,7 +519,9 @@ mod tests {
             .swap_dims(0, 1);
         let g = Tensor::<Flex, 1>::random([48], Distribution::Normal(1.0, 0.5), &dev);
         let b = Tensor::<Flex, 1>::random([48], Distribution::Normal(0.0, 0.5), &dev);
-        let fused = layer_norm(x.clone(), g.clone(), Some(b.clone()), 1e-5).into_data();
+        let fused = on_kernel(FusedOp::LayerNorm, 1, || {
+            layer_norm(x.clone(), g.clone(), Some(b.clone()), 1e-5).into_data()
+        });
         let burn = layer_norm_reference(x, g, Some(b), 1e-5).into_data();
         assert_eq!(fused.shape, burn.shape);
         fused.assert_approx_eq::<f32>(&burn, Tolerance::absolute(2e-5).set_relative(1e-4));
@@ -470,7 +546,7 @@ mod tests {
             let grads = (y.clone() * up.clone() + y.clone().exp()).sum().backward();
             (y.into_data(), x.grad(&grads).unwrap().into_data())
         };
-        let ((y, dx), (yr, dxr)) = (run(true), run(false));
+        let ((y, dx), (yr, dxr)) = (on_kernel(FusedOp::Relu, 1, || run(true)), run(false));
         assert_eq!(y, yr, "output");
         assert_eq!(dx, dxr, "d/dx");
     }
@@ -508,7 +584,7 @@ mod tests {
                 let dx = Tensor::<AD, 3>::from_inner(x.grad(&grads).unwrap());
                 (y, dx, d1(&g), d1(&b), mean, var)
             };
-            let (a, r) = (run(true), run(false));
+            let (a, r) = (on_kernel(FusedOp::BatchNorm, 1, || run(true)), run(false));
             let what = format!("[{n}, {c}, {s}]");
             close(a.0, r.0, &format!("{what}: output"));
             close(a.1, r.1, &format!("{what}: d/dx"));
@@ -526,7 +602,7 @@ mod tests {
         let x = Tensor::<AD, 2>::from_floats([[1.0, 2.0, 3.0, 6.0]], &dev);
         let g = Tensor::<AD, 1>::from_floats([1.0, 2.0, 1.0, 1.0], &dev);
         let b = Tensor::<AD, 1>::from_floats([0.0, 0.0, 0.5, 0.0], &dev);
-        let y = layer_norm(x, g, Some(b), 0.0).into_data();
+        let y = on_kernel(FusedOp::LayerNorm, 1, || layer_norm(x, g, Some(b), 0.0)).into_data();
         let s = 3.5f32.sqrt();
         let want = [-2.0 / s, -2.0 / s, 0.5, 3.0 / s];
         y.assert_approx_eq::<f32>(
@@ -562,7 +638,7 @@ mod tests {
                 let g = |t: &Tensor<AD, 3>| Tensor::<AD, 3>::from_inner(t.grad(&grads).unwrap());
                 (y, g(&x), g(&f), g(&m))
             };
-            let (a, b) = (run(true), run(false));
+            let (a, b) = (on_kernel(FusedOp::ShiftLerp, 1, || run(true)), run(false));
             let what = format!("[{batch}, {steps}, {d}]");
             close(a.0, b.0, &format!("{what}: output"));
             close(a.1, b.1, &format!("{what}: d/dx"));
@@ -580,7 +656,8 @@ mod tests {
         let m = Tensor::<Flex, 3>::from_floats([[[0.25]]], &dev);
         // 0.25·x + 0.75·prev with prev = [10, 1, 2].
         let want = [0.25 + 7.5, 0.5 + 0.75, 1.0 + 1.5];
-        shift_lerp(x, f, m).into_data().assert_approx_eq::<f32>(
+        let y = on_kernel(FusedOp::ShiftLerp, 1, || shift_lerp(x, f, m));
+        y.into_data().assert_approx_eq::<f32>(
             &TensorData::new(want.to_vec(), [1, 3, 1]),
             Tolerance::absolute(1e-6),
         );
@@ -594,11 +671,10 @@ mod tests {
         let xt = x.clone().swap_dims(0, 1); // [3, 4, 2], not contiguous
         let f = Tensor::<AD, 3>::random([3, 1, 2], Distribution::Normal(0.0, 1.0), &dev);
         let m = Tensor::<AD, 3>::random([1, 1, 2], Distribution::Normal(0.0, 1.0), &dev);
-        close(
-            shift_lerp(xt.clone(), f.clone(), m.clone()),
-            shift_lerp_reference(xt, f, m),
-            "strided",
-        );
+        let fused = on_kernel(FusedOp::ShiftLerp, 1, || {
+            shift_lerp(xt.clone(), f.clone(), m.clone())
+        });
+        close(fused, shift_lerp_reference(xt, f, m), "strided");
     }
 
     /// Values and gradient against `relu` then `powi_scalar(2)`, with exact zeros and
@@ -624,10 +700,12 @@ mod tests {
             let grads = (y.clone() * up.clone()).sum().backward();
             (y, Tensor::<AD, 2>::from_inner(x.grad(&grads).unwrap()))
         };
-        let (a, b) = (run(true), run(false));
+        let (a, b) = (on_kernel(FusedOp::ReluSquare, 1, || run(true)), run(false));
         close(a.0, b.0, "relu²");
         close(a.1, b.1, "d relu²/dx");
-        let by_hand = relu_square(Tensor::<Flex, 1>::from_floats([-2.0, 0.0, 0.5, 3.0], &dev));
+        let by_hand = on_kernel(FusedOp::ReluSquare, 1, || {
+            relu_square(Tensor::<Flex, 1>::from_floats([-2.0, 0.0, 0.5, 3.0], &dev))
+        });
         by_hand.into_data().assert_approx_eq::<f32>(
             &TensorData::from([0.0f32, 0.0, 0.25, 9.0]),
             Tolerance::absolute(1e-7),
@@ -654,7 +732,7 @@ mod tests {
             let g = |t: &Tensor<AD, 2>| Tensor::<AD, 2>::from_inner(t.grad(&grads).unwrap());
             (out, g(&r), g(&y))
         };
-        let (a, b) = (run(true), run(false));
+        let (a, b) = (on_kernel(FusedOp::SigmoidGate, 1, || run(true)), run(false));
         close(a.0, b.0, "σ(r)·y");
         close(a.1, b.1, "d/dr");
         close(a.2, b.2, "d/dy");
@@ -690,7 +768,7 @@ mod tests {
             let g = |t: &Tensor<AD, 2>| Tensor::<AD, 2>::from_inner(t.grad(&grads).unwrap());
             (h1, h2, c2, g(&g1), g(&g2), g(&c0))
         };
-        let (a, b) = (run(true), run(false));
+        let (a, b) = (on_kernel(FusedOp::LstmCell, 2, || run(true)), run(false));
         close(a.0, b.0, "h1");
         close(a.1, b.1, "h2");
         close(a.2, b.2, "c2");
@@ -768,7 +846,7 @@ mod tests {
                     db,
                 )
             };
-            let (y, dx, dw, db) = run(true);
+            let (y, dx, dw, db) = on_kernel(FusedOp::Conv2d, 1, || run(true));
             let (yr, dxr, dwr, dbr) = run(false);
             let what = format!(
                 "n {n}, ci {ci}, {h}×{w}, co {co}, k {k:?}, stride {stride:?}, padding {padding:?}, dilation {dilation:?}"
@@ -817,13 +895,15 @@ mod tests {
                 };
                 let bias = with_bias.then(|| b.clone());
                 let what = format!("n {n}, ci {ci}, k {k:?}, stride {stride:?}, mask {mask:04b}");
-                let fused = conv2d_epilogue(
-                    x.clone(),
-                    wt.clone(),
-                    bias.clone(),
-                    options.clone(),
-                    then.clone(),
-                )
+                let fused = on_kernel(FusedOp::Conv2dEpilogue, 1, || {
+                    conv2d_epilogue(
+                        x.clone(),
+                        wt.clone(),
+                        bias.clone(),
+                        options.clone(),
+                        then.clone(),
+                    )
+                })
                 .into_data();
                 let composed = conv2d_epilogue_reference(
                     x.clone(),
@@ -864,7 +944,9 @@ mod tests {
             .reshape([1, 1, 3, 3]);
         let w = Tensor::<Flex, 4>::ones([1, 1, 2, 2], &dev);
         let b = Tensor::<Flex, 1>::from_floats([0.5], &dev);
-        let y = conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        let y = on_kernel(FusedOp::Conv2d, 1, || {
+            conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+        });
         let want = [
             1.0, 3.0, 5.0, 3.0, //
             5.0, 12.0, 16.0, 9.0, //

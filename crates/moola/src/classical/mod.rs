@@ -1,12 +1,16 @@
 //! Classical baselines of the reference: hand-made price-action features and three models on
-//! them (logistic regression, random forest, gradient-boosted trees), each an
-//! [`Estimator`](crate::Estimator) for the out-of-fold and stacking pipelines.
+//! them (logistic regression, random forest, gradient-boosted trees), and MiniRocket with a
+//! ridge classifier on the raw windows, each an [`Estimator`](crate::Estimator) for `train`,
+//! `predict`, the out-of-fold and stacking pipelines.
 //!
 //! * [`features`]: `engineer_classical_features` and the feature names;
 //! * [`forest`]: a scikit-learn-style random forest (class weights, √features per split,
 //!   out-of-bag estimates), used by [`models::RandomForest`] and by the stacking meta-learner;
 //! * [`models`]: [`LogReg`], [`RandomForest`], [`GradientBoosting`] and [`ClassicalModel`]
-//!   (by name / from a file).
+//!   (by name / from a file);
+//! * [`minirocket`]: the MiniRocket transform ([`MiniRocketParams`]) and [`MiniRocket`], the
+//!   transform + ridge classifier (`minirocket`);
+//! * [`ridge`]: `RidgeClassifierCV` (α by efficient leave-one-out) and its eigensolver.
 //!
 //! ```no_run
 //! use moola::Estimator;
@@ -60,13 +64,16 @@
 
 pub mod features;
 pub mod forest;
+pub mod minirocket;
 pub mod models;
+pub mod ridge;
 
 pub use features::{
     FEATURE_NAMES, FeatureOptions, FeatureVariant, engineer_classical_features,
     engineer_classical_features_with,
 };
 pub use forest::{ClassWeight, Forest, ForestParams, MaxFeatures};
+pub use minirocket::{MINIROCKET, MiniRocket, MiniRocketConfig, MiniRocketParams};
 pub use models::{
     BoostConfig, CLASSICAL_MODELS, ClassicalModel, GradientBoosting, LogReg, LogRegConfig,
     RandomForest, RfConfig,

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::features::{FeatureOptions, engineer_classical_features_with};
 use super::forest::{ClassWeight, Forest, ForestParams, MaxFeatures};
+use super::minirocket::{MINIROCKET, MiniRocket, MiniRocketConfig};
 use crate::Estimator;
 use crate::data::{LabelMap, WindowSet};
 
@@ -52,8 +53,8 @@ pub const LOGREG: &str = "logreg";
 pub const RF: &str = "rf";
 /// Name of the gradient-boosted-trees model (the reference's XGBoost slot).
 pub const XGB: &str = "xgb";
-/// The classical model names, in the reference's order.
-pub const CLASSICAL_MODELS: [&str; 3] = [LOGREG, RF, XGB];
+/// The classical model names: the reference's three in its order, then MiniRocket.
+pub const CLASSICAL_MODELS: [&str; 4] = [LOGREG, RF, XGB, super::minirocket::MINIROCKET];
 
 /// The reference's default seed.
 const SEED: u64 = 1337;
@@ -646,14 +647,17 @@ pub enum ClassicalModel {
     RandomForest(RandomForest),
     /// `xgb`.
     GradientBoosting(GradientBoosting),
+    /// `minirocket`.
+    MiniRocket(MiniRocket),
 }
 
 #[derive(Serialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
-enum SavedRef<'a> {
+pub(super) enum SavedRef<'a> {
     Logreg(&'a LogReg),
     Rf(&'a RandomForest),
     Xgb(&'a GradientBoosting),
+    Minirocket(&'a MiniRocket),
 }
 
 #[derive(Deserialize)]
@@ -662,9 +666,10 @@ enum Saved {
     Logreg(LogReg),
     Rf(RandomForest),
     Xgb(GradientBoosting),
+    Minirocket(MiniRocket),
 }
 
-fn save_json(path: &Path, model: &SavedRef<'_>) -> Result<()> {
+pub(super) fn save_json(path: &Path, model: &SavedRef<'_>) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -674,7 +679,7 @@ fn save_json(path: &Path, model: &SavedRef<'_>) -> Result<()> {
 
 impl ClassicalModel {
     /// An unfitted model with the reference's hyper-parameters: `logreg`, `rf` or `xgb`
-    /// (`gbt` is accepted for `xgb`), with `seed`.
+    /// (`gbt` is accepted for `xgb`), or `minirocket` with the paper's, with `seed`.
     pub fn from_name(name: &str, seed: u64) -> Result<Self> {
         Ok(match name {
             LOGREG => ClassicalModel::LogReg(LogReg::new(LogRegConfig {
@@ -689,6 +694,10 @@ impl ClassicalModel {
             XGB | "gbt" => ClassicalModel::GradientBoosting(GradientBoosting::new(BoostConfig {
                 seed,
                 ..BoostConfig::default()
+            })),
+            MINIROCKET => ClassicalModel::MiniRocket(MiniRocket::new(MiniRocketConfig {
+                seed,
+                ..MiniRocketConfig::default()
             })),
             other => {
                 bail!("unknown classical model {other:?}; expected one of {CLASSICAL_MODELS:?}")
@@ -705,6 +714,7 @@ impl ClassicalModel {
             Saved::Logreg(m) => ClassicalModel::LogReg(m),
             Saved::Rf(m) => ClassicalModel::RandomForest(m),
             Saved::Xgb(m) => ClassicalModel::GradientBoosting(m),
+            Saved::Minirocket(m) => ClassicalModel::MiniRocket(m),
         })
     }
 
@@ -713,6 +723,7 @@ impl ClassicalModel {
             ClassicalModel::LogReg(m) => m,
             ClassicalModel::RandomForest(m) => m,
             ClassicalModel::GradientBoosting(m) => m,
+            ClassicalModel::MiniRocket(m) => m,
         }
     }
 
@@ -721,6 +732,7 @@ impl ClassicalModel {
             ClassicalModel::LogReg(m) => m,
             ClassicalModel::RandomForest(m) => m,
             ClassicalModel::GradientBoosting(m) => m,
+            ClassicalModel::MiniRocket(m) => m,
         }
     }
 }

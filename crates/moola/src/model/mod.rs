@@ -9,6 +9,8 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::scaling::InputScaling;
+
 pub mod cnn_transformer;
 pub mod rwkv_ts;
 pub mod simple_lstm;
@@ -165,6 +167,11 @@ pub struct ModelCard {
     /// Where the weights came from (e.g. an imported PyTorch checkpoint), for the record.
     #[serde(default)]
     pub source: Option<String>,
+    /// The input transform the network was trained with, applied to every window before it
+    /// (`none` for imported reference checkpoints and for files written before the setting
+    /// existed).
+    #[serde(default)]
+    pub scaling: InputScaling,
 }
 
 /// The current sidecar format tag.
@@ -182,7 +189,14 @@ impl ModelCard {
             seq_len,
             classes,
             source: None,
+            scaling: InputScaling::None,
         }
+    }
+
+    /// The card with the input transform `scaling`.
+    pub fn with_scaling(mut self, scaling: InputScaling) -> Self {
+        self.scaling = scaling;
+        self
     }
 }
 

@@ -72,12 +72,32 @@ pub fn distance_func(cfg: &ReidConfig) -> Result<crate::loss::DistanceFunc> {
         .context("SOLVER.DISTANCE_FUNC")
 }
 
-/// Evaluation's ranking options: `TEST.FEAT_NORM` and `SOLVER.DISTANCE_FUNC`.
+/// Evaluation's ranking options: `TEST.FEAT_NORM`, `SOLVER.DISTANCE_FUNC` and the
+/// post-processing keys `TEST.RERANK*` / `TEST.AQE*`.
 pub fn retrieval_options(cfg: &ReidConfig) -> Result<RetrievalOptions> {
     Ok(RetrievalOptions {
         feat_norm: cfg.test.feat_norm,
         distance: distance_func(cfg)?,
+        rerank: rerank_params(cfg),
+        aqe: aqe_params(cfg),
         ..RetrievalOptions::default()
+    })
+}
+
+/// `TEST.RERANK_K1`, `TEST.RERANK_K2`, `TEST.RERANK_LAMBDA` when `TEST.RERANK` is on.
+pub fn rerank_params(cfg: &ReidConfig) -> Option<super::RerankParams> {
+    cfg.test.rerank.then_some(super::RerankParams {
+        k1: cfg.test.rerank_k1,
+        k2: cfg.test.rerank_k2,
+        lambda: cfg.test.rerank_lambda as f32,
+    })
+}
+
+/// `TEST.AQE_K`, `TEST.AQE_ALPHA` when `TEST.AQE` is on.
+pub fn aqe_params(cfg: &ReidConfig) -> Option<super::AqeParams> {
+    cfg.test.aqe.then_some(super::AqeParams {
+        k: cfg.test.aqe_k,
+        alpha: cfg.test.aqe_alpha as f32,
     })
 }
 

@@ -10,7 +10,8 @@
 //!   queries and parallel (a Market-sized evaluation never holds the Q × G matrix);
 //! * [`centroids`]: the centroid galleries, mode A and mode B (with the reference's camera-id
 //!   bug on request);
-//! * [`report`]: the three protocols side by side, as JSON and as a table.
+//! * [`report`]: the three protocols side by side, as JSON and as a table;
+//! * [`rerank`]: k-reciprocal re-ranking and average query expansion (`TEST.RERANK`, `TEST.AQE`);
 //! * [`embed`]: a model's eval-mode embeddings of an image set (the input of all of the above);
 //! * [`evaluator`]: embedding + the validation and test protocols, as training and `reid test` run them.
 //!
@@ -37,6 +38,7 @@ pub mod embed;
 pub mod evaluator;
 pub mod metrics;
 pub mod report;
+pub mod rerank;
 pub mod retrieval;
 
 pub use centroids::{
@@ -49,6 +51,7 @@ pub use metrics::{
     argsort, eval_func, eval_rankings, query_outcome_from_distances, query_outcome_from_ranking,
 };
 pub use report::EvalReport;
+pub use rerank::{AqeParams, RerankParams, average_query_expansion, re_rank_features, re_ranking};
 pub use retrieval::{
     EmbeddingSet, FeatureMatrix, RetrievalOptions, distance_matrix, evaluate, query_outcomes,
 };

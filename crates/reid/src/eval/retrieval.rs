@@ -24,7 +24,10 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{DEFAULT_MAX_RANK, EvalLabels, EvalMetrics, QueryOutcome, aggregate};
+use super::metrics::{
+    DEFAULT_MAX_RANK, EvalLabels, EvalMetrics, QueryOutcome, aggregate, eval_func,
+};
+use super::rerank::{AqeParams, RerankParams, average_query_expansion, re_rank_features};
 use crate::loss::DistanceFunc;
 
 /// Norm floor of `F.normalize` and of the cosine distance.
@@ -162,6 +165,12 @@ pub struct RetrievalOptions {
     pub query_chunk: usize,
     /// Byte budget of one distance block when `query_chunk` is `0`.
     pub block_budget: usize,
+    /// k-reciprocal re-ranking (`TEST.RERANK`), see [`super::rerank`].
+    #[serde(default)]
+    pub rerank: Option<RerankParams>,
+    /// Average query expansion (`TEST.AQE`), applied before the distances.
+    #[serde(default)]
+    pub aqe: Option<AqeParams>,
 }
 
 impl Default for RetrievalOptions {
@@ -172,6 +181,8 @@ impl Default for RetrievalOptions {
             max_rank: DEFAULT_MAX_RANK,
             query_chunk: 0,
             block_budget: 64 << 20,
+            rerank: None,
+            aqe: None,
         }
     }
 }
@@ -279,13 +290,12 @@ pub fn distance_matrix(
     Ok(out)
 }
 
-/// Per-query outcomes (`None` = no valid match), chunked and parallel over queries.
-pub fn query_outcomes(
+/// Checks the labels and that they describe `query` and `gallery`.
+fn check_labels(
     query: &FeatureMatrix,
     gallery: &FeatureMatrix,
     labels: &EvalLabels<'_>,
-    opts: &RetrievalOptions,
-) -> Result<Vec<Option<QueryOutcome>>> {
+) -> Result<()> {
     labels.validate()?;
     ensure!(
         labels.num_query() == query.rows() && labels.num_gallery() == gallery.rows(),
@@ -295,6 +305,17 @@ pub fn query_outcomes(
         labels.num_query(),
         labels.num_gallery()
     );
+    Ok(())
+}
+
+/// Per-query outcomes (`None` = no valid match), chunked and parallel over queries.
+pub fn query_outcomes(
+    query: &FeatureMatrix,
+    gallery: &FeatureMatrix,
+    labels: &EvalLabels<'_>,
+    opts: &RetrievalOptions,
+) -> Result<Vec<Option<QueryOutcome>>> {
+    check_labels(query, gallery, labels)?;
     let prepared = Prepared::new(query, gallery, opts)?;
     let num_q = query.rows();
     let num_g = gallery.rows();
@@ -321,12 +342,29 @@ pub fn query_outcomes(
 }
 
 /// CMC / mAP of `query` against `gallery` (no centroids), in bounded memory.
+///
+/// With `opts.aqe`, both sides are expanded first ([`average_query_expansion`]); with
+/// `opts.rerank`, the distances are re-ranked ([`re_rank_features`], which needs the
+/// `(Q+G)²` distances and `Q × (Q+G)` floats) before [`eval_func`].
 pub fn evaluate(
     query: &FeatureMatrix,
     gallery: &FeatureMatrix,
     labels: &EvalLabels<'_>,
     opts: &RetrievalOptions,
 ) -> Result<EvalMetrics> {
+    let expanded;
+    let (query, gallery) = match &opts.aqe {
+        Some(aqe) => {
+            expanded = average_query_expansion(query, gallery, aqe)?;
+            (&expanded.0, &expanded.1)
+        }
+        None => (query, gallery),
+    };
+    if let Some(params) = &opts.rerank {
+        check_labels(query, gallery, labels)?;
+        let distances = re_rank_features(query, gallery, opts, params)?;
+        return eval_func(&distances, labels, opts.max_rank);
+    }
     let outcomes = query_outcomes(query, gallery, labels, opts)?;
     aggregate(&outcomes, gallery.rows(), opts.max_rank)
 }

@@ -6,10 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use kiln::DeviceKind;
 
-use super::{embed_with_checkpoint, npy, output_dir, path_string, write_outputs};
+use super::{
+    CreateEmbeddingsArgs, embed_with_checkpoint, npy, output_dir, path_string, write_outputs,
+};
 use crate::config::ReidConfig;
 use crate::data::{Sample, list_images};
 use crate::eval::FeatureMatrix;
+use crate::search::gallery::{EMBEDDINGS_FILE, PATHS_FILE};
+use crate::search::index::INDEX_FILE;
+use crate::search::{SavedGallery, SearchMetric};
 
 /// How `create-embeddings` labels an image in centroid mode: the reference's `exctract_func`
 /// (its second definition, which overrides the first) returns the name of the image's parent
@@ -70,13 +75,21 @@ pub fn mean_by_label(
 
 pub(super) fn run(
     cfg: &ReidConfig,
-    images_in_subfolders: bool,
+    args: &CreateEmbeddingsArgs,
     device: DeviceKind,
     progress: bool,
 ) -> Result<()> {
     crate::infer::checkpoint_path(cfg)?;
+    let metric = SearchMetric {
+        normalize: args.normalize_features,
+        distance: crate::infer::distance_func(cfg)?,
+    };
+    if args.build_index {
+        // Refuse impossible index settings before the (long) embedding.
+        crate::search::AnnIndex::new(1, metric, args.index.params())?;
+    }
     let root = cfg.root_dir();
-    let images = list_images(&root, images_in_subfolders).context("DATASETS.ROOT_DIR")?;
+    let images = list_images(&root, args.images_in_subfolders).context("DATASETS.ROOT_DIR")?;
     let paths: Vec<PathBuf> = images.into_iter().map(|i| i.path).collect();
     let labels = if cfg.model.use_centroids {
         Some(
@@ -103,8 +116,31 @@ pub(super) fn run(
     };
 
     let out = output_dir(cfg);
-    let embeddings_path = out.join("embeddings.npy");
-    let paths_path = out.join("paths.npy");
+    let embeddings_path = out.join(EMBEDDINGS_FILE);
+    let paths_path = out.join(PATHS_FILE);
+    let appended = args.append && embeddings_path.exists();
+    let (features, names) = if appended {
+        let (mut old, [rows, dim]) = npy::read_f32_matrix(&embeddings_path)?;
+        let mut old_names = npy::read_string_array(&paths_path)?;
+        ensure!(
+            old_names.len() == rows,
+            "{} has {rows} rows but {} has {} entries",
+            embeddings_path.display(),
+            paths_path.display(),
+            old_names.len()
+        );
+        ensure!(
+            dim == features.dim(),
+            "cannot append {}-dimensional embeddings to {}, whose rows have dimension {dim}",
+            features.dim(),
+            embeddings_path.display()
+        );
+        old.extend_from_slice(features.as_slice());
+        old_names.extend(names);
+        (FeatureMatrix::new(old, dim)?, old_names)
+    } else {
+        (features, names)
+    };
     let files = vec![
         (
             embeddings_path.clone(),
@@ -113,6 +149,37 @@ pub(super) fn run(
         (paths_path.clone(), npy::string_array_bytes(&names)),
     ];
     write_outputs(&files)?;
+    drop(files);
+    let has_index = out.join(INDEX_FILE).exists();
+    if args.build_index || (appended && has_index) {
+        let mut gallery = SavedGallery::open(&out, false)?;
+        if appended && has_index && !args.build_index {
+            let added = gallery.update_index(progress)?;
+            println!(
+                "added {added} rows to the index {}",
+                out.join(INDEX_FILE).display()
+            );
+        } else {
+            let path = gallery.build_index(metric, args.index.params(), progress)?;
+            println!(
+                "indexed {} rows ({metric}) → {}",
+                gallery.len(),
+                path.display()
+            );
+        }
+    } else if has_index {
+        // A stale index over replaced embeddings would answer for other rows: remove it.
+        for name in [INDEX_FILE, crate::search::index::SIDECAR_FILE] {
+            let path = out.join(name);
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove the stale index {}", path.display()))?;
+        }
+        println!(
+            "removed the index of the previous embeddings (rebuild it with `reid index \
+             --gallery-data {}`)",
+            out.display()
+        );
+    }
     println!(
         "{} embeddings of dimension {}{} → {} and {}",
         features.rows(),

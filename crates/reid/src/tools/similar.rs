@@ -6,12 +6,19 @@
 //! then holds identities. Normalisation follows `--normalize-features` (not `TEST.FEAT_NORM`),
 //! the distance `SOLVER.DISTANCE_FUNC`; the query and gallery are never compared by path, so an
 //! image in both lists finds itself at distance ~0.
+//!
+//! Queries come from `DATASETS.ROOT_DIR` (the reference), `--query` (images and directories)
+//! or `--query-embeddings` (no model). The search is [`SavedGallery::search_post`]: the
+//! gallery's index when it has one (`--exact` forces exact search), then `TEST.AQE` /
+//! `TEST.RERANK` (see [`PostProcess`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use kiln::DeviceKind;
+use rand::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -19,15 +26,9 @@ use super::{GetSimilarArgs, embed_with_checkpoint, npy, output_dir, path_string,
 use crate::config::ReidConfig;
 use crate::data::{Sample, list_images};
 use crate::eval::{EvalLabels, FeatureMatrix, RetrievalOptions, distance_matrix};
-
-/// One ranked gallery entry.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Match {
-    /// Gallery row.
-    pub index: usize,
-    /// Distance to the query (see [`RetrievalOptions`]).
-    pub distance: f32,
-}
+use crate::infer::{aqe_params, rerank_params};
+use crate::search::gallery::EMBEDDINGS_FILE;
+use crate::search::{Match, PostProcess, SavedGallery, SearchMetric, SearchMode, recall_at_k};
 
 /// The `k` nearest gallery entries of every query, nearest first.
 ///
@@ -120,40 +121,113 @@ struct QueryResult {
     distances: Vec<f32>,
 }
 
-/// The gallery written by `create-embeddings`.
-struct Gallery {
+/// The queries of a run: their embeddings and the names they get in the outputs.
+struct Queries {
     features: FeatureMatrix,
-    paths: Vec<String>,
+    names: Vec<String>,
+    /// Where they came from, for messages.
+    source: String,
 }
 
-fn load_gallery(dir: &std::path::Path) -> Result<Gallery> {
-    if !dir.is_dir() {
-        bail!(
-            "--gallery-data {} is not a directory (expected the output of create-embeddings: \
-             embeddings.npy and paths.npy)",
-            dir.display()
-        );
-    }
-    let emb_path = dir.join("embeddings.npy");
-    let paths_path = dir.join("paths.npy");
-    let (values, [rows, dim]) = npy::read_f32_matrix(&emb_path)?;
-    let paths = npy::read_string_array(&paths_path)?;
-    ensure!(
-        rows == paths.len(),
-        "{} has {rows} rows but {} has {} entries",
-        emb_path.display(),
-        paths_path.display(),
-        paths.len()
-    );
+fn image_queries(
+    cfg: &ReidConfig,
+    args: &GetSimilarArgs,
+    device: DeviceKind,
+    progress: bool,
+) -> Result<Queries> {
+    crate::infer::checkpoint_path(cfg)?;
+    let (paths, source) = if args.query.is_empty() {
+        let root = cfg.root_dir();
+        let paths: Vec<PathBuf> = list_images(&root, args.images_in_subfolders)
+            .context("DATASETS.ROOT_DIR")?
+            .into_iter()
+            .map(|i| i.path)
+            .collect();
+        (paths, root.display().to_string())
+    } else {
+        let mut paths = Vec::new();
+        for p in &args.query {
+            let listed = list_images(p, args.images_in_subfolders)
+                .with_context(|| format!("--query {}", p.display()))?;
+            paths.extend(listed.into_iter().map(|i| i.path));
+        }
+        (paths, format!("{} --query path(s)", args.query.len()))
+    };
+    let samples = paths
+        .iter()
+        .map(|path| Sample::unlabelled(path.clone()))
+        .collect();
+    let features = embed_with_checkpoint(cfg, samples, device, progress)?.features;
+    Ok(Queries {
+        features,
+        names: paths.iter().map(|p| path_string(p)).collect(),
+        source,
+    })
+}
+
+fn embedding_queries(path: &Path, names: Option<&Path>) -> Result<Queries> {
+    let (values, [rows, dim]) = npy::read_f32_matrix(path)?;
     ensure!(
         rows > 0 && dim > 0,
-        "{} is empty (shape [{rows}, {dim}])",
-        emb_path.display()
+        "the query embeddings {} are empty (shape [{rows}, {dim}])",
+        path.display()
     );
-    Ok(Gallery {
+    let names = match names {
+        Some(n) => {
+            let names = npy::read_string_array(n)?;
+            ensure!(
+                names.len() == rows,
+                "{} has {} names but {} has {rows} rows",
+                n.display(),
+                names.len(),
+                path.display()
+            );
+            names
+        }
+        None => (0..rows)
+            .map(|i| format!("{}#{i}", path.display()))
+            .collect(),
+    };
+    Ok(Queries {
         features: FeatureMatrix::new(values, dim)?,
-        paths,
+        names,
+        source: path.display().to_string(),
     })
+}
+
+/// `--check-recall n`: recall@k of the index against exact search on `n` sampled queries.
+fn check_recall(
+    gallery: &SavedGallery,
+    queries: &FeatureMatrix,
+    n: usize,
+    k: usize,
+    metric: SearchMetric,
+) -> Result<()> {
+    ensure!(n > 0, "--check-recall needs at least one query");
+    let dim = queries.dim();
+    let mut rows: Vec<usize> = (0..queries.rows()).collect();
+    rows.shuffle(&mut StdRng::seed_from_u64(0));
+    rows.truncate(n);
+    rows.sort_unstable();
+    let sample: Vec<f32> = rows.iter().flat_map(|&r| queries.row(r).to_vec()).collect();
+    let t = Instant::now();
+    let approx = gallery.search(&sample, k, metric, SearchMode::Index)?;
+    let index_ms = t.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
+    let t = Instant::now();
+    let exact = gallery.search(&sample, k, metric, SearchMode::Exact)?;
+    let exact_ms = t.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
+    let ef = gallery
+        .index()
+        .map_or(0, |i| i.sidecar().params.expansion_search);
+    println!(
+        "recall@{k} of the index (ef {ef}) against exact search on {} of {} queries: {:.4} \
+         ({index_ms:.2} ms vs {exact_ms:.2} ms per query, batched)",
+        rows.len(),
+        queries.rows(),
+        recall_at_k(&approx, &exact, k)
+    );
+    let _ = dim;
+    Ok(())
 }
 
 pub(super) fn run(
@@ -162,55 +236,71 @@ pub(super) fn run(
     device: DeviceKind,
     progress: bool,
 ) -> Result<()> {
-    crate::infer::checkpoint_path(cfg)?;
     let distance = cfg
         .solver
         .distance_func
         .parse()
         .context("SOLVER.DISTANCE_FUNC")?;
-    let gallery = load_gallery(&args.gallery_data)?;
-    let root = cfg.root_dir();
-    let query_paths: Vec<PathBuf> = list_images(&root, args.images_in_subfolders)
-        .context("DATASETS.ROOT_DIR")?
-        .into_iter()
-        .map(|i| i.path)
-        .collect();
+    let metric = SearchMetric {
+        normalize: args.normalize_features,
+        distance,
+    };
+    let mut gallery = SavedGallery::open(&args.gallery_data, args.view)
+        .with_context(|| format!("--gallery-data {}", args.gallery_data.display()))?;
+    if let (Some(ef), Some(index)) = (args.ef, gallery.index_mut()) {
+        index.set_expansion_search(ef);
+    }
+    let queries = match &args.query_embeddings {
+        Some(path) => embedding_queries(path, args.query_names.as_deref())?,
+        None => image_queries(cfg, args, device, progress)?,
+    };
     tracing::info!(
-        "{} query images from {}, gallery of {} from {}",
-        query_paths.len(),
-        root.display(),
-        gallery.paths.len(),
+        "{} queries from {}, gallery of {} from {}",
+        queries.names.len(),
+        queries.source,
+        gallery.len(),
         args.gallery_data.display()
     );
-    let samples = query_paths
-        .iter()
-        .map(|path| Sample::unlabelled(path.clone()))
-        .collect();
-    let query = embed_with_checkpoint(cfg, samples, device, progress)?.features;
+    let query = &queries.features;
     ensure!(
-        query.dim() == gallery.features.dim(),
-        "the model's embeddings have dimension {} but the gallery {} has {}-dimensional rows",
+        query.dim() == gallery.dim(),
+        "the queries ({}) have dimension {} but the gallery {} has {}-dimensional rows",
+        queries.source,
         query.dim(),
-        args.gallery_data.join("embeddings.npy").display(),
-        gallery.features.dim()
+        args.gallery_data.join(EMBEDDINGS_FILE).display(),
+        gallery.dim()
     );
-    let opts = RetrievalOptions {
-        feat_norm: args.normalize_features,
-        distance,
-        ..RetrievalOptions::default()
-    };
     let k = if args.topk == 0 {
-        gallery.features.rows()
+        gallery.len()
     } else {
-        args.topk.min(gallery.features.rows())
+        args.topk.min(gallery.len())
     };
-    let ranked = rank_gallery(&query, &gallery.features, &opts, k, None)?;
+    let mode = if args.exact {
+        SearchMode::Exact
+    } else {
+        SearchMode::Auto
+    };
+    let post = PostProcess {
+        aqe: aqe_params(cfg),
+        rerank: rerank_params(cfg),
+        rerank_candidates: args.rerank_candidates,
+    };
+    let started = Instant::now();
+    let ranked = gallery.search_post(query.as_slice(), k, metric, mode, &post)?;
+    let how = match mode {
+        SearchMode::Exact => "exact search",
+        _ if gallery.index_fits(metric) => "index",
+        _ => "exact search (no index for this distance)",
+    };
+    tracing::info!("searched in {:.1?} ({how})", started.elapsed());
+    if let Some(n) = args.check_recall {
+        check_recall(&gallery, query, n, k.min(100), metric)?;
+    }
 
-    let query_names: Vec<String> = query_paths.iter().map(|p| path_string(p)).collect();
     let mut results = BTreeMap::new();
     let mut indices = Vec::with_capacity(ranked.len() * k);
     let mut distances = Vec::with_capacity(ranked.len() * k);
-    for (name, matches) in query_names.iter().zip(&ranked) {
+    for (name, matches) in queries.names.iter().zip(&ranked) {
         indices.extend(matches.iter().map(|m| m.index as i64));
         distances.extend(matches.iter().map(|m| m.distance));
         results.insert(
@@ -219,7 +309,7 @@ pub(super) fn run(
                 indices: matches.iter().map(|m| m.index).collect(),
                 paths: matches
                     .iter()
-                    .map(|m| gallery.paths[m.index].clone())
+                    .map(|m| gallery.paths()[m.index].clone())
                     .collect(),
                 distances: matches.iter().map(|m| m.distance).collect(),
             },
@@ -246,15 +336,13 @@ pub(super) fn run(
         ),
         (
             out.join("query_paths.npy"),
-            npy::string_array_bytes(&query_names),
+            npy::string_array_bytes(&queries.names),
         ),
     ];
     write_outputs(&files)?;
     println!(
-        "top-{k} of {} gallery entries ({} distance{}) for {q} queries → {}",
-        gallery.features.rows(),
-        opts.distance,
-        if opts.feat_norm { ", normalised" } else { "" },
+        "top-{k} of {} gallery entries ({metric} distance, {how}) for {q} queries → {}",
+        gallery.len(),
         out.join("results.json").display()
     );
     Ok(())

@@ -387,6 +387,7 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(
     beta: Option<Tensor<B, 1>>,
     epsilon: f64,
 ) -> Tensor<B, D> {
+    super::count(super::FusedOp::LayerNorm);
     let [d] = gamma.dims();
     assert_eq!(
         x.dims()[D - 1],
@@ -534,6 +535,7 @@ pub(super) fn shift_lerp<B: Backend>(
     first: Tensor<B, 3>,
     mu: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
+    super::count(super::FusedOp::ShiftLerp);
     let inputs = [Input::new(x), Input::new(first), Input::new(mu)];
     let [x, first, mu] = &inputs;
     let shape = x.shape().clone();
@@ -611,6 +613,7 @@ impl Backward<Flex, 1> for ReluSquareOp {
 
 /// [`super::relu_square`] (on a backend that [`handles`] accepted).
 pub(super) fn relu_square<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    super::count(super::FusedOp::ReluSquare);
     let x = Input::new(x);
     let out = tensor(relu_square_forward(x.values()), x.shape().clone());
     finish(ReluSquareOp, [x], out, |s| s)
@@ -641,6 +644,7 @@ impl Backward<Flex, 1> for ReluOp {
 
 /// [`super::relu`] (on `Autodiff<Flex>`, which [`handles`] accepted).
 pub(super) fn relu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    super::count(super::FusedOp::Relu);
     let x = Input::new(x);
     let y = tensor(map1(x.values(), |v| v.max(0.0)), x.shape().clone());
     let saved = y.clone();
@@ -735,6 +739,7 @@ pub(super) fn sigmoid_gate<B: Backend, const D: usize>(
     r: Tensor<B, D>,
     y: Tensor<B, D>,
 ) -> Tensor<B, D> {
+    super::count(super::FusedOp::SigmoidGate);
     let inputs = [Input::new(r), Input::new(y)];
     let [r, y] = &inputs;
     let out = tensor(
@@ -900,6 +905,7 @@ impl Backward<Flex, 2> for LstmCellOp {
 /// [`super::lstm_cell`] (on a backend that [`handles`] accepted, shapes checked): the
 /// `[h | c]` rows `[B, 2H]`.
 pub(super) fn lstm_cell<B: Backend>(gates: Tensor<B, 2>, c_prev: Tensor<B, 2>) -> Tensor<B, 2> {
+    super::count(super::FusedOp::LstmCell);
     let inputs = [Input::new(gates), Input::new(c_prev)];
     let [gates, c_prev] = &inputs;
     let [batch, hidden] = [c_prev.shape()[0], c_prev.shape()[1]];
@@ -959,6 +965,7 @@ pub(super) fn conv2d<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     options: &burn::tensor::ops::ConvOptions<2>,
 ) -> Tensor<B, 4> {
+    super::count(super::FusedOp::Conv2d);
     let geometry = conv::Geometry::new(x.dims(), weight.dims(), options);
     let [co, ..] = weight.dims();
     let bias = bias.unwrap_or_else(|| Tensor::zeros([co], &weight.device()));
@@ -986,6 +993,7 @@ pub(super) fn conv2d_epilogue<B: Backend>(
     options: &burn::tensor::ops::ConvOptions<2>,
     then: super::Epilogue<B>,
 ) -> Tensor<B, 4> {
+    super::count(super::FusedOp::Conv2dEpilogue);
     let geometry = conv::Geometry::new(x.dims(), weight.dims(), options);
     let (x, w) = (Input::new(x), Input::new(weight));
     let bias = bias.map(Input::new);
@@ -1146,6 +1154,7 @@ pub(super) fn batch_norm<B: Backend>(
     beta: Tensor<B, 1>,
     epsilon: f64,
 ) -> (Tensor<B, 3>, Vec<f32>, Vec<f32>) {
+    super::count(super::FusedOp::BatchNorm);
     let inputs = [Input::new(x), Input::new(gamma), Input::new(beta)];
     let [x, gamma, beta] = &inputs;
     let shape = x.shape().clone();

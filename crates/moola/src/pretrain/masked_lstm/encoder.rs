@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{BiLstmMaskedAutoencoder, BiLstmMaskedAutoencoderConfig, MaskStrategy};
 use crate::model::SimpleLstm;
 use crate::nn::{Lstm, LstmDirection};
+use crate::scaling::InputScaling;
 use kiln::torch::PyValue;
 
 /// The transferable part of a trained [`BiLstmMaskedAutoencoder`]: its bidirectional encoder
@@ -143,6 +144,10 @@ pub struct EncoderCard {
     /// Where the weights came from (e.g. an imported PyTorch file), for the record.
     #[serde(default)]
     pub source: Option<String>,
+    /// The input scaling of the windows it was pre-trained on (`none` for imported reference
+    /// encoders and files written before the setting existed).
+    #[serde(default)]
+    pub scaling: InputScaling,
 }
 
 /// The current encoder-card format tag.
@@ -159,6 +164,7 @@ impl EncoderCard {
             hyperparams,
             training_config,
             source: None,
+            scaling: InputScaling::None,
         }
     }
 }

@@ -50,6 +50,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::WindowSet;
+use crate::scaling::{DEFAULT_SCALING, InputScaling};
 use crate::train::{RunOptions, gather};
 
 pub mod augment;
@@ -106,6 +107,9 @@ pub struct MaskedLstmPretrainConfig {
     pub grad_clip: f64,
     /// Numeric precision (`auto`: `16-mixed` on CUDA, `32` on CPU, like the reference).
     pub precision: PrecisionSetting,
+    /// Per-window input transform of the pre-training windows (recorded in the encoder card; a
+    /// classifier must scale its inputs the same way to use the encoder).
+    pub scaling: InputScaling,
     /// Seed of every random stream.
     #[serde(skip)]
     pub seed: u64,
@@ -129,6 +133,7 @@ impl Default for MaskedLstmPretrainConfig {
             eta_min: 1e-5,
             grad_clip: 1.0,
             precision: PrecisionSetting::Auto,
+            scaling: DEFAULT_SCALING,
             seed: kiln::seed::DEFAULT_SEED,
         }
     }
@@ -423,6 +428,9 @@ pub fn pretrain<B: AutodiffBackend>(
         bail!("cannot pre-train on an empty data set");
     }
     data.check_finite()?;
+    let scaling = config.scaling.resolve(data);
+    let scaled = scaling.apply(data)?;
+    let data = &scaled;
     let (t, f) = (data.seq_len, data.n_features);
     let n = data.len();
     let (train_idx, val_x) = match &run.validation {
@@ -436,7 +444,7 @@ pub fn pretrain<B: AutodiffBackend>(
             }
             v.check_finite()
                 .context("the validation set is not usable")?;
-            ((0..n).collect::<Vec<_>>(), v.x.clone())
+            ((0..n).collect::<Vec<_>>(), scaling.apply(v)?.x)
         }
         None => {
             let val_size = (n as f64 * config.val_split) as usize;
@@ -555,9 +563,12 @@ pub fn pretrain<B: AutodiffBackend>(
         metrics: outcome.history,
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
-        card: EncoderCard::new(
-            EncoderHyperparams::from(&model_config),
-            Some(config.encoder_training_config()),
-        ),
+        card: EncoderCard {
+            scaling,
+            ..EncoderCard::new(
+                EncoderHyperparams::from(&model_config),
+                Some(config.encoder_training_config()),
+            )
+        },
     })
 }

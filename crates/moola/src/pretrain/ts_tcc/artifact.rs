@@ -15,6 +15,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::model::{TsTccConfig, TsTccEncoder};
+use crate::scaling::InputScaling;
 
 /// Format tag of the encoder card.
 pub const ENCODER_CARD_FORMAT: &str = "moola-burn-encoder/1";
@@ -41,6 +42,10 @@ pub struct EncoderCard {
     /// Where the weights came from (e.g. an imported PyTorch checkpoint), for the record.
     #[serde(default)]
     pub source: Option<String>,
+    /// The input scaling of the windows it was pre-trained on (`none` for imported reference
+    /// encoders and files written before the setting existed).
+    #[serde(default)]
+    pub scaling: InputScaling,
 }
 
 impl EncoderCard {
@@ -57,7 +62,14 @@ impl EncoderCard {
             transformer_heads: c.transformer_heads,
             dropout: c.dropout,
             source: None,
+            scaling: InputScaling::None,
         }
+    }
+
+    /// The card with the input scaling of the pre-training windows.
+    pub fn with_scaling(mut self, scaling: InputScaling) -> Self {
+        self.scaling = scaling;
+        self
     }
 
     /// The model configuration the card describes (projection head at the defaults).
@@ -89,6 +101,7 @@ pub fn save_encoder_with_card<B: Backend>(
     let described = EncoderCard::describe(encoder);
     let expected = EncoderCard {
         source: card.source.clone(),
+        scaling: card.scaling,
         ..described.clone()
     };
     if expected != *card {

@@ -39,6 +39,7 @@ use super::loss::info_nce_loss;
 use super::model::{TsTcc, TsTccConfig};
 use crate::augment::TemporalAugment;
 use crate::data::WindowSet;
+use crate::scaling::{DEFAULT_SCALING, InputScaling};
 use crate::train::RunOptions;
 
 /// File name of the history JSON in a run directory.
@@ -89,6 +90,9 @@ pub struct TsTccPretrainConfig {
     /// Numeric precision: `auto` (the reference's `use_amp=True`: `16-mixed` on CUDA, `32` on
     /// CPU), `32`, `16-mixed` or `bf16-mixed` (see `kiln::amp`).
     pub precision: PrecisionSetting,
+    /// Per-window input transform of the pre-training windows (recorded in the encoder card; a
+    /// classifier must scale its inputs the same way to use the encoder).
+    pub scaling: InputScaling,
     /// Seed of every random stream (set from the run configuration's top-level `seed`).
     #[serde(skip)]
     pub seed: u64,
@@ -109,6 +113,7 @@ impl Default for TsTccPretrainConfig {
             augment: default_views(),
             restore_best: true,
             precision: PrecisionSetting::Auto,
+            scaling: DEFAULT_SCALING,
             seed: kiln::seed::DEFAULT_SEED,
         }
     }
@@ -189,6 +194,17 @@ pub struct Pretrained<B: AutodiffBackend> {
     pub stopped_early: bool,
     /// Whether the returned weights are the restored best ones.
     pub restored_best: bool,
+    /// The input scaling the windows were pre-trained under (recorded in the encoder card).
+    pub scaling: InputScaling,
+}
+
+impl<B: AutodiffBackend> Pretrained<B> {
+    /// Saves the encoder with a card that records the input scaling of the pre-training.
+    pub fn save_encoder(&self, path: &Path) -> Result<()> {
+        let encoder = &self.model.encoder;
+        let card = super::EncoderCard::describe(encoder).with_scaling(self.scaling);
+        super::save_encoder_with_card(encoder, &card, path)
+    }
 }
 
 /// The kiln task of TS-TCC pre-training.
@@ -320,6 +336,9 @@ pub fn pretrain<B: AutodiffBackend>(
     }
     data.check_finite()?;
     config.model.validate(data.n_features, data.seq_len)?;
+    let scaling = config.scaling.resolve(data);
+    let scaled = scaling.apply(data)?;
+    let data = &scaled;
     let (train_idx, val_idx) = match &run.validation {
         Some(_) => ((0..data.len()).collect(), Vec::new()),
         None => shuffled_split(data.len(), config.val_split, config.seed)?,
@@ -336,7 +355,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 );
             }
             v.check_finite()?;
-            (!v.is_empty()).then(|| v.clone())
+            (!v.is_empty()).then(|| scaling.apply(v)).transpose()?
         }
         None => (!val_idx.is_empty()).then(|| data.select(&val_idx)),
     };
@@ -425,6 +444,7 @@ pub fn pretrain<B: AutodiffBackend>(
         epochs: outcome.epochs_completed,
         stopped_early: outcome.stopped_early,
         restored_best: outcome.restored_best,
+        scaling,
     })
 }
 
