@@ -230,6 +230,7 @@ pub fn max_relative_diff(got: &Params, want: &Params) -> Result<Mismatch> {
         }
     }
     worst.ok_or_else(|| anyhow::anyhow!("no tensors to compare"))
+}
 
 /// Splits each packed attention in-projection bias (a tensor named `…in_proj_bias`, PyTorch's
 /// `[q; k; v]` layout) into its three parts, `…in_proj_bias[q]`, `[k]` and `[v]`, so that a
