@@ -1,71 +1,61 @@
 //! # kiln: a Lightning-like trainer for Burn
 //!
-//! Shared plumbing of the workspace's model crates (`moola`, `reid`):
+//! Shared plumbing of the workspace's model crates (`moola`, `reid`), one folder per concept:
 //!
-//! * [`trainer`]: the [`Trainer`](trainer::Trainer) loop over a [`Task`](trainer::Task), with
-//!   [`callbacks`] (early stopping with restore-best, checkpointing best-k / last / every N),
-//!   resume from a checkpoint, a CSV metrics log, progress bars, and the `precision` and
-//!   `strategy` settings;
-//! * [`amp`]: mixed precision (`16-mixed`, `bf16-mixed`): the autocast op policy and the
-//!   dynamic loss scaler;
-//! * [`torch`]: PyTorch `torch.save` files (every format) and their strict, by-name loading into
-//!   any Burn module under a per-model key rule; [`pickle`]: its tolerant unpickler, which
-//!   executes nothing (Lightning checkpoints with yacs `CfgNode`s, `Counter`s, NumPy scalars and
-//!   other objects burn-store refuses);
-//! * [`dist`] and [`sync`]: data-parallel training over devices and nodes on burn-collective
-//!   (gradient all-reduce, rank-0 weight and buffer broadcast);
-//! * [`optim`]: automatic ([`Standard`](optim::Standard)) and manual optimisation policies on
-//!   Burn's optimisers and learning-rate schedulers;
-//! * [`checkpoint`]: atomic model files (Burn records) and checkpoint files, with shape checks;
-//!   [`artifact`]: the one convention for a model on disk (a card to build it + its weights, in
-//!   a model file pair or a training checkpoint);
+//! * [`train`], the training loop: the [`Trainer`](trainer::Trainer) over a
+//!   [`Task`](trainer::Task), one optimiser [`step`] under an [`optim`] policy (automatic
+//!   [`Standard`](optim::Standard) or manual, on Burn's optimisers and schedulers), [`callbacks`]
+//!   (early stopping with restore-best, checkpointing best-k / last / every N, divergence checks),
+//!   [`checkpoint`] files with exact resume, the CSV [`metric_log`], [`tensorboard`] event files,
+//!   [`plot`]ted curves and [`progress`] bars;
+//! * [`numerics`], layers and numerics from the bottom up: [`ops`] (broadcasting element-wise ops
+//!   laid out for the CPU backend's fast kernels), the [`fused`] kernels with their own backward
+//!   on burn-flex (LayerNorm, BatchNorm, LSTM cell, RWKV, ReLU, 2-D convolution, and the inference
+//!   convolution with its BatchNorm, residual and ReLU in one pass), [`amp`] mixed precision
+//!   (`16-mixed`, `bf16-mixed`: the autocast op policy and the dynamic loss scaler) and [`nn`]
+//!   (Dropout, BatchNorm and LayerNorm with PyTorch's numbers, the convolution + BatchNorm unit of
+//!   a ResNet);
+//! * [`dist`]: data-parallel training over devices and nodes on burn-collective (gradient
+//!   all-reduce) and [`sync`] (rank-0 weight and buffer broadcast);
+//! * [`files`]: atomic writes ([`io`]), the one convention for a model on disk ([`artifact`]: a
+//!   card to build it + its weights), PyTorch `torch.save` files and their strict, by-name loading
+//!   into any Burn module ([`torch`]) on a [`pickle`] reader that executes nothing;
 //! * [`config`]: the yacs-style configuration (typed defaults, YAML, `KEY VALUE` overrides) on
-//!   figment;
-//! * [`backend`]: `--device cpu|cuda` → a concrete Burn backend, with a clear error when CUDA is
-//!   missing;
-//! * [`metrics`]: classification metrics (accuracy, P/R/F1, ECE, Brier, log-loss, confusion);
-//! * [`data`]: stratified splits, k-fold, batching; [`seed`]: reproducible seeding;
-//!   [`io`]: atomic writes; [`progress`]: progress bars and logging; [`alloc`]: allocator
-//!   tuning for training processes; [`ops`]: broadcasting element-wise ops laid out for the
-//!   CPU backend's fast kernels; [`fused`]: LayerNorm, BatchNorm, LSTM cell, RWKV, ReLU and 2-D
-//!   convolution kernels as single autodiff operations with their own backward on burn-flex,
-//!   and the inference convolution with its BatchNorm, residual and ReLU in one pass;
-//!   [`nn`]: Dropout, BatchNorm and LayerNorm with PyTorch's numbers, and the
-//!   convolution + BatchNorm (+ residual + ReLU) unit of a ResNet.
+//!   figment, Python [`literal`]s as yacs reads them, and the runtime flags every tool shares
+//!   ([`cli`]);
+//! * [`backend`]: `--device cpu|ndarray|flex|cuda|wgpu` → a concrete Burn backend, with a clear
+//!   error when it is missing; [`metrics`]: classification metrics (accuracy, P/R/F1, ECE,
+//!   Brier, log-loss, confusion); [`data`]: stratified splits, k-fold, batching; [`seed`]:
+//!   reproducible seeding and per-rank random streams; [`alloc`]: allocator tuning for training
+//!   processes; [`bench`]: timing helpers; [`testing`]: comparing runs and backends in tests.
+//!
+//! The modules of each folder are also re-exported at the crate root (`kiln::trainer`,
+//! `kiln::amp`, ...), the paths code written before the folders were made uses.
 
 /// The Burn release kiln is built on (0.21.0, without its `autodiff` and `flex` backends, which
 /// come patched from [`backend`]), so that dependents use the same one without pinning it.
 pub use burn;
 
 pub mod alloc;
-pub mod amp;
-pub mod artifact;
 pub mod backend;
 pub mod bench;
-pub mod callbacks;
-pub mod checkpoint;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod dist;
-pub mod fused;
-pub mod io;
-pub mod literal;
-pub mod metric_log;
+pub mod files;
 pub mod metrics;
-pub mod nn;
-pub mod ops;
-pub mod optim;
-pub mod pickle;
-pub mod plot;
-pub mod progress;
+pub mod numerics;
 pub mod seed;
-pub mod step;
-pub mod sync;
-pub mod tensorboard;
 pub mod testing;
-pub mod torch;
-pub mod trainer;
+pub mod train;
+
+pub use config::{cli, literal};
+pub use dist::sync;
+pub use files::{artifact, io, pickle, torch};
+pub use numerics::{amp, fused, nn, ops};
+pub use train::{
+    callbacks, checkpoint, metric_log, optim, plot, progress, step, tensorboard, trainer,
+};
 
 pub use amp::{GradScaler, autocast};
 pub use backend::{BackendJob, DeviceKind, launch};

@@ -15,7 +15,7 @@
 //!
 //! * each training thread has its own stream ([`seed_thread`], which the trainer calls at the
 //!   start of every epoch with the run seed, the worker's rank and the epoch); dropout
-//!   ([`crate::nn::Dropout`]) draws its mask seeds from it ([`next_seed`]), so a worker's masks
+//!   ([`crate::numerics::nn::Dropout`]) draws its mask seeds from it ([`next_seed`]), so a worker's masks
 //!   depend on the seed, its rank and the epoch only;
 //! * code that must use the backend generator itself (Burn's parameter initialisers) runs inside
 //!   [`with_backend_seed`], which holds the generator for the whole draw, executes the queued
@@ -150,7 +150,7 @@ pub fn with_backend_seed<B: Backend, R>(
 }
 
 /// Builds a model with the backend generator at `(seed, "init", 0)` and initialises every
-/// parameter before letting the generator go ([`crate::checkpoint::materialize`]: Burn
+/// parameter before letting the generator go ([`crate::train::checkpoint::materialize`]: Burn
 /// initialises parameters lazily, on first use, which would draw outside [`with_backend_seed`]).
 pub fn init_module<B: Backend, M: burn::module::Module<B>, E>(
     device: &B::Device,
@@ -158,7 +158,7 @@ pub fn init_module<B: Backend, M: burn::module::Module<B>, E>(
     build: impl FnOnce() -> Result<M, E>,
 ) -> Result<M, E> {
     with_backend_seed::<B, _>(device, seed, "init", 0, || {
-        build().map(crate::checkpoint::materialize::<B, M>)
+        build().map(crate::train::checkpoint::materialize::<B, M>)
     })
 }
 

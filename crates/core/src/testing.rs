@@ -17,7 +17,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Tensor};
 
-/// Named parameter tensors, as [`crate::checkpoint::checkpoint_params`] reads them.
+/// Named parameter tensors, as [`crate::train::checkpoint::checkpoint_params`] reads them.
 pub type Params = [(String, Vec<f32>)];
 
 /// How one tensor of two runs compares.
@@ -115,15 +115,15 @@ pub fn transfer<A: Backend, B: Backend, MA: Module<A>, MB: Module<B>>(
     into: MB,
     device: &B::Device,
 ) -> Result<MB> {
-    let bytes = crate::checkpoint::record_to_bytes::<A, _>(from.clone().into_record())?;
-    let record = crate::checkpoint::record_from_bytes::<B, MB::Record>(bytes, device)?;
-    crate::checkpoint::load_checked(into, record, "the transferred weights")
+    let bytes = crate::train::checkpoint::record_to_bytes::<A, _>(from.clone().into_record())?;
+    let record = crate::train::checkpoint::record_from_bytes::<B, MB::Record>(bytes, device)?;
+    crate::train::checkpoint::load_checked(into, record, "the transferred weights")
 }
 
 /// A module's tensors by path, as a checkpoint holds them (floats widened or narrowed to f32).
 pub fn module_params<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<(String, Vec<f32>)>> {
-    let bytes = crate::checkpoint::record_to_bytes::<B, _>(module.clone().into_record())?;
-    crate::checkpoint::record_params(&bytes)
+    let bytes = crate::train::checkpoint::record_to_bytes::<B, _>(module.clone().into_record())?;
+    crate::train::checkpoint::record_params(&bytes)
 }
 
 /// The gradient of every float parameter of `model` that has one in `grads`, by path.

@@ -255,7 +255,7 @@ struct TimePretrain {
 impl DistJob for TimePretrain {
     type Output = StepTimes;
     fn run<B: AutodiffBackend>(self, device: B::Device, _dist: Option<Dist>) -> Result<StepTimes> {
-        let run = crate::train::RunOptions::default();
+        let run = crate::run::RunOptions::default();
         let precision = PrecisionSetting::Fixed(self.precision);
         let (rows, final_loss) = match self.method {
             PretrainMethod::MaskedLstm => {

@@ -35,7 +35,7 @@ use crate::classifier::Classifier;
 use crate::config::MoolaConfig;
 use crate::data::{LabelMap, WindowSet, read_any};
 use crate::model::ModelSpec;
-use crate::train::RunOptions;
+use crate::run::RunOptions;
 use kiln::cli::Overrides;
 
 /// `benchmark-data` arguments.

@@ -44,6 +44,7 @@ pub mod model;
 pub mod nn;
 pub mod oof;
 pub mod pretrain;
+pub mod run;
 pub mod scaling;
 pub mod splits;
 pub mod stack;

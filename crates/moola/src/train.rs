@@ -32,9 +32,11 @@ use kiln::trainer::{EpochInfo, Loader, StepOutput, Task, Trainer, TrainerConfig}
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{TemporalAugment, mixup_cutmix};
-use crate::data::{LabelMap, WindowSet};
+use crate::data::{LabelMap, WindowSet, gather};
 use crate::loss;
 use crate::model::{InnerWindow, ModelSpec, Net};
+/// Re-exported from [`crate::run`], where pre-training shares it.
+pub use crate::run::RunOptions;
 use crate::scaling::{DEFAULT_SCALING, InputScaling};
 
 /// Training hyper-parameters of one model (the reference's constructor arguments).
@@ -584,30 +586,6 @@ impl kiln::callbacks::Callback for MinEpochsEarlyStopping {
     }
 }
 
-/// Where and how a fit writes files.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Run directory for `metrics.csv` and checkpoints (none: in memory).
-    pub run_dir: Option<std::path::PathBuf>,
-    /// Resume from this checkpoint.
-    pub resume_from: Option<std::path::PathBuf>,
-    /// Show progress bars.
-    pub progress: bool,
-    /// This worker's handle in a data-parallel run (`None`: one device).
-    pub dist: Option<kiln::dist::Dist>,
-    /// Validation set for early stopping and checkpoint selection, instead of the recipe's
-    /// `val_split` of the training data.
-    pub validation: Option<WindowSet>,
-    /// Callbacks run after the recipe's own (early stopping, checkpointing), one fresh instance
-    /// per fit.
-    pub callbacks: Vec<kiln::callbacks::CallbackFactory>,
-    /// Train as this many data-parallel ranks would, on one device (0 or 1: an ordinary run;
-    /// see `kiln::TrainerConfig::virtual_ranks`).
-    pub virtual_ranks: usize,
-    /// When a diverging run stops with an error.
-    pub divergence: kiln::trainer::DivergenceCheck,
-}
-
 /// Labels, pointer targets and the shape of a labelled set, ready for training.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -711,15 +689,6 @@ pub struct ClassifierTask<B: AutodiffBackend> {
     /// The card of the network being trained, stored as the task state of every checkpoint so
     /// that a checkpoint loads like a saved model ([`kiln::artifact`]).
     card: crate::model::ModelCard,
-}
-
-/// The rows `idx` of a row-major buffer with `per` values per row, concatenated.
-pub(crate) fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(idx.len() * per);
-    for &i in idx {
-        out.extend_from_slice(&x[i * per..(i + 1) * per]);
-    }
-    out
 }
 
 fn int_tensor<B: Backend>(

@@ -424,3 +424,12 @@ pub fn flat_shape(d: usize) -> (usize, usize) {
         (1, d)
     }
 }
+
+/// The rows `idx` of a row-major buffer with `per` values per row, concatenated.
+pub(crate) fn gather(x: &[f32], per: usize, idx: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * per);
+    for &i in idx {
+        out.extend_from_slice(&x[i * per..(i + 1) * per]);
+    }
+    out
+}

@@ -49,9 +49,9 @@ use kiln::trainer::{EpochInfo, Loader, StepOutput, Task, Trainer, TrainerConfig}
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::data::WindowSet;
+use crate::data::{WindowSet, gather};
+use crate::run::RunOptions;
 use crate::scaling::{DEFAULT_SCALING, InputScaling};
-use crate::train::{RunOptions, gather};
 
 pub mod augment;
 pub mod encoder;

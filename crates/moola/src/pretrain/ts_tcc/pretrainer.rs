@@ -39,8 +39,8 @@ use super::loss::info_nce_loss;
 use super::model::{TsTcc, TsTccConfig};
 use crate::augment::TemporalAugment;
 use crate::data::WindowSet;
+use crate::run::RunOptions;
 use crate::scaling::{DEFAULT_SCALING, InputScaling};
-use crate::train::RunOptions;
 
 /// File name of the history JSON in a run directory.
 pub const HISTORY_FILE: &str = "history.json";

@@ -27,14 +27,14 @@
 //!    gradients hold any inf/NaN is skipped and the scale halved; after 2000 consecutive finite
 //!    steps the scale doubles. The scaler's state goes into checkpoints, so resume stays exact.
 //!    Clipping (`Standard::with_clip_norm`) always sees unscaled gradients, because the
-//!    [`Stepper`](crate::step::Stepper) unscales before the optimisation runs. The reference's
+//!    [`Stepper`](crate::train::step::Stepper) unscales before the optimisation runs. The reference's
 //!    masked-BiLSTM pre-trainer clips the *scaled* gradients (`clip_grad_norm_` before
 //!    `scaler.unscale_`), so its clip threshold is effectively divided by the loss scale; a loop
 //!    on kiln cannot make that mistake, which fixes it.
 //!    `bf16-mixed` has f32's exponent range and needs no scaler (as in Lightning).
 //!
 //! The scope is thread-local, so every data-parallel worker thread has its own. The
-//! [`Trainer`](crate::trainer::Trainer) opens it around `training_step` and `validate`.
+//! [`Trainer`](crate::train::trainer::Trainer) opens it around `training_step` and `validate`.
 //!
 //! Backends: CUDA and burn-flex (the CPU default) compute in f16 and bf16; burn-wgpu in f16 where
 //! the adapter has shader f16 (Mesa's lavapipe does), never in bf16 (WGSL has no bf16). A backend
@@ -404,7 +404,7 @@ fn pointwise<B: Backend>(
     let y = match bias {
         Some(b) => {
             let dtype = y.dtype();
-            crate::ops::add(y, b.cast(dtype).reshape([1, c_out, 1]))
+            crate::numerics::ops::add(y, b.cast(dtype).reshape([1, c_out, 1]))
         }
         None => y,
     };
@@ -414,7 +414,7 @@ fn pointwise<B: Backend>(
 /// `conv2d(x, weight, bias, options)` with explicit weights (e.g. BatchNorm folded into them)
 /// and symmetric padding, on the same paths as [`conv2d_layer`]: a pointwise convolution as a
 /// matrix product, the rest through Burn's convolution in the autocast dtype, or in full
-/// precision through [`crate::fused::conv2d`] (im2col + GEMM per image on burn-flex).
+/// precision through [`crate::numerics::fused::conv2d`] (im2col + GEMM per image on burn-flex).
 pub fn conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -426,7 +426,7 @@ pub fn conv2d<B: Backend>(
         return pointwise(x, weight, bias);
     }
     match current() {
-        None => crate::fused::conv2d(x, weight, bias, options),
+        None => crate::numerics::fused::conv2d(x, weight, bias, options),
         Some(h) => {
             let out = x.dtype();
             let y = burn::tensor::module::conv2d(

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::amp::Precision;
 use crate::backend::DeviceKind;
 use crate::dist::DistConfig;
-use crate::trainer::Strategy;
+use crate::numerics::amp::Precision;
+use crate::train::trainer::Strategy;
 
 /// Device, precision, data-parallel and progress options, flattened into each tool's top-level
 /// parser (Lightning's `Trainer(accelerator, devices, num_nodes, strategy, precision)`).
@@ -301,7 +301,7 @@ pub fn run_tool<C: clap::Parser>(
     }
     let cli = C::parse_from(args);
     // burn-collective logs every tensor transfer at INFO: keep it to warnings.
-    crate::progress::init_logging(crate::dist::QUIET_LOGS);
+    crate::train::progress::init_logging(crate::dist::QUIET_LOGS);
     run(cli)
 }
 
@@ -364,7 +364,10 @@ mod tests {
     fn flags_after_overrides_are_flags() {
         let t = parse("tool train seed 7 --quiet n_epochs 0 --model lstm --precision=bf16-mixed");
         assert!(t.runtime.quiet);
-        assert_eq!(t.runtime.precision, Some(crate::amp::Precision::Bf16Mixed));
+        assert_eq!(
+            t.runtime.precision,
+            Some(crate::numerics::amp::Precision::Bf16Mixed)
+        );
         let Cmd::Train {
             model,
             resume,

@@ -31,7 +31,38 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::ConvOptions;
 
-use crate::nn::ChannelNorm;
+use crate::numerics::ops;
+
+/// A per-channel affine normalisation `(x − mean)·scale + beta` of `[N, C, ...]` activations
+/// (a BatchNorm once its statistics are known), one value per channel in each field.
+#[derive(Debug, Clone)]
+pub struct ChannelNorm<B: Backend> {
+    /// μ.
+    pub mean: Tensor<B, 1>,
+    /// `γ/√(σ² + ε)`.
+    pub scale: Tensor<B, 1>,
+    /// β.
+    pub beta: Tensor<B, 1>,
+}
+
+impl<B: Backend> ChannelNorm<B> {
+    /// Normalises `[N, C, S]`.
+    pub fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, c, _] = x.dims();
+        self.apply_centred(ops::sub(x, self.mean.clone().reshape([1, c, 1])))
+    }
+
+    /// `centred·scale + beta` on `centred = x − mean` `[N, C, S]`: two broadcast passes after
+    /// the centring, through [`crate::numerics::ops`]. Folding μ into the shift (`x·a + b`) would save one
+    /// more but loses precision when |μ| ≫ σ (raw prices).
+    pub fn apply_centred(&self, centred: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, c, _] = centred.dims();
+        ops::add(
+            ops::mul(centred, self.scale.clone().reshape([1, c, 1])),
+            self.beta.clone().reshape([1, c, 1]),
+        )
+    }
+}
 
 #[cfg(feature = "flex")]
 mod flex;
@@ -309,7 +340,7 @@ pub fn batch_norm<B: Backend>(
 }
 
 /// [`batch_norm`] as Burn tensor operations (sums, a centring, a square, a square root and
-/// the affine map, with the per-channel values broadcast by [`crate::ops`]).
+/// the affine map, with the per-channel values broadcast by [`crate::numerics::ops`]).
 pub fn batch_norm_reference<B: Backend>(
     x: Tensor<B, 3>,
     gamma: Tensor<B, 1>,
@@ -319,7 +350,7 @@ pub fn batch_norm_reference<B: Backend>(
     let [n, c, s] = x.dims();
     let m = (n * s) as f64;
     let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(m); // [1, C, 1]
-    let centred = crate::ops::sub(x, mean.clone());
+    let centred = crate::numerics::ops::sub(x, mean.clone());
     let var = centred.clone().square().sum_dim(2).sum_dim(0).div_scalar(m); // biased
     let norm = ChannelNorm {
         mean: mean.clone().reshape([c]),

@@ -8,7 +8,7 @@
 //! torchvision's `resnet50-19c8e357.pth`, tar archives); when burn-store rejects a zip file
 //! (it refuses any object that is neither a container nor a tensor: yacs `CfgNode`
 //! hyper-parameters, a `Counter` in a scheduler state, NumPy scalars in a label map...), the file
-//! is read with the tolerant unpickler of [`crate::pickle`] instead ([`ReaderKind::ZipPickle`]),
+//! is read with the tolerant unpickler of [`crate::files::pickle`] instead ([`ReaderKind::ZipPickle`]),
 //! which executes nothing and keeps unknown objects opaque.
 //!
 //! The weights are the tensors of one top-level entry ([`TorchFile::open_entry`]: e.g.
@@ -75,8 +75,8 @@ use burn_store::pytorch::PytorchReader;
 use burn_store::pytorch::reader::PickleValue;
 use serde::{Deserialize, Serialize};
 
-use crate::pickle::TorchZip;
-pub use crate::pickle::{PyValue, TensorRef};
+use crate::files::pickle::TorchZip;
+pub use crate::files::pickle::{PyValue, TensorRef};
 
 // ---------------------------------------------------------------------------------------------
 // Reading files
@@ -87,7 +87,7 @@ pub use crate::pickle::{PyValue, TensorRef};
 pub enum ReaderKind {
     /// burn-store's `PytorchReader`.
     BurnStore,
-    /// The tolerant zip unpickler of [`crate::pickle`] (files burn-store rejects).
+    /// The tolerant zip unpickler of [`crate::files::pickle`] (files burn-store rejects).
     ZipPickle,
 }
 
@@ -291,7 +291,7 @@ impl TorchFile {
     }
 
     /// The top-level object of the file (a dict for checkpoints), when it can be decoded: zip
-    /// files by the tolerant unpickler of [`crate::pickle`], legacy files by burn-store.
+    /// files by the tolerant unpickler of [`crate::files::pickle`], legacy files by burn-store.
     pub fn metadata(&self) -> Option<&PyValue> {
         self.meta
             .get_or_init(|| match &self.zip {

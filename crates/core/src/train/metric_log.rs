@@ -80,7 +80,7 @@ impl MetricLog {
             w.write_record(&rec)?;
         }
         let bytes = w.into_inner().context("cannot encode metrics CSV")?;
-        crate::io::write_atomic(path, &bytes)
+        crate::files::io::write_atomic(path, &bytes)
     }
 }
 

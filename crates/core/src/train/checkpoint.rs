@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::io::write_atomic_with;
+use crate::files::io::write_atomic_with;
 
 type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
@@ -181,7 +181,7 @@ pub fn load_checked<B: Backend, M: Module<B>>(
 /// Writes a module's weights to `path` (Burn named-MessagePack record, atomic).
 pub fn save_module<B: Backend, M: Module<B>>(module: &M, path: impl AsRef<Path>) -> Result<()> {
     let bytes = record_to_bytes::<B, _>(module.clone().into_record())?;
-    crate::io::write_atomic(path, &bytes)
+    crate::files::io::write_atomic(path, &bytes)
 }
 
 /// Loads weights written by [`save_module`] into `module` (shapes are checked).
@@ -261,7 +261,7 @@ fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Strin
         .collect())
 }
 
-/// The callback states of a checkpoint, by [`Callback::name`](crate::callbacks::Callback::name)
+/// The callback states of a checkpoint, by [`Callback::name`](crate::train::callbacks::Callback::name)
 /// (a JSON object in the header).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -1,4 +1,4 @@
-//! A tolerant pickle reader that executes nothing: the low-level unpickler of [`crate::torch`],
+//! A tolerant pickle reader that executes nothing: the low-level unpickler of [`crate::files::torch`],
 //! which reads PyTorch zip checkpoints (`torch.save` since PyTorch 1.6) that burn-store's reader
 //! rejects, and the metadata of every checkpoint.
 //!

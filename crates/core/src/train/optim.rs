@@ -1,6 +1,6 @@
 //! How a training step turns a loss into new weights.
 //!
-//! The [`Trainer`](crate::trainer::Trainer) owns the loop; an [`Optimization`] owns the optimiser
+//! The [`Trainer`](crate::train::trainer::Trainer) owns the loop; an [`Optimization`] owns the optimiser
 //! state and decides what one update is. [`Standard`] is Lightning's automatic optimisation (one
 //! Burn optimiser, one Burn learning-rate scheduler stepped per batch or per epoch, optional
 //! global-norm gradient clipping). Tasks with several optimisers or gradient surgery (reid's
@@ -16,7 +16,7 @@ use burn::tensor::ElementConversion as _;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use crate::checkpoint::{record_from_bytes, record_to_bytes};
+use crate::train::checkpoint::{record_from_bytes, record_to_bytes};
 
 /// Learning-rate control a task may use between epochs (e.g. when unfreezing an encoder).
 pub trait LrControl {

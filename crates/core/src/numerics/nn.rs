@@ -8,7 +8,11 @@ use burn::tensor::Distribution;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use crate::ops;
+use crate::numerics::ops;
+
+/// The per-channel affine normalisation the fused kernels apply; defined beside them (this module
+/// builds on [`crate::numerics::fused`], not the other way round).
+pub use crate::numerics::fused::ChannelNorm;
 
 /// Configuration of a [`Dropout`] layer (the API of `burn::nn::DropoutConfig`).
 #[derive(Config, Debug)]
@@ -164,7 +168,7 @@ impl LayerNormConfig {
 
 /// Layer normalisation over the last axis, `torch.nn.LayerNorm`'s numbers and
 /// `burn::nn::LayerNorm`'s fields (`gamma`, `beta`, `epsilon`), so records and the PyTorch
-/// import tables are the same as with Burn's layer. It runs [`crate::fused::layer_norm`]: one
+/// import tables are the same as with Burn's layer. It runs [`crate::numerics::fused::layer_norm`]: one
 /// pass forward and one backward on burn-flex training, Burn's own op elsewhere.
 #[derive(Module, Debug)]
 #[module(custom_display)]
@@ -180,7 +184,7 @@ pub struct LayerNorm<B: Backend> {
 impl<B: Backend> LayerNorm<B> {
     /// Normalises `[..., d_model]` over its last axis.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        crate::fused::layer_norm(
+        crate::numerics::fused::layer_norm(
             x,
             self.gamma.val(),
             self.beta.as_ref().map(Param::val),
@@ -256,15 +260,19 @@ impl<B: Backend> BatchNorm<B> {
         let (batch, channels) = (dims[0], dims[1]);
         let spatial: usize = dims[2..].iter().product();
         // Everything runs on [N, C, S], and the per-channel values [1, C, 1] are applied with
-        // `crate::ops`, which lays `[N, C, S] ∘ [1, C, 1]` out as "one scalar per row" for
+        // `crate::numerics::ops`, which lays `[N, C, S] ∘ [1, C, 1]` out as "one scalar per row" for
         // burn-flex's SIMD kernel. Plain `[1, C, 1, 1]` broadcasts (and a `swap_dims(0, 1)` copy
         // for the batch statistics) took its element-by-element strided path, which was a third
         // of a ResNet50 training step.
         let x = x.reshape([batch, channels, spatial]);
         if B::ad_enabled(&x.device()) {
-            // Batch statistics, one fused operation on burn-flex (`crate::fused::batch_norm`).
-            let (y, mean, var) =
-                crate::fused::batch_norm(x, self.weight.val(), self.bias.val(), self.epsilon);
+            // Batch statistics, one fused operation on burn-flex (`crate::numerics::fused::batch_norm`).
+            let (y, mean, var) = crate::numerics::fused::batch_norm(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                self.epsilon,
+            );
             let n = batch * spatial;
             let unbiased = if n > 1 {
                 var.mul_scalar(n as f64 / (n as f64 - 1.0))
@@ -299,9 +307,9 @@ impl<B: Backend> BatchNorm<B> {
 /// `relu(bn(conv(x)) + residual)`, the unit of a ResNet (`residual` and the ReLU each
 /// optional).
 ///
-/// Training (autodiff) or under autocast: [`crate::amp::conv2d_layer`], [`BatchNorm::forward`]
-/// (batch statistics), the sum and [`crate::fused::relu`]. Evaluation in full precision: one
-/// [`crate::fused::conv2d_epilogue`] with the running statistics, which on burn-flex applies the
+/// Training (autodiff) or under autocast: [`crate::numerics::amp::conv2d_layer`], [`BatchNorm::forward`]
+/// (batch statistics), the sum and [`crate::numerics::fused::relu`]. Evaluation in full precision: one
+/// [`crate::numerics::fused::conv2d_epilogue`] with the running statistics, which on burn-flex applies the
 /// BatchNorm, the residual and the ReLU to each image's output while it is in cache, with the
 /// same roundings as the separate operations.
 pub fn conv2d_batch_norm<B: Backend>(
@@ -311,57 +319,30 @@ pub fn conv2d_batch_norm<B: Backend>(
     residual: Option<Tensor<B, 4>>,
     relu: bool,
 ) -> Tensor<B, 4> {
-    if B::ad_enabled(&x.device()) || crate::amp::current().is_some() {
-        let mut y = bn.forward(crate::amp::conv2d_layer(conv, x));
+    if B::ad_enabled(&x.device()) || crate::numerics::amp::current().is_some() {
+        let mut y = bn.forward(crate::numerics::amp::conv2d_layer(conv, x));
         if let Some(r) = residual {
             y = y + r;
         }
-        return if relu { crate::fused::relu(y) } else { y };
+        return if relu {
+            crate::numerics::fused::relu(y)
+        } else {
+            y
+        };
     }
-    let (x, options) = crate::amp::layer_input(conv, x);
-    let then = crate::fused::Epilogue {
+    let (x, options) = crate::numerics::amp::layer_input(conv, x);
+    let then = crate::numerics::fused::Epilogue {
         norm: Some(bn.running_norm()),
         residual,
         relu,
     };
-    crate::fused::conv2d_epilogue(
+    crate::numerics::fused::conv2d_epilogue(
         x,
         conv.weight.val(),
         conv.bias.as_ref().map(|b| b.val()),
         options,
         then,
     )
-}
-
-/// A per-channel affine normalisation `(x − mean)·scale + beta` of `[N, C, ...]` activations
-/// (a BatchNorm once its statistics are known), one value per channel in each field.
-#[derive(Debug, Clone)]
-pub struct ChannelNorm<B: Backend> {
-    /// μ.
-    pub mean: Tensor<B, 1>,
-    /// `γ/√(σ² + ε)`.
-    pub scale: Tensor<B, 1>,
-    /// β.
-    pub beta: Tensor<B, 1>,
-}
-
-impl<B: Backend> ChannelNorm<B> {
-    /// Normalises `[N, C, S]`.
-    pub fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [_, c, _] = x.dims();
-        self.apply_centred(ops::sub(x, self.mean.clone().reshape([1, c, 1])))
-    }
-
-    /// `centred·scale + beta` on `centred = x − mean` `[N, C, S]`: two broadcast passes after
-    /// the centring, through [`crate::ops`]. Folding μ into the shift (`x·a + b`) would save one
-    /// more but loses precision when |μ| ≫ σ (raw prices).
-    pub fn apply_centred(&self, centred: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [_, c, _] = centred.dims();
-        ops::add(
-            ops::mul(centred, self.scale.clone().reshape([1, c, 1])),
-            self.beta.clone().reshape([1, c, 1]),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -443,7 +424,7 @@ mod tests {
     /// running-statistics update put them.
     #[test]
     fn running_statistics_are_never_trainable() {
-        use crate::checkpoint::{
+        use crate::train::checkpoint::{
             load_checked, record_from_bytes, record_to_bytes, set_trainable, trainable_paths,
         };
         use burn::optim::{GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};

@@ -79,6 +79,9 @@
 //! its `local_rank` and its device (use the inner, non-autodiff backend: the collectives of
 //! [`Dist::all_reduce_grads`] run on `B::InnerBackend`).
 
+/// Keeping data-parallel replicas identical.
+pub mod sync;
+
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
@@ -370,7 +373,7 @@ impl Dist {
         if !tracing::dispatcher::has_been_set() {
             // burn-communication would otherwise install its own subscriber, printing every
             // transfer at INFO level to stdout.
-            crate::progress::init_logging(QUIET_LOGS);
+            crate::train::progress::init_logging(QUIET_LOGS);
         }
 
         let mut config = CollectiveConfig::default().with_num_devices(cfg.devices_per_node);

@@ -3,16 +3,16 @@
 //! The card is a small serde value that says how to build the module (architecture, sizes,
 //! class labels, where it came from); the weights are a Burn record of exactly that module.
 //! Loading always builds the module from the card first and then loads the weights with the
-//! shape check of [`checkpoint::load_checked`](crate::checkpoint::load_checked), so a file of
+//! shape check of [`checkpoint::load_checked`](crate::train::checkpoint::load_checked), so a file of
 //! another architecture is an error naming the parameter, never a silent mis-load.
 //!
 //! Two containers carry the pair:
 //!
 //! * a **model file**: `<stem>.mpk` (weights, Burn named MessagePack) next to `<stem>.json` (the
 //!   card), both written atomically; `<stem>`, `<stem>.mpk` and `<stem>.json` all name it;
-//! * a **training checkpoint** (`*.ckpt`, [`checkpoint`](crate::checkpoint)): the card is the
+//! * a **training checkpoint** (`*.ckpt`, [`checkpoint`](crate::train::checkpoint)): the card is the
 //!   task state the trainer stored in its header (`meta.task`, written by
-//!   [`Task::state`](crate::trainer::Task::state)) and the weights are its `model` section, so
+//!   [`Task::state`](crate::train::trainer::Task::state)) and the weights are its `model` section, so
 //!   a checkpoint loads wherever a model file does.
 //!
 //! ```no_run
@@ -41,7 +41,7 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::checkpoint;
+use crate::train::checkpoint;
 
 /// Which container a model was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub fn save<B: Backend, M: Module<B>, C: Serialize>(
 ) -> Result<()> {
     let (weights, card_path) = paths(path);
     checkpoint::save_module(module, &weights)?;
-    crate::io::write_json(&card_path, card)
+    crate::files::io::write_json(&card_path, card)
 }
 
 /// Reads the card of a model file or checkpoint without loading the weights.
@@ -129,7 +129,7 @@ pub fn read_card<C: DeserializeOwned>(path: &Path) -> Result<(C, Source)> {
             card_path.display()
         );
     }
-    let card = crate::io::read_json(&card_path)
+    let card = crate::files::io::read_json(&card_path)
         .with_context(|| format!("cannot read the model card {}", card_path.display()))?;
     Ok((card, Source::ModelFile { weights }))
 }
@@ -242,7 +242,8 @@ mod tests {
         assert!(source.to_string().contains("after 4 epochs"), "{source}");
 
         // A card that builds another architecture is an error naming the parameter.
-        crate::io::write_json(dir.path().join("m.json"), &Card { d_in: 5, d_out: 2 }).unwrap();
+        crate::files::io::write_json(dir.path().join("m.json"), &Card { d_in: 5, d_out: 2 })
+            .unwrap();
         let err = load::<Flex, _, Card>(&dir.path().join("m"), &device, build).unwrap_err();
         assert!(format!("{err:#}").contains("weight"), "{err:#}");
 

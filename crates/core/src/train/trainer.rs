@@ -4,8 +4,8 @@
 //! loss from a batch, and how to validate. The [`Trainer`] owns everything around that: epochs,
 //! seeding, the optimisation step (through an [`Optimization`]), validation cadence, callbacks
 //! (early stopping, checkpointing), the CSV metrics log, a TensorBoard event file and the
-//! `curves.png` picture of the run ([`crate::tensorboard`], [`crate::plot`]), progress bars,
-//! resuming a run from a checkpoint, mixed precision ([`crate::amp`]) and data parallelism ([`crate::dist`]). Models
+//! `curves.png` picture of the run ([`crate::train::tensorboard`], [`crate::train::plot`]), progress bars,
+//! resuming a run from a checkpoint, mixed precision ([`crate::numerics::amp`]) and data parallelism ([`crate::dist`]). Models
 //! never re-implement any of this.
 //!
 //! ```text
@@ -33,19 +33,19 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::amp::GradScaler;
-use crate::callbacks::{Actions, Callback, EpochEnd};
-use crate::checkpoint::{
+use crate::dist::Dist;
+use crate::numerics::amp::GradScaler;
+use crate::train::callbacks::{Actions, Callback, EpochEnd};
+use crate::train::checkpoint::{
     CheckpointMeta, load_checked, read_checkpoint, record_from_bytes, record_to_bytes,
     write_checkpoint,
 };
-use crate::dist::Dist;
-use crate::metric_log::{MetricLog, Row};
-use crate::optim::Optimization;
-use crate::step::{StepStatus, Stepper};
-use crate::{progress, seed, sync};
+use crate::train::metric_log::{MetricLog, Row};
+use crate::train::optim::Optimization;
+use crate::train::step::{StepStatus, Stepper};
+use crate::{dist::sync, seed, train::progress};
 
-pub use crate::amp::Precision;
+pub use crate::numerics::amp::Precision;
 
 /// How training is spread over devices (Lightning's `strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -105,13 +105,13 @@ pub struct TrainerConfig {
     #[serde(default)]
     pub divergence: DivergenceCheck,
     /// Write a TensorBoard event file into the run directory (the
-    /// [`TensorBoardLogger`](crate::tensorboard::TensorBoardLogger): per-step loss, learning
+    /// [`TensorBoardLogger`](crate::train::tensorboard::TensorBoardLogger): per-step loss, learning
     /// rate, loss scale and step time, and every epoch's metrics). On by default; without a run
     /// directory nothing is written either way.
     #[serde(default = "yes")]
     pub tensorboard: bool,
     /// Draw `curves.png` into the run directory when fitting ends (losses and the monitored
-    /// metric per epoch, train and validation, the best epoch marked; see [`crate::plot`]). On
+    /// metric per epoch, train and validation, the best epoch marked; see [`crate::train::plot`]). On
     /// by default.
     #[serde(default = "yes")]
     pub curves: bool,
@@ -295,7 +295,7 @@ pub trait Task<B: AutodiffBackend> {
         &mut self,
         model: Self::Model,
         _info: &EpochInfo,
-        _lr: &mut dyn crate::optim::LrControl,
+        _lr: &mut dyn crate::train::optim::LrControl,
     ) -> Result<Self::Model> {
         Ok(model)
     }
@@ -477,7 +477,7 @@ impl Trainer {
                  kiln::dist"
             );
         }
-        crate::amp::check_backend::<B>(self.config.precision, device)
+        crate::numerics::amp::check_backend::<B>(self.config.precision, device)
     }
 
     /// Trains `model` on `task` with `optim`. Resumes when the config names a checkpoint.
@@ -519,7 +519,7 @@ impl Trainer {
                 start_epoch,
                 global_step,
                 cfg.precision,
-                crate::checkpoint::param_shapes(&model),
+                crate::train::checkpoint::param_shapes(&model),
                 self.fingerprint
             );
             dist.agree::<B::InnerBackend>(
@@ -548,7 +548,9 @@ impl Trainer {
         self.builtin.clear();
         if let (Some(dir), true, true) = (&cfg.run_dir, self.is_main(), cfg.tensorboard) {
             self.builtin
-                .push(Box::new(crate::tensorboard::TensorBoardLogger::new(dir)));
+                .push(Box::new(crate::train::tensorboard::TensorBoardLogger::new(
+                    dir,
+                )));
         }
 
         let mut stopped_early = false;
@@ -579,8 +581,9 @@ impl Trainer {
             metrics.insert("lr".into(), lr);
             let last = epoch + 1 == cfg.max_epochs;
             if self.is_main() && ((epoch + 1).is_multiple_of(cfg.val_every_n_epochs) || last) {
-                let val =
-                    crate::amp::autocast(cfg.precision, || task.validate(&model.valid(), &info))?;
+                let val = crate::numerics::amp::autocast(cfg.precision, || {
+                    task.validate(&model.valid(), &info)
+                })?;
                 metrics.extend(val);
             }
             let seconds = started.elapsed().as_secs_f64();
@@ -680,7 +683,7 @@ impl Trainer {
 
     /// Draws `curves.png` of the run (a failure is a warning: the run itself succeeded). The best
     /// epoch is the first callback monitor's (where the run logged it), else
-    /// [`crate::plot::default_monitor`]'s.
+    /// [`crate::train::plot::default_monitor`]'s.
     fn write_curves(&self, dir: &std::path::Path, rows: &[(usize, Row)]) {
         let has = |c: &str| rows.iter().any(|(_, r)| r.contains_key(c));
         let monitor = self
@@ -688,8 +691,8 @@ impl Trainer {
             .iter()
             .find_map(|c| c.monitor())
             .filter(|(m, _)| has(m))
-            .unwrap_or_else(|| crate::plot::default_monitor(rows));
-        match crate::plot::write_run_curves(dir, rows.to_vec(), &monitor.0, monitor.1) {
+            .unwrap_or_else(|| crate::train::plot::default_monitor(rows));
+        match crate::train::plot::write_run_curves(dir, rows.to_vec(), &monitor.0, monitor.1) {
             Ok(path) => tracing::debug!("wrote {}", path.display()),
             Err(e) => tracing::warn!("no training-curve picture: {e:#}"),
         }
@@ -938,7 +941,7 @@ impl Trainer {
                     .into_iter()
                     .map(|(k, (sum, n))| (k.to_string(), sum / n.max(1e-12)))
                     .collect();
-                let ctx = crate::callbacks::StepEnd {
+                let ctx = crate::train::callbacks::StepEnd {
                     epoch,
                     global_step,
                     loss: losses_mean,

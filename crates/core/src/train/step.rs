@@ -1,6 +1,6 @@
 //! One optimiser step under a precision and a data-parallel group.
 //!
-//! [`Stepper`] is the part of the [`Trainer`](crate::trainer::Trainer) loop between "the task
+//! [`Stepper`] is the part of the [`Trainer`](crate::train::trainer::Trainer) loop between "the task
 //! returned a loss" and "the weights are updated", usable on its own by custom loops and
 //! benchmarks:
 //!
@@ -23,10 +23,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::amp::{self, GradScaler, Precision};
 use crate::dist::Dist;
-use crate::optim::Optimization;
-use crate::sync;
+use crate::dist::sync;
+use crate::numerics::amp::{self, GradScaler, Precision};
+use crate::train::optim::Optimization;
 
 /// Backward, all-reduce, loss scaling and update of one step (see the module docs).
 #[derive(Debug, Clone, Default)]

@@ -26,6 +26,11 @@
 //! The merged tree is extracted into the typed struct with figment, and [`dump_yaml`] writes the
 //! final configuration into a run directory.
 
+/// Command-line arguments every kiln-based tool shares.
+pub mod cli;
+/// Python literals as yacs reads them.
+pub mod literal;
+
 use std::fmt;
 use std::path::Path;
 
@@ -36,7 +41,7 @@ use figment::value::{Dict, Num, Tag, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use crate::literal::parse_literal;
+pub use crate::config::literal::parse_literal;
 
 /// Where a configuration value came from, for error messages.
 #[derive(Debug, Clone)]
@@ -190,7 +195,7 @@ where
 /// Writes the configuration as YAML (atomically).
 pub fn dump_yaml<T: Serialize>(config: &T, path: impl AsRef<Path>) -> Result<()> {
     let text = serde_yaml::to_string(config)?;
-    crate::io::write_atomic(path, text.as_bytes())
+    crate::files::io::write_atomic(path, text.as_bytes())
 }
 
 /// The coarse value types yacs compares.

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::callbacks::{Actions, Callback, EpochEnd, StepEnd};
+use crate::train::callbacks::{Actions, Callback, EpochEnd, StepEnd};
 
 /// The `file_version` of the first record.
 pub const FILE_VERSION: &str = "brain.Event:2";
@@ -426,7 +426,7 @@ impl Callback for TensorBoardLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metric_log::Row;
+    use crate::train::metric_log::Row;
 
     /// Known CRC-32C values: the empty string and "123456789" (0xe3069283), masked by hand.
     #[test]

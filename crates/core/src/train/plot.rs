@@ -13,11 +13,11 @@ use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::callbacks::Mode;
-use crate::metric_log::{Row, read_csv};
+use crate::train::callbacks::Mode;
+use crate::train::metric_log::{Row, read_csv};
 
 /// The bundled font.
-static FONT: &[u8] = include_bytes!("../assets/fonts/Roboto-Regular.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/fonts/Roboto-Regular.ttf");
 const FAMILY: &str = "sans-serif";
 
 fn register_font() {
@@ -70,7 +70,7 @@ fn render(
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .context("cannot encode PNG")?;
-    crate::io::write_atomic(path, bytes.get_ref())
+    crate::files::io::write_atomic(path, bytes.get_ref())
         .with_context(|| format!("cannot write picture {}", path.display()))
 }
 
@@ -125,7 +125,7 @@ impl RunCurves {
 
     /// Curves of rows already in memory (e.g. [`FitOutcome::history`]).
     ///
-    /// [`FitOutcome::history`]: crate::trainer::FitOutcome::history
+    /// [`FitOutcome::history`]: crate::train::trainer::FitOutcome::history
     pub fn from_rows(
         name: impl Into<String>,
         rows: Vec<(usize, Row)>,
@@ -814,7 +814,7 @@ mod tests {
     #[test]
     fn missing_monitor_column_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        crate::metric_log::MetricLog::create(dir.path().join("metrics.csv"))
+        crate::train::metric_log::MetricLog::create(dir.path().join("metrics.csv"))
             .log(0, [("train_loss".to_string(), 1.0)].into())
             .unwrap();
         let e = format!(

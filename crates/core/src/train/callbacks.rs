@@ -1,5 +1,5 @@
 //! Trainer callbacks: early stopping and model checkpointing (and the TensorBoard logger of
-//! [`crate::tensorboard`]).
+//! [`crate::train::tensorboard`]).
 //!
 //! Callbacks are plain state machines over epoch metrics. They do not touch the model; they ask
 //! the trainer for what they need through [`Actions`] (remember these weights as the best, write
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::metric_log::Row;
+use crate::train::metric_log::Row;
 
 /// Whether a monitored metric improves downwards or upwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -83,7 +83,7 @@ pub struct StepEnd<'a> {
     pub loss_scale: Option<f64>,
     /// Wall-clock seconds of the step: data loading, forward, backward and optimiser update.
     pub seconds: f64,
-    /// The task's per-batch values ([`StepOutput::logs`](crate::trainer::StepOutput::logs)).
+    /// The task's per-batch values ([`StepOutput::logs`](crate::train::trainer::StepOutput::logs)).
     pub logs: &'a [(String, f64)],
 }
 
@@ -368,7 +368,7 @@ impl Callback for ModelCheckpoint {
     /// callbacks of one run keep their own state in a checkpoint (the top-k lists differ), e.g.
     /// `model_checkpoint[monitor=val_loss,mode=min,top_k=1,last]`. Checkpoints written when
     /// every one was `model_checkpoint` resume through that key
-    /// ([`CallbackStates::get`](crate::checkpoint::CallbackStates::get)).
+    /// ([`CallbackStates::get`](crate::train::checkpoint::CallbackStates::get)).
     fn name(&self) -> String {
         let mut parts = Vec::new();
         if let Some(monitor) = &self.monitor {
