@@ -283,3 +283,38 @@ fn weights_saved_on_wgpu_load_on_flex_and_back() {
     let back = kiln::checkpoint::load_module(Net::<W>::new(&device), &on_flex, &device).unwrap();
     assert_eq!(back.weights(), model.weights());
 }
+
+/// Six steps of `gates = x_t·W_ihᵀ + h·W_hhᵀ; (h, c) = lstm_cell(gates, c)` from a sliced
+/// `[4, 6, 4]` input, as moola's LSTM runs them.
+fn lstm_recurrence<B: Backend>(device: &B::Device) -> Vec<Vec<f32>> {
+    let data = |shape: [usize; 2], k: f32| {
+        let v: Vec<f32> = (0..shape[0] * shape[1])
+            .map(|i| (i as f32 * k).sin())
+            .collect();
+        Tensor::<B, 2>::from_data(TensorData::new(v, shape), device)
+    };
+    let x = data([4, 24], 0.37).reshape([4, 6, 4]);
+    let w_ih = data([32, 4], 0.71).transpose();
+    let w_hh = data([32, 8], 0.29).transpose();
+    let mut h = Tensor::<B, 2>::zeros([4, 8], device);
+    let mut c = Tensor::<B, 2>::zeros([4, 8], device);
+    let mut out = Vec::new();
+    for x_t in x.chunk(6, 1) {
+        let gates = x_t.reshape([4, 4]).matmul(w_ih.clone()) + h.matmul(w_hh.clone());
+        (h, c) = kiln::fused::lstm_cell(gates, c);
+        out.push(h.clone().into_data().to_vec::<f32>().unwrap());
+    }
+    out
+}
+
+/// burn-fusion 0.21 computed this recurrence wrongly from its second step on (by up to 0.5) when
+/// the steps were queued together; `kiln::fused::lstm_cell` runs the queue at each step.
+#[test]
+fn an_lstm_recurrence_on_wgpu_matches_flex_at_every_step() {
+    let want = lstm_recurrence::<Flex>(&Default::default());
+    let got = lstm_recurrence::<WgpuBackend>(&wgpu());
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        let d = max_abs_diff(g, w);
+        assert!(d < 1e-5, "step {step}: wgpu differs from flex by {d}");
+    }
+}

@@ -356,13 +356,11 @@ fn ts_tcc_training_step_on_wgpu_matches_flex() {
 // the first 16 steps taken with `slice` (a strided view) the encoder output differs by 0.42 of
 // its size, and the step's loss by 2.4e-2.
 #[test]
-#[ignore = "open: the masked BiLSTM autoencoder on a sliced input differs between wgpu and flex"]
 fn masked_autoencoder_forward_on_wgpu_matches_flex() {
     forward_matches_flex(&MaskedAutoencoder);
 }
 
 #[test]
-#[ignore = "open: the masked BiLSTM autoencoder on a sliced input differs between wgpu and flex"]
 fn masked_autoencoder_training_step_on_wgpu_matches_flex() {
     training_step_matches_flex(&MaskedAutoencoder);
 }

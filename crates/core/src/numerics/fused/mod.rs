@@ -281,7 +281,18 @@ pub fn lstm_cell<B: Backend>(
         let c = hc.slice([0..batch, hidden..2 * hidden]);
         return (h, c);
     }
-    lstm_cell_reference(gates, c_prev)
+    let device = c_prev.device();
+    let (h, c) = lstm_cell_reference(gates, c_prev);
+    // burn-fusion 0.21 (burn-cubecl-fusion, the stack burn-wgpu and burn-cuda share) computes a
+    // recurrence wrongly when several steps are queued at once: the second step of
+    // `gates = x_t·W_ihᵀ + h·W_hhᵀ; (h, c) = cell(gates, c)` differs from the first on by up
+    // to 0.5 (found by the wgpu tier on lavapipe: `crates/moola/tests/wgpu.rs`, the masked
+    // BiLSTM autoencoder; each op alone and one step alone are exact). Running the queue at
+    // each step keeps every step exact; on a backend without fusion `sync` only waits.
+    if let Err(e) = B::sync(&device) {
+        tracing::warn!("cannot synchronise the device after an LSTM step: {e:?}");
+    }
+    (h, c)
 }
 
 /// [`lstm_cell`] as Burn tensor operations (`sigmoid` of all gates, slices, `tanh`).
