@@ -8,8 +8,6 @@ use burn::tensor::Distribution;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use crate::numerics::ops;
-
 /// The per-channel affine normalisation the fused kernels apply; defined beside them (this module
 /// builds on [`crate::numerics::fused`], not the other way round).
 pub use crate::numerics::fused::ChannelNorm;
