@@ -244,13 +244,10 @@ fn wgpu_two_worker_threads_match_two_virtual_ranks() {
         &one_epoch,
     ));
     let init = initial_on::<kiln::backend::WgpuBackend>(&Default::default());
-    // The key bias moves by float noise alone (see the test above): 1e-1 of its movement.
-    let worst = assert_close(&two, &virtual_ranks, &init, None, |name| {
-        if name.ends_with("in_proj_bias") {
-            1e-1
-        } else {
-            1e-3
-        }
-    });
-    println!("wgpu: largest difference / movement: {worst:e}");
+    // The same split of the global batch on the same device: every tensor within 1e-3 of its
+    // own movement; the key bias (which moves by float noise alone, see above) within 1e-1 of the
+    // query bias's movement.
+    let rows =
+        kiln::testing::compare_attention_runs(&two, &virtual_ranks, &init, |_| 1e-3, 1e-1).unwrap();
+    report(&rows);
 }
