@@ -10,6 +10,9 @@
 //! weights on both: [`transfer`] copies them through the checkpoint format, [`module_params`] and
 //! [`gradients`] read a module's values and gradients by parameter path, and
 //! [`max_relative_diff`] finds the tensor that differs most.
+//!
+//! Tests that run the tools as child processes (a data-parallel run over two processes) check
+//! them with [`assert_success`] and [`wait_success`].
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
@@ -316,6 +319,37 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
                 m.max(d)
             }
         })
+}
+
+/// Panics, printing the process's stdout and stderr, unless it exited successfully.
+///
+/// # Panics
+/// When the process failed.
+pub fn assert_success(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for a child process (polling, so that a hang is reported rather than waited on forever)
+/// and [`assert_success`]es it.
+///
+/// # Panics
+/// When the child runs past `limit` (it is killed) or fails.
+pub fn wait_success(mut child: std::process::Child, limit: std::time::Duration, what: &str) {
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("a child process to poll").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} did not stop within {limit:?} (a hang)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_success(&child.wait_with_output().expect("its output"), what);
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@
 //! identical.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kiln::testing::{assert_success, wait_success};
 
 mod tiny;
 
@@ -52,15 +54,6 @@ fn pretrain(
     cmd
 }
 
-fn ok(out: Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// One pre-training run in this process's child; returns its run directory.
 fn run(
     dir: &Path,
@@ -71,8 +64,8 @@ fn run(
     layout: &[&str],
 ) -> PathBuf {
     let out = dir.join(name);
-    ok(
-        pretrain(method, &out, epochs, layout, extra)
+    assert_success(
+        &pretrain(method, &out, epochs, layout, extra)
             .output()
             .unwrap(),
         &format!("{name}: moola {method:?} {layout:?}"),
@@ -96,29 +89,13 @@ fn trained(params: &[(String, Vec<f32>)]) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    kiln::dist::free_ports(1).unwrap()[0]
-}
-
-fn finish(mut child: Child, what: &str) {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            panic!("{what} did not stop within 300 s (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok(child.wait_with_output().unwrap(), what);
-}
-
 /// Two processes (`--num-nodes 2`) on loopback; rank 0 writes the run.
 fn run_two_processes(dir: &Path, name: &str, method: &[&str], extra: &[&str]) -> PathBuf {
     let out = dir.join(name);
-    let port = free_port().to_string();
+    let port = kiln::dist::free_ports(1).unwrap()[0].to_string();
     let nodes: Vec<Child> = (0..2)
         .map(|rank| {
-            let data_port = free_port().to_string();
+            let data_port = kiln::dist::free_ports(1).unwrap()[0].to_string();
             let rank = rank.to_string();
             pretrain(
                 method,
@@ -145,7 +122,11 @@ fn run_two_processes(dir: &Path, name: &str, method: &[&str], extra: &[&str]) ->
         })
         .collect();
     for (rank, node) in nodes.into_iter().enumerate() {
-        finish(node, &format!("{name} rank {rank}"));
+        wait_success(
+            node,
+            Duration::from_secs(300),
+            &format!("{name} rank {rank}"),
+        );
     }
     out
 }

@@ -10,9 +10,10 @@
 //! during its second epoch, and repeated two-thread runs must be identical.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
+use kiln::testing::{assert_success, wait_success};
 use reid::data::{SyntheticSpec, write_synthetic_market1501};
 
 fn reid_train(data: &Path, logs: &Path, epochs: usize, layout: &[&str]) -> Command {
@@ -44,15 +45,6 @@ fn reid_train(data: &Path, logs: &Path, epochs: usize, layout: &[&str]) -> Comma
     cmd
 }
 
-fn ok(out: Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The trained tensors of the run's last checkpoint: batch-norm running statistics (rank 0's
 /// under data parallelism, by design) and the BNNeck bias (frozen, as in the reference; that it
 /// stays put is tested in `model.rs`) left out.
@@ -67,27 +59,11 @@ fn params(logs: &Path) -> Vec<(String, Vec<f32>)> {
 
 fn run(data: &Path, dir: &Path, name: &str, epochs: usize, layout: &[&str]) -> PathBuf {
     let logs = dir.join(name);
-    ok(
-        reid_train(data, &logs, epochs, layout).output().unwrap(),
+    assert_success(
+        &reid_train(data, &logs, epochs, layout).output().unwrap(),
         &format!("reid train {layout:?}"),
     );
     logs
-}
-
-fn free_port() -> u16 {
-    kiln::dist::free_ports(1).unwrap()[0]
-}
-
-fn finish(mut child: Child, what: &str) {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
-            panic!("{what} did not stop within 600 s (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ok(child.wait_with_output().unwrap(), what);
 }
 
 #[test]
@@ -114,10 +90,10 @@ fn data_parallel_ctl_training_matches_one_device_training_virtual_ranks() {
     }
 
     let logs = dir.path().join("p2");
-    let port = free_port().to_string();
+    let port = kiln::dist::free_ports(1).unwrap()[0].to_string();
     let nodes: Vec<Child> = (0..2)
         .map(|rank| {
-            let data_port = free_port().to_string();
+            let data_port = kiln::dist::free_ports(1).unwrap()[0].to_string();
             let rank = rank.to_string();
             reid_train(
                 &data,
@@ -143,7 +119,7 @@ fn data_parallel_ctl_training_matches_one_device_training_virtual_ranks() {
         })
         .collect();
     for (rank, node) in nodes.into_iter().enumerate() {
-        finish(node, &format!("rank {rank}"));
+        wait_success(node, Duration::from_secs(600), &format!("rank {rank}"));
     }
     let processes = params(&logs);
 
