@@ -318,3 +318,29 @@ fn an_lstm_recurrence_on_wgpu_matches_flex_at_every_step() {
         assert!(d < 1e-5, "step {step}: wgpu differs from flex by {d}");
     }
 }
+
+/// A 1×1 convolution, 8 → 32 channels on `[8, 8, 16, 8]`, through `kiln::fused::conv2d`.
+fn pointwise_conv<B: Backend>(device: &B::Device) -> Vec<f32> {
+    let data = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(data(8 * 8 * 16 * 8, 0.37), [8, 8, 16, 8]),
+        device,
+    );
+    let w = Tensor::<B, 4>::from_data(TensorData::new(data(32 * 8, 0.71), [32, 8, 1, 1]), device);
+    let b = Tensor::<B, 1>::from_data(TensorData::new(data(32, 0.13), [32]), device);
+    let options = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    kiln::fused::conv2d(x, w, Some(b), options)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+/// burn-cubecl 0.21's convolution got this 1×1 convolution wrong by the size of its output;
+/// `kiln::fused::conv2d` runs pointwise convolutions as matrix products off flex.
+#[test]
+fn a_pointwise_convolution_on_wgpu_matches_flex() {
+    let want = pointwise_conv::<Flex>(&Default::default());
+    let got = pointwise_conv::<WgpuBackend>(&wgpu());
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-5, "wgpu differs from flex by {d}");
+}

@@ -7,8 +7,8 @@
 //! value (`kiln::testing::max_relative_diff`). Tolerances:
 //!
 //! * evaluation forward in f32 (pre-BN feature, BNNeck feature, logits): 1e-3 (ResNet18's
-//!   logits differ by 2e-7; ResNet50-IBN-a's is an open failure, its test ignored);
-//! * the same under `16-mixed` autocast, wgpu against flex: 1e-2;
+//!   logits differ by 2e-7, ResNet50-IBN-a's on 64×32 images by 3e-6);
+//! * the same under `16-mixed` autocast, wgpu against flex: 1e-2 (ResNet50-IBN-a: 3e-2);
 //! * one CTL training step in f32 (batch statistics, SGD lr 0.1): loss 1e-4, gradients 1e-3,
 //!   updated weights and BatchNorm running statistics 1e-4.
 
@@ -56,8 +56,8 @@ fn images<B: Backend>(scale: usize, device: &B::Device) -> Tensor<B, 4> {
 
 /// The networks, each with the image scale its forward test uses: IBN-a's instance norms
 /// normalise each channel over its own feature map, which on 32×16 images is 2×1 values in
-/// layer 3, where `(x − mean)/σ` of two values turns f16 rounding into 6e-2 of the output (the
-/// same network on 64×32 images: a 4×2 map per channel).
+/// layer 3, where `(x − mean)/σ` of two values turns f16 rounding into 6e-2 of the output; on
+/// 64×32 images it is a 4×2 map per channel.
 fn configs() -> Vec<(&'static str, ResNetConfig, usize)> {
     vec![
         (
@@ -124,7 +124,7 @@ fn check(name: &str, what: &str, m: &Mismatch, tol: f32) {
 }
 
 /// One network's f32 and (where the adapter has f16) `16-mixed` forward against flex.
-fn forward_matches_flex(name: &str, config: &ResNetConfig, scale: usize) {
+fn forward_matches_flex(name: &str, config: &ResNetConfig, scale: usize, f16_tolerance: f32) {
     let f16 = kiln::amp::check_backend::<WgpuBackend>(Precision::F16Mixed, &wgpu()).is_ok();
     let (f, g) = pair::<Flex, WgpuBackend>(config, &Default::default(), &wgpu());
     let want = outputs(&f, images(scale, &Default::default()));
@@ -135,23 +135,30 @@ fn forward_matches_flex(name: &str, config: &ResNetConfig, scale: usize) {
             outputs(&f, images(scale, &Default::default()))
         });
         let got = autocast(Precision::F16Mixed, || outputs(&g, images(scale, &wgpu())));
-        check(name, "16-mixed forward", &floored_diff(&got, &want), 1e-2);
+        check(
+            name,
+            "16-mixed forward",
+            &floored_diff(&got, &want),
+            f16_tolerance,
+        );
     }
 }
 
 #[test]
 fn reid_forward_on_wgpu_matches_flex() {
     let (name, config, scale) = &configs()[0];
-    forward_matches_flex(name, config, *scale);
+    forward_matches_flex(name, config, *scale, 1e-2);
 }
 
+/// On 64×32 images: burn-cubecl's convolution got the 1×1 downsample of the first bottleneck
+/// wrong there (by the size of its output; on 32×16 it was exact), now a matrix product.
 #[test]
-#[ignore = "open: ResNet50-IBN-a's forward on wgpu differs from flex by 0.5 of the logits in f32 \
-            on 64×32 images (4.1e-4 on 32×16, where 16-mixed differs by 5.8e-2); ResNet18 and \
-            burn's InstanceNorm alone match to 1e-6; not located"]
 fn resnet50_ibn_a_forward_on_wgpu_matches_flex() {
     let (name, config, scale) = &configs()[1];
-    forward_matches_flex(name, config, *scale);
+    // Under 16-mixed: 3e-2. The instance norms divide by the spread of 8 values per channel in
+    // layer 3, which multiplies f16's rounding (measured: 2.3e-2 here, 5.8e-2 on 32×16 images,
+    // where it is 2 values; in f32 the same network matches to 3e-6).
+    forward_matches_flex(name, config, *scale, 3e-2);
 }
 
 /// One CTL step with SGD: (loss, gradients, updated weights and running statistics).
