@@ -344,6 +344,18 @@ pub fn cuda_available() -> Result<()> {
     }
 }
 
+/// What a tool's `doctor` prints about where it runs: the requested device, the
+/// [`device_report`] and the CPU threads.
+pub fn doctor_report(device: &DeviceKind) -> Vec<String> {
+    let mut lines = vec![format!("requested device: {device}")];
+    lines.extend(device_report());
+    lines.push(format!(
+        "CPU threads: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    ));
+    lines
+}
+
 /// What `doctor` prints about the devices of this machine: the backends compiled in, the CUDA
 /// driver, and the wgpu adapters (one line each, numbered as `--device wgpu:N` counts them).
 pub fn device_report() -> Vec<String> {

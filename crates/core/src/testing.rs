@@ -235,6 +235,32 @@ pub fn max_relative_diff(got: &Params, want: &Params) -> Result<Mismatch> {
     worst.ok_or_else(|| anyhow::anyhow!("no tensors to compare"))
 }
 
+/// [`max_relative_diff`] with each tensor measured against at least `floor` times the largest
+/// value of all of `want`: a tensor that is zero in exact arithmetic (the gradient of a conv bias
+/// that a BatchNorm follows) holds float noise only, which differs between backends by more than
+/// its own size.
+pub fn max_relative_diff_floored(got: &Params, want: &Params, floor: f32) -> Result<Mismatch> {
+    ensure!(
+        got.len() == want.len(),
+        "{} tensors against {}",
+        got.len(),
+        want.len()
+    );
+    let largest = want
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let mut worst: Option<Mismatch> = None;
+    for (a, b) in got.iter().zip(want) {
+        let mut m = max_relative_diff(std::slice::from_ref(a), std::slice::from_ref(b))?;
+        m.scale = m.scale.max(floor * largest);
+        if worst.as_ref().is_none_or(|w| m.relative() > w.relative()) {
+            worst = Some(m);
+        }
+    }
+    worst.ok_or_else(|| anyhow::anyhow!("no tensors to compare"))
+}
+
 /// Splits each packed attention in-projection bias (a tensor named `…in_proj_bias`, PyTorch's
 /// `[q; k; v]` layout) into its three parts, `…in_proj_bias[q]`, `[k]` and `[v]`, so that a
 /// comparison can treat the key bias apart: its gradient is zero in exact arithmetic (a softmax
@@ -427,5 +453,19 @@ mod tests {
         got[0].1[1] += 0.011;
         let e = compare_attention_runs(&got, &want, &start, |_| 1e-4, 1e-2).unwrap_err();
         assert!(e.to_string().contains("in_proj_bias[k]"), "{e}");
+    }
+
+    #[test]
+    fn a_floored_comparison_measures_small_tensors_against_the_largest_value() {
+        let t = |name: &str, v: Vec<f32>| (name.to_string(), v);
+        let want = vec![t("w", vec![10.0, -2.0]), t("bias", vec![1e-6])];
+        let got = vec![t("w", vec![10.01, -2.0]), t("bias", vec![3e-6])];
+        // Unfloored, the bias (noise of size 1e-6) differs by twice its size.
+        assert_eq!(max_relative_diff(&got, &want).unwrap().name, "bias");
+        // Floored at 1e-3 of the largest value (10), it differs by 2e-6 / 1e-2; w by 1e-3.
+        let m = max_relative_diff_floored(&got, &want, 1e-3).unwrap();
+        assert_eq!(m.name, "w");
+        assert!((m.relative() - 1e-3).abs() < 1e-6, "{m}");
+        assert!(max_relative_diff_floored(&got[..1], &want, 1e-3).is_err());
     }
 }

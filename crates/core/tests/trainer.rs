@@ -1,6 +1,8 @@
 //! Behaviour of the Trainer on a tiny regression task: learning, checkpoints, exact resume,
 //! early stopping with restore-best, and error paths.
 
+mod common;
+
 use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
@@ -38,24 +40,7 @@ impl<B: Backend> Net<B> {
         kiln::amp::linear_layer(&self.linear, self.dropout.forward(x))
     }
     fn weights(&self) -> Vec<f32> {
-        let mut w = self
-            .linear
-            .weight
-            .val()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        w.extend(
-            self.linear
-                .bias
-                .as_ref()
-                .unwrap()
-                .val()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-        w
+        common::linear_weights(&self.linear)
     }
 }
 

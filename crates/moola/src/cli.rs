@@ -536,14 +536,9 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn doctor(cfg: &MoolaConfig, device: DeviceKind) -> Result<()> {
     println!("moola {}", env!("CARGO_PKG_VERSION"));
-    println!("requested device: {device}");
-    for line in kiln::backend::device_report() {
+    for line in kiln::backend::doctor_report(&device) {
         println!("{line}");
     }
-    println!(
-        "CPU threads: {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
     for (name, p) in [
         ("data_dir", &cfg.paths.data_dir),
         ("artifacts_dir", &cfg.paths.artifacts_dir),

@@ -24,7 +24,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use kiln::amp::{Precision, autocast};
 use kiln::backend::{Autodiff, Flex, WgpuBackend, WgpuDevice};
-use kiln::testing::{Mismatch, max_relative_diff};
+use kiln::testing::Mismatch;
 use moola::model::{CnnTransformerConfig, InnerWindow, ModelSpec, RwkvTsConfig, SimpleLstmConfig};
 use moola::pretrain::masked_lstm::model::{BiLstmMaskedAutoencoder, BiLstmMaskedAutoencoderConfig};
 use moola::pretrain::ts_tcc::{TsTcc, TsTccConfig};
@@ -244,25 +244,10 @@ fn pair<C: Case, F: Backend, W: Backend>(
     (on_flex, on_wgpu)
 }
 
-/// [`max_relative_diff`] with each tensor measured against at least 1e-3 of the largest value of
-/// all of `want`: a tensor that is zero in exact arithmetic (the gradient of a conv bias that a
-/// BatchNorm follows) holds float noise only, which differs between backends by more than its own
-/// size.
+/// The tensor furthest from flex's, each measured against at least 1e-3 of the largest value
+/// (`kiln::testing::max_relative_diff_floored`).
 fn worst(got: &Outputs, want: &Outputs) -> Mismatch {
-    let largest = want
-        .iter()
-        .flat_map(|(_, v)| v.iter())
-        .fold(0f32, |m, x| m.max(x.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| {
-            let mut m =
-                max_relative_diff(std::slice::from_ref(a), std::slice::from_ref(b)).unwrap();
-            m.scale = m.scale.max(1e-3 * largest);
-            m
-        })
-        .max_by(|x, y| x.relative().total_cmp(&y.relative()))
-        .expect("tensors to compare")
+    kiln::testing::max_relative_diff_floored(got, want, 1e-3).unwrap()
 }
 
 fn check(case: &impl Case, what: &str, m: &Mismatch, tol: f32) {

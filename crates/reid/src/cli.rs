@@ -237,12 +237,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn doctor(device: kiln::DeviceKind) {
     println!("reid {}", env!("CARGO_PKG_VERSION"));
-    println!("requested device: {device}");
-    for line in kiln::backend::device_report() {
+    for line in kiln::backend::doctor_report(&device) {
         println!("{line}");
     }
-    println!(
-        "CPU threads: {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
 }

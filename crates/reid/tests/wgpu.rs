@@ -94,25 +94,10 @@ fn outputs<B: Backend>(model: &ReidModel<B>, x: Tensor<B, 4>) -> Outputs {
     ]
 }
 
-/// [`max_relative_diff`] with each tensor measured against at least 1e-4 of the largest value of
-/// all of `want`: a tensor that is zero in exact arithmetic (the gradient of a conv bias that a
-/// BatchNorm follows) holds float noise only, which differs between backends by more than its own
-/// size.
+/// The tensor furthest from flex's, each measured against at least 1e-4 of the largest value
+/// (`kiln::testing::max_relative_diff_floored`).
 fn floored_diff(got: &Outputs, want: &Outputs) -> Mismatch {
-    let largest = want
-        .iter()
-        .flat_map(|(_, v)| v.iter())
-        .fold(0f32, |m, x| m.max(x.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| {
-            let mut m =
-                max_relative_diff(std::slice::from_ref(a), std::slice::from_ref(b)).unwrap();
-            m.scale = m.scale.max(1e-4 * largest);
-            m
-        })
-        .max_by(|x, y| x.relative().total_cmp(&y.relative()))
-        .expect("tensors to compare")
+    kiln::testing::max_relative_diff_floored(got, want, 1e-4).unwrap()
 }
 
 fn check(name: &str, what: &str, m: &Mismatch, tol: f32) {

@@ -1,6 +1,9 @@
 //! The one-layer model and batch of the loss-scaling tests (`grad_scaler.rs`), generic over the
 //! backend so that `wgpu.rs` runs the same step on burn-wgpu.
 
+// Each test crate that includes this module uses part of it.
+#![allow(dead_code)]
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
@@ -33,25 +36,17 @@ impl<B: Backend> Net<B> {
     }
 
     pub fn weights(&self) -> Vec<f32> {
-        let mut w = self
-            .linear
-            .weight
-            .val()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        w.extend(
-            self.linear
-                .bias
-                .as_ref()
-                .unwrap()
-                .val()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-        w
+        linear_weights(&self.linear)
     }
+}
+
+/// A linear layer's weight then bias values.
+pub fn linear_weights<B: Backend>(linear: &Linear<B>) -> Vec<f32> {
+    let mut w = linear.weight.val().into_data().to_vec::<f32>().unwrap();
+    if let Some(b) = &linear.bias {
+        w.extend(b.val().into_data().to_vec::<f32>().unwrap());
+    }
+    w
 }
 
 /// The mean squared error on a fixed batch of three, the targets multiplied by `scale_targets`.
