@@ -238,8 +238,11 @@ fn pair<C: Case, F: Backend, W: Backend>(
     flex: &F::Device,
     wgpu: &W::Device,
 ) -> (C::Net<F>, C::Net<W>) {
-    kiln::seed::seed_backend::<F>(flex, 7, "init", 0);
-    let on_flex = case.init::<F>(flex);
+    // Seeded under kiln's generator lock: tests running at the same time draw the same weights.
+    let on_flex = kiln::seed::init_module::<F, _, std::convert::Infallible>(flex, 7, || {
+        Ok(case.init::<F>(flex))
+    })
+    .unwrap();
     let on_wgpu = kiln::testing::transfer(&on_flex, case.init::<W>(wgpu), wgpu).unwrap();
     (on_flex, on_wgpu)
 }

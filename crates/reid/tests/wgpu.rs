@@ -78,8 +78,10 @@ fn pair<F: Backend, G: Backend>(
     flex: &F::Device,
     wgpu: &G::Device,
 ) -> (ReidModel<F>, ReidModel<G>) {
-    kiln::seed::seed_backend::<F>(flex, 5, "init", 0);
-    let f = ReidModel::<F>::new(config, CLASSES, flex).unwrap();
+    // Seeded under kiln's generator lock: tests running at the same time draw the same weights.
+    let f =
+        kiln::seed::init_module::<F, _, _>(flex, 5, || ReidModel::<F>::new(config, CLASSES, flex))
+            .unwrap();
     let g = ReidModel::<G>::new(config, CLASSES, wgpu).unwrap();
     let g = kiln::testing::transfer(&f, g, wgpu).unwrap();
     (f, g)
@@ -141,8 +143,9 @@ fn reid_forward_on_wgpu_matches_flex() {
 fn resnet50_ibn_a_forward_on_wgpu_matches_flex() {
     let (name, config, scale) = &configs()[1];
     // Under 16-mixed: 3e-2. The instance norms divide by the spread of 8 values per channel in
-    // layer 3, which multiplies f16's rounding (measured: 2.3e-2 here, 5.8e-2 on 32×16 images,
-    // where it is 2 values; in f32 the same network matches to 3e-6).
+    // layer 3, which multiplies f16's rounding (measured with these seeded weights: 2.3e-2;
+    // 5.8e-2 on 32×16 images, where it is 2 values; 4.7e-2 with another draw of weights; in f32
+    // the same network matches to 3e-6).
     forward_matches_flex(name, config, *scale, 3e-2);
 }
 
