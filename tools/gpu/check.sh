@@ -167,8 +167,8 @@ run_step() {
 
 # ---- preconditions ----
 missing=0
-if ((HAVE_SMI)) && ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >"$TMP/gpus.txt" 2>&1 ||
-    ! grep -q '^GPU ' "$TMP/gpus.txt"; then
+if ((HAVE_SMI)) && { ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >"$TMP/gpus.txt" 2>&1 ||
+    ! grep -q '^GPU ' "$TMP/gpus.txt"; }; then
     echo "no NVIDIA GPU found: nvidia-smi is missing or lists no GPU; this check needs a CUDA machine"
     missing=1
 fi
