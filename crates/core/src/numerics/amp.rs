@@ -383,34 +383,6 @@ fn layer_padding<B: Backend>(
     }
 }
 
-/// Whether a `kernel` convolution with `options` is pointwise: 1×1, stride 1, unpadded, one
-/// group.
-fn is_pointwise(kernel: [usize; 2], options: &ConvOptions<2>) -> bool {
-    kernel == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0] && options.groups == 1
-}
-
-/// `W [Co, Ci, 1, 1] · x [N, Ci, H, W] (+ b)` as a batched matrix product.
-fn pointwise<B: Backend>(
-    x: Tensor<B, 4>,
-    weight: Tensor<B, 4>,
-    bias: Option<Tensor<B, 1>>,
-) -> Tensor<B, 4> {
-    let [n, c_in, height, width] = x.dims();
-    let [c_out, ..] = weight.dims();
-    let y = matmul(
-        weight.reshape([1, c_out, c_in]),
-        x.reshape([n, c_in, height * width]),
-    );
-    let y = match bias {
-        Some(b) => {
-            let dtype = y.dtype();
-            crate::numerics::ops::add(y, b.cast(dtype).reshape([1, c_out, 1]))
-        }
-        None => y,
-    };
-    y.reshape([n, c_out, height, width])
-}
-
 /// `conv2d(x, weight, bias, options)` with explicit weights (e.g. BatchNorm folded into them)
 /// and symmetric padding, on the same paths as [`conv2d_layer`]: a pointwise convolution as a
 /// matrix product, the rest through Burn's convolution in the autocast dtype, or in full
@@ -422,8 +394,8 @@ pub fn conv2d<B: Backend>(
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
     let [_, _, kh, kw] = weight.dims();
-    if is_pointwise([kh, kw], &options) {
-        return pointwise(x, weight, bias);
+    if crate::numerics::fused::is_pointwise([kh, kw], &options) {
+        return crate::numerics::fused::pointwise_conv2d(x, weight, bias, matmul);
     }
     match current() {
         None => crate::numerics::fused::conv2d(x, weight, bias, options),
@@ -660,7 +632,7 @@ mod tests {
         let [_, channels, ..] = conv.weight.dims();
         let x = Tensor::<B, 4>::zeros([1, channels, 4, 6], &conv.weight.device());
         let (_, options) = layer_input(conv, x);
-        is_pointwise(conv.kernel_size, &options)
+        crate::numerics::fused::is_pointwise(conv.kernel_size, &options)
     }
 
     #[test]

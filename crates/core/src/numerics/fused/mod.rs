@@ -396,27 +396,46 @@ pub fn conv2d<B: Backend>(
     {
         return flex::conv2d(x, weight, bias, &options);
     }
-    let [c_out, c_in, kh, kw] = weight.dims();
-    if [kh, kw] == [1, 1]
-        && options.stride == [1, 1]
-        && options.padding == [0, 0]
-        && options.groups == 1
-    {
+    let [_, _, kh, kw] = weight.dims();
+    if is_pointwise([kh, kw], &options) {
         // burn-cubecl 0.21's convolution (burn-wgpu, burn-cuda) returns wrong values for some
         // 1×1 convolutions: 8 → 32 channels on [8, 8, 16, 8] differs from burn-flex by the size
         // of the output, on [8, 8, 8, 4] it is exact (found by the wgpu tier: ResNet50-IBN-a's
         // downsample in evaluation). As a matrix product it is exact on every backend.
-        let [n, _, height, width] = x.dims();
-        let y = weight
-            .reshape([1, c_out, c_in])
-            .matmul(x.reshape([n, c_in, height * width]));
-        let y = match bias {
-            Some(b) => y + b.reshape([1, c_out, 1]),
-            None => y,
-        };
-        return y.reshape([n, c_out, height, width]);
+        return pointwise_conv2d(x, weight, bias, Tensor::matmul);
     }
     conv2d_reference(x, weight, bias, options)
+}
+
+/// Whether a `kernel` convolution with `options` is pointwise: 1×1, stride 1, unpadded, one
+/// group.
+pub(crate) fn is_pointwise(kernel: [usize; 2], options: &ConvOptions<2>) -> bool {
+    kernel == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0] && options.groups == 1
+}
+
+/// A 1×1, stride-1, unpadded convolution `W [Co, Ci, 1, 1] · x [N, Ci, H, W] (+ b)` as the
+/// batched matrix product `matmul` computes (plain, or [`crate::numerics::amp`]'s under
+/// autocast); the bias is added in the product's dtype.
+pub fn pointwise_conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    matmul: impl FnOnce(Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>,
+) -> Tensor<B, 4> {
+    let [n, c_in, height, width] = x.dims();
+    let [c_out, ..] = weight.dims();
+    let y = matmul(
+        weight.reshape([1, c_out, c_in]),
+        x.reshape([n, c_in, height * width]),
+    );
+    let y = match bias {
+        Some(b) => {
+            let dtype = y.dtype();
+            ops::add(y, b.cast(dtype).reshape([1, c_out, 1]))
+        }
+        None => y,
+    };
+    y.reshape([n, c_out, height, width])
 }
 
 /// [`conv2d`] through Burn's own `conv2d` operation.
