@@ -8,8 +8,10 @@
 # The same check runs on the wgpu build (`DEVICE=wgpu`, binaries built with `--features wgpu`),
 # e.g. as a dry run on Mesa's software Vulkan (lavapipe) with small sizes:
 #
-#     DEVICE=wgpu BENCH_STEPS=1 BENCH_BATCH=16 REID_BENCH_ARGS="--p 2 --k 2 --height 64 \
-#         --width 32 --model resnet18 --embed-batch 8" DDP_EPOCHS=1 tools/gpu/check.sh
+#     cargo build --features wgpu -p kiln -p moola -p reid --bins
+#     DEVICE=wgpu BIN_DIR=target/debug BENCH_STEPS=1 BENCH_BATCH=16 REID_BENCH_ARGS="--p 2 --k 2 \
+#         --height 64 --width 32 --model resnet18 --embed-batch 8" DDP_EPOCHS=1 \
+#         CHECK_BUDGET_S=1800 MOOLA_BENCH_S=700 REID_BENCH_S=700 DDP_S=300 tools/gpu/check.sh
 #
 # Without nvidia-smi (wgpu) the GPU listing and the memory sampling (d) are skipped, not failed.
 #
@@ -28,7 +30,9 @@
 # CHECK_BUDGET_S (default 450), BENCH_STEPS (default 20), DEVICE (cuda or wgpu, default cuda),
 # PRECISIONS (default 32,16-mixed,bf16-mixed on cuda, 32,16-mixed on wgpu: WGSL has no bf16),
 # BENCH_BATCH (moola bench batch, default 512), REID_BENCH_ARGS (extra `reid bench` flags, e.g. a
-# smaller --p/--k/--height/--width, default none), DDP_EPOCHS (default 20).
+# smaller --p/--k/--height/--width, default none), DDP_EPOCHS (default 20), and the sections' own
+# limits MOOLA_BENCH_S (b, default 160), REID_BENCH_S (c, default 200), DDP_S (e, default 100):
+# raise them (and CHECK_BUDGET_S) where kernels are slow to autotune, as on lavapipe.
 
 set -u
 set -o pipefail
@@ -57,6 +61,9 @@ esac
 PRECISIONS=${PRECISIONS:-$DEFAULT_PRECISIONS}
 BATCH=${BENCH_BATCH:-512}
 DDP_EPOCHS=${DDP_EPOCHS:-20}
+MOOLA_BENCH_S=${MOOLA_BENCH_S:-160}
+REID_BENCH_S=${REID_BENCH_S:-200}
+DDP_S=${DDP_S:-100}
 # shellcheck disable=SC2206 # word splitting of the extra flags is intended
 REID_EXTRA=(${REID_BENCH_ARGS:-})
 # nvidia-smi (GPU listing, memory sampling) on CUDA only.
@@ -212,7 +219,7 @@ timeout 60 "$REID" --device "$DEVICE" doctor || rc=$?
 record "a. GPUs and driver" "$(describe_rc "$rc")" $((SECONDS - t0))
 
 # ---- b. moola bench ----
-run_step "b. moola bench (batch $BATCH)" 160 \
+run_step "b. moola bench (batch $BATCH)" "$MOOLA_BENCH_S" \
     "$MOOLA" --device "$DEVICE" bench --models simple_lstm,cnn_transformer,rwkv_ts \
     --batch-size "$BATCH" --steps "$STEPS" --warmup 3 --precisions "$PRECISIONS" --no-torch \
     --json "$OUT_DIR/gpu_check_moola_bench.json"
@@ -221,7 +228,7 @@ run_step "b. moola bench (batch $BATCH)" 160 \
 if ((${#REID_EXTRA[@]})); then reid_label="c. reid bench (${REID_EXTRA[*]})"; else
     reid_label="c. reid bench (ResNet50 P16 K4 256x128)"
 fi
-run_step "$reid_label" 200 \
+run_step "$reid_label" "$REID_BENCH_S" \
     "$REID" --device "$DEVICE" bench --steps "$STEPS" --warmup 2 --precisions "$PRECISIONS" \
     --no-torch --json "$OUT_DIR/gpu_check_reid_bench.json" "${REID_EXTRA[@]}"
 
@@ -231,12 +238,12 @@ train_args=(train --model simple_lstm --quiet --data "$DATA/BasicMotions_TRAIN.t
     --test "$DATA/BasicMotions_TEST.ts")
 if ((NGPU >= 2)); then
     devs=$(seq -s, 0 $((NGPU - 1)))
-    run_step "e. DDP on $NGPU GPUs (--devices $devs)" 100 \
+    run_step "e. DDP on $NGPU GPUs (--devices $devs)" "$DDP_S" \
         "$MOOLA" --device "$DEVICE" --devices "$devs" "${train_args[@]}" --out "$TMP/ddp" \
         simple_lstm.train.n_epochs "$DDP_EPOCHS"
 else
     label="e. DDP, 2 nodes on $DEVICE0"
-    lim=$(limit_for 100)
+    lim=$(limit_for "$DDP_S")
     banner "$label"
     if ((lim == 0)); then
         echo "skipped: the ${BUDGET}s budget is spent"

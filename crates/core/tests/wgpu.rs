@@ -344,3 +344,74 @@ fn a_pointwise_convolution_on_wgpu_matches_flex() {
     let d = max_abs_diff(&got, &want);
     assert!(d < 1e-5, "wgpu differs from flex by {d}");
 }
+
+/// `(y, ∂/∂x, ∂/∂w)` of `sum(conv2d(x, w) ⊙ r)` for input `x` `[n, ci, h, w]`, a `k×k` kernel
+/// to `co` channels with `stride` and `pad`, through `kiln::fused::conv2d`.
+fn conv_grads<B: AutodiffBackend>(
+    [n, ci, h, w]: [usize; 4],
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &B::Device,
+) -> [Vec<f32>; 3] {
+    let data =
+        |len: usize, f: f32| -> Vec<f32> { (0..len).map(|i| (i as f32 * f).sin()).collect() };
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(data(n * ci * h * w, 0.37), [n, ci, h, w]),
+        device,
+    )
+    .require_grad();
+    let wt = Tensor::<B, 4>::from_data(
+        TensorData::new(data(co * ci * k * k, 0.71), [co, ci, k, k]),
+        device,
+    )
+    .require_grad();
+    let options = burn::tensor::ops::ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
+    let y = kiln::fused::conv2d(x.clone(), wt.clone(), None, options);
+    let r = Tensor::<B, 4>::from_data(
+        TensorData::new(data(y.shape().num_elements(), 0.53), y.dims()),
+        device,
+    );
+    let grads = (y.clone() * r).sum().backward();
+    let v = |t: Tensor<B::InnerBackend, 4>| t.into_data().to_vec::<f32>().unwrap();
+    [
+        v(y.inner()),
+        v(x.grad(&grads).unwrap()),
+        v(wt.grad(&grads).unwrap()),
+    ]
+}
+
+#[test]
+fn convolution_gradients_on_wgpu_match_flex() {
+    let cases = [
+        ([8, 8, 4, 2], 16, 3, 2, 1),
+        ([8, 8, 4, 2], 16, 1, 2, 0),
+        ([8, 4, 8, 4], 8, 3, 2, 1),
+        ([8, 4, 8, 4], 8, 1, 2, 0),
+        ([8, 4, 8, 4], 4, 3, 1, 1),
+        ([8, 16, 2, 1], 16, 3, 1, 1),
+        ([8, 3, 32, 16], 4, 7, 2, 3),
+    ];
+    let mut failed = Vec::new();
+    for (shape, co, k, stride, pad) in cases {
+        let want = conv_grads::<F>(shape, co, k, stride, pad, &Default::default());
+        let got = conv_grads::<W>(shape, co, k, stride, pad, &wgpu());
+        for (what, (g, w)) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(g, w);
+            eprintln!(
+                "{shape:?} → {co}, {k}×{k} stride {stride} pad {pad}: {what} differs by {d:.2e} of {scale:.2e}"
+            );
+            if d > 1e-4 * scale.max(1.0) {
+                failed.push(format!(
+                    "{shape:?} → {co}, {k}×{k} stride {stride}: {what} {d:.2e}"
+                ));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

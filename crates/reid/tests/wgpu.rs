@@ -10,7 +10,9 @@
 //!   logits differ by 2e-7, ResNet50-IBN-a's on 64×32 images by 3e-6);
 //! * the same under `16-mixed` autocast, wgpu against flex: 1e-2 (ResNet50-IBN-a: 3e-2);
 //! * one CTL training step in f32 (batch statistics, SGD lr 0.1): loss 1e-4, gradients 1e-3,
-//!   updated weights and BatchNorm running statistics 1e-4.
+//!   updated weights and BatchNorm running statistics 1e-4 (ResNet50-IBN-a, whose step is
+//!   ill-conditioned at these sizes: twice the gradients' own sensitivity to a 1e-6 nudge of
+//!   the input, see the test).
 
 #![cfg(feature = "wgpu")]
 
@@ -150,13 +152,10 @@ fn resnet50_ibn_a_forward_on_wgpu_matches_flex() {
 }
 
 /// One CTL step with SGD: (loss, gradients, updated weights and running statistics).
-fn ctl_step<B: AutodiffBackend>(
-    model: ReidModel<B>,
-    device: &B::Device,
-) -> (f32, Outputs, Outputs) {
+fn ctl_step<B: AutodiffBackend>(model: ReidModel<B>, x: Tensor<B, 4>) -> (f32, Outputs, Outputs) {
     let labels = [0usize, 0, 0, 0, 1, 1, 1, 1];
     let is_real = [true; N];
-    let features = model.forward_features(images(1, device));
+    let features = model.forward_features(x);
     let inputs = LossInputs {
         features,
         labels: &labels,
@@ -175,15 +174,34 @@ fn ctl_step<B: AutodiffBackend>(
     (value, g, kiln::testing::module_params(&model).unwrap())
 }
 
+/// `x` with every value moved by a relative 1e-6 or less.
+fn nudged<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let n = x.shape().num_elements();
+    let v: Vec<f32> = (0..n)
+        .map(|i| 1.0 + 1e-6 * (1.3 * i as f32).sin())
+        .collect();
+    let factor = Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &x.device());
+    x.clone() * factor.reshape(x.dims())
+}
+
+/// The gradients must match flex's to 1e-3, or, where the step itself is ill-conditioned, to
+/// twice what nudging flex's input by 1e-6 (relative) does to flex's own gradients.
+///
+/// ResNet18 is well-conditioned here (a nudge moves its gradients by about 1e-5), and the test
+/// found burn-cubecl's wrong input gradient of strided 1×1 convolutions (ResNet's downsample):
+/// every gradient below layer 3 was off by up to 1.4× its size. ResNet50-IBN-a's step is not:
+/// at these sizes its instance norms see 8 values per channel and a nudge of 1e-6 moves its
+/// gradients by 0.2–0.3 of their size (with the CTL's hardest-pair mining or with the
+/// cross-entropy alone), more than wgpu and flex differ by (0.12); its loss must still agree to
+/// 1e-4. `REID_WGPU_VERBOSE=1` prints each tensor's difference.
 #[test]
-#[ignore = "open: ResNet18's CTL step gradients differ from flex's (layer1.1.bn1.bias by 1.4x its \
-            size) while the loss agrees to 2e-6; not yet located (run with REID_WGPU_VERBOSE=1)"]
 fn reid_ctl_training_step_on_wgpu_matches_flex() {
-    for (name, config, _) in configs() {
-        let (f, g) =
-            pair::<Autodiff<Flex>, Autodiff<WgpuBackend>>(&config, &Default::default(), &wgpu());
-        let (loss_f, grads_f, weights_f) = ctl_step(f, &Default::default());
-        let (loss_g, grads_g, weights_g) = ctl_step(g, &wgpu());
+    let flex = Default::default();
+    for (name, config, scale) in configs() {
+        let (f, g) = pair::<Autodiff<Flex>, Autodiff<WgpuBackend>>(&config, &flex, &wgpu());
+        let (loss_f, grads_f, weights_f) = ctl_step(f.clone(), images(scale, &flex));
+        let (_, grads_nudged, _) = ctl_step(f, nudged(images(scale, &flex)));
+        let (loss_g, grads_g, weights_g) = ctl_step(g, images(scale, &wgpu()));
         if std::env::var_os("REID_WGPU_VERBOSE").is_some() {
             for (a, b) in grads_g.iter().zip(&grads_f) {
                 let m = max_relative_diff(std::slice::from_ref(a), std::slice::from_ref(b));
@@ -197,17 +215,26 @@ fn reid_ctl_training_step_on_wgpu_matches_flex() {
         };
         check(name, "step loss", &loss, 1e-4);
         assert!(!grads_f.is_empty(), "{name}: no gradients");
+        let sensitivity = floored_diff(&grads_nudged, &grads_f);
+        eprintln!("{name} step gradients, flex with its input nudged by 1e-6: {sensitivity}");
+        // An ill-conditioned step's weights differ as its gradients do (some start at zero).
+        let nudge = 2.0 * sensitivity.relative();
+        let (grad_tol, weight_tol) = if nudge > 1e-3 {
+            (nudge, nudge)
+        } else {
+            (1e-3, 1e-4)
+        };
         check(
             name,
             "step gradients",
             &floored_diff(&grads_g, &grads_f),
-            1e-3,
+            grad_tol,
         );
         check(
             name,
             "step weights",
             &floored_diff(&weights_g, &weights_f),
-            1e-4,
+            weight_tol,
         );
     }
 }

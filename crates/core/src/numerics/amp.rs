@@ -340,8 +340,9 @@ fn pad_unevenly<B: Backend, const D: usize, const N: usize>(
 
 /// [`burn::nn::conv::Conv2d::forward`] under the autocast policy.
 ///
-/// A pointwise convolution (1×1 kernel, stride 1, no padding, one group: two thirds of a
-/// ResNet50 bottleneck's work) runs as a batched matrix product `W [Co, Ci] · x [N, Ci, H·W]`.
+/// A pointwise convolution (1×1 kernel, no padding, one group: two thirds of a ResNet50
+/// bottleneck's work, and its strided downsample) runs as a batched matrix product
+/// `W [Co, Ci] · x [N, Ci, H·W]` (of the subsampled `x` when strided).
 /// Its gradients are then plain matrix products too (`dW = Σₙ dYₙ·xₙᵀ`), whereas Burn's generic
 /// convolution backward computes `dW` as a convolution with batch and channels swapped, which
 /// for a 1×1 kernel degenerates into one matrix-vector product per input channel.
@@ -395,7 +396,7 @@ pub fn conv2d<B: Backend>(
 ) -> Tensor<B, 4> {
     let [_, _, kh, kw] = weight.dims();
     if crate::numerics::fused::is_pointwise([kh, kw], &options) {
-        return crate::numerics::fused::pointwise_conv2d(x, weight, bias, matmul);
+        return crate::numerics::fused::pointwise_conv2d(x, weight, bias, options.stride, matmul);
     }
     match current() {
         None => crate::numerics::fused::conv2d(x, weight, bias, options),
@@ -640,19 +641,26 @@ mod tests {
         use crate::backend::Autodiff;
         type AD = Autodiff<Flex>;
         let device = Default::default();
-        for (bias, padding) in [
-            (true, PaddingConfig2d::Valid),
-            (false, PaddingConfig2d::Explicit(0, 0, 0, 0)),
-            (true, PaddingConfig2d::Same),
+        for (bias, padding, stride, out) in [
+            (true, PaddingConfig2d::Valid, [1, 1], [5, 6]),
+            (false, PaddingConfig2d::Explicit(0, 0, 0, 0), [1, 1], [5, 6]),
+            (true, PaddingConfig2d::Same, [1, 1], [5, 6]),
+            // A strided one subsamples rows 0, 2, 4 and columns 0, 3 of the 5×6 input.
+            (true, PaddingConfig2d::Valid, [2, 3], [3, 2]),
         ] {
             let conv = Conv2dConfig::new([5, 7], [1, 1])
                 .with_bias(bias)
                 .with_padding(padding)
+                .with_stride(stride)
                 .init::<AD>(&device);
             assert!(layer_is_pointwise(&conv));
-            let x = Tensor::<AD, 4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device)
+            let x = Tensor::<AD, 4>::random([3, 5, 5, 6], Distribution::Normal(0.0, 1.0), &device)
                 .require_grad();
-            let g = Tensor::<AD, 4>::random([3, 7, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+            let g = Tensor::<AD, 4>::random(
+                [3, 7, out[0], out[1]],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
             let fast = conv2d_layer(&conv, x.clone());
             let reference = conv.forward(x.clone());
             let gf = (fast.clone() * g.clone()).sum().backward();
@@ -668,10 +676,13 @@ mod tests {
                 assert!(max_rel_diff(b.grad(&gf).unwrap(), b.grad(&gr).unwrap()) < 1e-6);
             }
         }
-        // Strided, padded or 3×3 convolutions keep Burn's path.
-        for (kernel, stride) in [([1, 1], [2, 2]), ([3, 3], [1, 1])] {
+        // Padded or 3×3 convolutions keep Burn's path.
+        for (kernel, padding) in [
+            ([1, 1], PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            ([3, 3], PaddingConfig2d::Valid),
+        ] {
             let conv = Conv2dConfig::new([5, 7], kernel)
-                .with_stride(stride)
+                .with_padding(padding)
                 .init::<Flex>(&device);
             assert!(!layer_is_pointwise(&conv));
         }

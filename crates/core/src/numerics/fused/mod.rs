@@ -398,30 +398,41 @@ pub fn conv2d<B: Backend>(
     }
     let [_, _, kh, kw] = weight.dims();
     if is_pointwise([kh, kw], &options) {
-        // burn-cubecl 0.21's convolution (burn-wgpu, burn-cuda) returns wrong values for some
-        // 1×1 convolutions: 8 → 32 channels on [8, 8, 16, 8] differs from burn-flex by the size
-        // of the output, on [8, 8, 8, 4] it is exact (found by the wgpu tier: ResNet50-IBN-a's
-        // downsample in evaluation). As a matrix product it is exact on every backend.
-        return pointwise_conv2d(x, weight, bias, Tensor::matmul);
+        // burn-cubecl 0.21's convolution (burn-wgpu, burn-cuda) gets some 1×1 convolutions
+        // wrong: 8 → 32 channels on [8, 8, 16, 8] differs from burn-flex by the size of the
+        // output (on [8, 8, 8, 4] it is exact; found by the wgpu tier in ResNet50-IBN-a's
+        // downsample in evaluation), and the input gradient of every strided 1×1 convolution
+        // tried (ResNet's stride-2 downsample: 4 → 8 channels on [8, 4, 8, 4], 8 → 16 on
+        // [8, 8, 4, 2]) by the size of the gradient. As a (subsampling and a) matrix product it
+        // is exact on every backend.
+        return pointwise_conv2d(x, weight, bias, options.stride, Tensor::matmul);
     }
     conv2d_reference(x, weight, bias, options)
 }
 
-/// Whether a `kernel` convolution with `options` is pointwise: 1×1, stride 1, unpadded, one
-/// group.
+/// Whether a `kernel` convolution with `options` is pointwise: 1×1, unpadded, one group (any
+/// stride: a strided one is a pointwise convolution of the subsampled input).
 pub(crate) fn is_pointwise(kernel: [usize; 2], options: &ConvOptions<2>) -> bool {
-    kernel == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0] && options.groups == 1
+    kernel == [1, 1] && options.padding == [0, 0] && options.groups == 1
 }
 
-/// A 1×1, stride-1, unpadded convolution `W [Co, Ci, 1, 1] · x [N, Ci, H, W] (+ b)` as the
-/// batched matrix product `matmul` computes (plain, or [`crate::numerics::amp`]'s under
-/// autocast); the bias is added in the product's dtype.
+/// A 1×1, unpadded convolution `W [Co, Ci, 1, 1] · x [N, Ci, H, W] (+ b)` with `stride`, as
+/// the batched matrix product `matmul` computes (plain, or [`crate::numerics::amp`]'s under
+/// autocast) on every `stride`-th row and column of `x`; the bias is added in the product's
+/// dtype.
 pub fn pointwise_conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
+    stride: [usize; 2],
     matmul: impl FnOnce(Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>,
 ) -> Tensor<B, 4> {
+    let x = if stride == [1, 1] {
+        x
+    } else {
+        let [sh, sw] = stride.map(|s| s as isize);
+        x.slice(burn::tensor::s![.., .., ..;sh, ..;sw])
+    };
     let [n, c_in, height, width] = x.dims();
     let [c_out, ..] = weight.dims();
     let y = matmul(
