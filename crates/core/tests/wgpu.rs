@@ -9,7 +9,10 @@
 //!   weights flex's f32 step reaches: within 1e-5 of the update in `32`, 2e-3 in `16-mixed`;
 //! * an injected inf gradient skips the `16-mixed` step and halves the scale;
 //! * two in-process workers on the wgpu device all-reduce;
-//! * weights saved on wgpu load on flex unchanged, and back.
+//! * weights saved on wgpu load on flex unchanged, and back;
+//! * an LSTM recurrence, a pointwise convolution and the convolutions of the tier's networks
+//!   (output, input and weight gradients) match flex: each found a burn-cubecl bug that kiln
+//!   now works around (docs/gpu.md).
 
 #![cfg(feature = "wgpu")]
 
@@ -382,6 +385,10 @@ fn conv_grads<B: AutodiffBackend>(
     ]
 }
 
+/// burn-cubecl 0.21 got the input gradient of every strided 1×1 convolution (ResNet's
+/// downsample) wrong by the gradient's size; `kiln::fused::conv2d` runs them as a subsampling
+/// and a matrix product off flex. The other cases are the 3×3 and 7×7 convolutions of
+/// ResNet18 at the reid tier's sizes, which Burn's convolution computes right.
 #[test]
 fn convolution_gradients_on_wgpu_match_flex() {
     let cases = [
