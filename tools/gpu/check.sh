@@ -11,7 +11,7 @@
 #     cargo build --features wgpu -p kiln -p moola -p reid --bins
 #     DEVICE=wgpu BIN_DIR=target/debug BENCH_STEPS=1 BENCH_BATCH=16 REID_BENCH_ARGS="--p 2 --k 2 \
 #         --height 64 --width 32 --model resnet18 --embed-batch 8" DDP_EPOCHS=1 \
-#         CHECK_BUDGET_S=1800 MOOLA_BENCH_S=700 REID_BENCH_S=700 DDP_S=300 tools/gpu/check.sh
+#         CHECK_BUDGET_S=2400 MOOLA_BENCH_S=1500 REID_BENCH_S=600 DDP_S=240 tools/gpu/check.sh
 #
 # Without nvidia-smi (wgpu) the GPU listing and the memory sampling (d) are skipped, not failed.
 #
