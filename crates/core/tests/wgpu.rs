@@ -42,6 +42,11 @@ fn f16_adapter() -> bool {
         .is_some_and(|a| a.shader_f16)
 }
 
+/// `sin(i·step)` for `i` in `0..len`: deterministic test values in [-1, 1].
+fn sines(len: usize, step: f32) -> Vec<f32> {
+    (0..len).map(|i| (i as f32 * step).sin()).collect()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -291,10 +296,10 @@ fn weights_saved_on_wgpu_load_on_flex_and_back() {
 /// `[4, 6, 4]` input, as moola's LSTM runs them.
 fn lstm_recurrence<B: Backend>(device: &B::Device) -> Vec<Vec<f32>> {
     let data = |shape: [usize; 2], k: f32| {
-        let v: Vec<f32> = (0..shape[0] * shape[1])
-            .map(|i| (i as f32 * k).sin())
-            .collect();
-        Tensor::<B, 2>::from_data(TensorData::new(v, shape), device)
+        Tensor::<B, 2>::from_data(
+            TensorData::new(sines(shape[0] * shape[1], k), shape),
+            device,
+        )
     };
     let x = data([4, 24], 0.37).reshape([4, 6, 4]);
     let w_ih = data([32, 4], 0.71).transpose();
@@ -324,13 +329,12 @@ fn an_lstm_recurrence_on_wgpu_matches_flex_at_every_step() {
 
 /// A 1×1 convolution, 8 → 32 channels on `[8, 8, 16, 8]`, through `kiln::fused::conv2d`.
 fn pointwise_conv<B: Backend>(device: &B::Device) -> Vec<f32> {
-    let data = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
     let x = Tensor::<B, 4>::from_data(
-        TensorData::new(data(8 * 8 * 16 * 8, 0.37), [8, 8, 16, 8]),
+        TensorData::new(sines(8 * 8 * 16 * 8, 0.37), [8, 8, 16, 8]),
         device,
     );
-    let w = Tensor::<B, 4>::from_data(TensorData::new(data(32 * 8, 0.71), [32, 8, 1, 1]), device);
-    let b = Tensor::<B, 1>::from_data(TensorData::new(data(32, 0.13), [32]), device);
+    let w = Tensor::<B, 4>::from_data(TensorData::new(sines(32 * 8, 0.71), [32, 8, 1, 1]), device);
+    let b = Tensor::<B, 1>::from_data(TensorData::new(sines(32, 0.13), [32]), device);
     let options = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
     kiln::fused::conv2d(x, w, Some(b), options)
         .into_data()
@@ -358,22 +362,20 @@ fn conv_grads<B: AutodiffBackend>(
     pad: usize,
     device: &B::Device,
 ) -> [Vec<f32>; 3] {
-    let data =
-        |len: usize, f: f32| -> Vec<f32> { (0..len).map(|i| (i as f32 * f).sin()).collect() };
     let x = Tensor::<B, 4>::from_data(
-        TensorData::new(data(n * ci * h * w, 0.37), [n, ci, h, w]),
+        TensorData::new(sines(n * ci * h * w, 0.37), [n, ci, h, w]),
         device,
     )
     .require_grad();
     let wt = Tensor::<B, 4>::from_data(
-        TensorData::new(data(co * ci * k * k, 0.71), [co, ci, k, k]),
+        TensorData::new(sines(co * ci * k * k, 0.71), [co, ci, k, k]),
         device,
     )
     .require_grad();
     let options = burn::tensor::ops::ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
     let y = kiln::fused::conv2d(x.clone(), wt.clone(), None, options);
     let r = Tensor::<B, 4>::from_data(
-        TensorData::new(data(y.shape().num_elements(), 0.53), y.dims()),
+        TensorData::new(sines(y.shape().num_elements(), 0.53), y.dims()),
         device,
     );
     let grads = (y.clone() * r).sum().backward();

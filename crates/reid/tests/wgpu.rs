@@ -180,8 +180,8 @@ fn nudged<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let v: Vec<f32> = (0..n)
         .map(|i| 1.0 + 1e-6 * (1.3 * i as f32).sin())
         .collect();
-    let factor = Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &x.device());
-    x.clone() * factor.reshape(x.dims())
+    let factor = Tensor::<B, 4>::from_data(TensorData::new(v, x.dims()), &x.device());
+    x * factor
 }
 
 /// The gradients must match flex's to 1e-3, or, where the step itself is ill-conditioned, to
