@@ -198,6 +198,111 @@ fn index_recall_round_trip_and_views() {
 }
 
 #[test]
+fn rescored_index_search_gives_exact_distances_and_repairs_int8_ranking() {
+    let dim = 32;
+    let (gallery, queries) = clustered(3000, 60, dim);
+    let truth = ExactSearch::new(&gallery, dim, UNIT)
+        .unwrap()
+        .search(&queries, 10)
+        .unwrap();
+    let mut index =
+        AnnIndex::build(&gallery, dim, UNIT, small_params(Quantization::I8), false).unwrap();
+    index.set_expansion_search(16);
+    assert_eq!(index.rescore_candidates(10), 20);
+    assert_eq!(index.rescore_candidates(2), 10);
+    index.set_rescore_candidates(50);
+    assert_eq!(index.rescore_candidates(10), 50);
+    index.set_rescore_candidates(5);
+    assert_eq!(index.rescore_candidates(10), 20);
+    index.set_rescore_candidates(0);
+    let raw = index.search_many(&queries, 10).unwrap();
+    let rescored: Vec<Vec<Match>> = queries
+        .chunks(dim)
+        .map(|q| index.search_rescored(q, 10, &gallery, UNIT).unwrap())
+        .collect();
+    for (qi, got) in rescored.iter().enumerate() {
+        let q = &queries[qi * dim..(qi + 1) * dim];
+        assert_eq!(got.len(), 10);
+        // Exact f32 distances, nearest first, every row among the index's 20 candidates.
+        let candidates = index.search(q, 20).unwrap();
+        for w in got.windows(2) {
+            assert!(w[0].distance <= w[1].distance);
+        }
+        for m in got {
+            let g = &gallery[m.index * dim..(m.index + 1) * dim];
+            assert_eq!(m.distance, UNIT.distance(q, g));
+            assert!(candidates.iter().any(|c| c.index == m.index));
+        }
+    }
+    let (r_raw, r_rescored) = (
+        recall_at_k(&raw, &truth, 10),
+        recall_at_k(&rescored, &truth, 10),
+    );
+    assert!(
+        r_rescored >= r_raw && r_rescored >= 0.97,
+        "recall@10 raw {r_raw}, re-scored {r_rescored}"
+    );
+    // Fewer rows than the index holds cannot be re-scored.
+    let err = index
+        .search_rescored(&queries[..dim], 10, &gallery[..100 * dim], UNIT)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("100 rows given, the index holds 3000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_search_keeps_its_indexes_under_dir_and_reuses_them() {
+    use reid::search::bench::{BenchSearchArgs, run};
+    let dir = tempfile::tempdir().unwrap();
+    let args = |reuse: bool, connectivity: usize| BenchSearchArgs {
+        rows: vec![600],
+        dim: 16,
+        quantization: vec![Quantization::I8],
+        connectivity,
+        expansion_add: 32,
+        ef: vec![16],
+        k: 5,
+        queries: 12,
+        exact_single: 2,
+        rescore: vec![0, 40],
+        dir: Some(dir.path().to_path_buf()),
+        reuse,
+        seed: 3,
+        json: None,
+    };
+    let first = run(&args(false, 8)).unwrap();
+    // exact, then the index's own answer and the two re-scored ones.
+    assert_eq!(first.len(), 4);
+    assert!(
+        first[2].method.ends_with("re-score of 13"),
+        "{}",
+        first[2].method
+    );
+    assert!(
+        first[3].method.ends_with("re-score of 40"),
+        "{}",
+        first[3].method
+    );
+    let kept = dir.path().join("bench-600-i8");
+    assert!(kept.join(INDEX_FILE).is_file() && kept.join("bench.json").is_file());
+    let again = run(&args(true, 8)).unwrap();
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(
+            (a.build_s, a.recall, a.disk_bytes),
+            (b.build_s, b.recall, b.disk_bytes)
+        );
+    }
+    // Other build parameters: the kept index is not used, a new one replaces it.
+    run(&args(true, 4)).unwrap();
+    let stamp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(stamp["connectivity"], 4);
+}
+
+#[test]
 fn index_additions_extend_it_and_find_the_new_rows() {
     let dim = 16;
     let (gallery, _) = clustered(1200, 1, dim);

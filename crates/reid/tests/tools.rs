@@ -610,6 +610,7 @@ fn similar_args(
         exact: false,
         check_recall: None,
         ef: None,
+        rescore: None,
         view: false,
         rerank_candidates: 100,
         common: common(queries, out, extra),
@@ -1356,6 +1357,8 @@ fn get_similar_searches_the_index_built_by_create_embeddings_or_reid_index() {
         let mut a = similar_args(&query_dir(), &gallery, &out, 4, true, &[]);
         a.view = view;
         a.ef = Some(32);
+        // More re-scored candidates than the gallery has rows: capped, same answer.
+        a.rescore = view.then_some(500);
         a.check_recall = Some(3);
         tools::get_similar(a, DeviceKind::Cpu, false).unwrap();
         assert_eq!(read_results(&out).0, read_results(&exact).0);

@@ -6,7 +6,9 @@
 //! (and each query, drawn the same way but never in the gallery) around a random identity,
 //! all L2-normalised. Per gallery size and storage it reports the build time, the index size
 //! on disk and in memory, recall@k against exact search, single-query latency p50 / p99 and
-//! batched queries per second, for the index (at each `--ef`) and for exact search.
+//! batched queries per second, for the index (at each `--ef`) and for exact search. Each
+//! index row comes twice: the index's own answer, and what `get-similar` returns
+//! ([`AnnIndex::search_rescored`]: a few more candidates re-scored with the f32 rows).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -130,6 +132,10 @@ pub struct BenchSearchArgs {
     /// Search beam widths ef to report (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "64,128")]
     pub ef: Vec<usize>,
+    /// Candidates re-scored with the f32 rows in the `+ f32 re-score` rows (comma-separated;
+    /// `get-similar --rescore`; default and least: max(2k, k + 8)).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub rescore: Vec<usize>,
     /// Neighbours per query (recall@k).
     #[arg(long, default_value_t = 10)]
     pub k: usize,
@@ -140,9 +146,16 @@ pub struct BenchSearchArgs {
     /// traffic each).
     #[arg(long, default_value_t = 20)]
     pub exact_single: usize,
-    /// Where to save each index to measure its size on disk (default: a temporary directory).
+    /// Where to save each index to measure its size on disk (default: a temporary directory,
+    /// removed afterwards). Indexes saved under a directory given here are kept, as
+    /// `bench-<rows>-<storage>/`, for `--reuse`.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Search an index that an earlier run with the same `--dir`, gallery (`--rows`, `--dim`,
+    /// `--seed`) and build parameters kept, instead of building it again (a 10^6-row build
+    /// takes minutes); its build time is then reported from that run.
+    #[arg(long, requires = "dir")]
+    pub reuse: bool,
     /// Seed of the synthetic gallery.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -265,48 +278,152 @@ pub fn run(args: &BenchSearchArgs) -> Result<Vec<BenchRow>> {
                 expansion_search: args.ef.first().copied().unwrap_or(64),
                 quantization: quant,
             };
-            let t = Instant::now();
-            let mut index = AnnIndex::build(&gallery, d, metric, params, true)?;
-            let build_s = t.elapsed().as_secs_f64();
             let dir = tmp.join(format!("bench-{rows}-{quant}"));
-            let path = index.save(&dir)?;
+            let mut stamp = BenchStamp {
+                rows,
+                dim: d,
+                seed: args.seed,
+                connectivity: params.connectivity,
+                expansion_add: params.expansion_add,
+                quantization: quant,
+                build_s: 0.0,
+            };
+            let reused = if args.reuse {
+                BenchStamp::reusable(&dir, &stamp)?
+            } else {
+                None
+            };
+            let mut index = match reused {
+                Some(build_s) => {
+                    stamp.build_s = build_s;
+                    tracing::info!("reusing the index in {}", dir.display());
+                    AnnIndex::open(&dir, false)?
+                }
+                None => {
+                    let t = Instant::now();
+                    let index = AnnIndex::build(&gallery, d, metric, params, true)?;
+                    stamp.build_s = t.elapsed().as_secs_f64();
+                    tracing::info!("built the {quant} index in {:.1} s", stamp.build_s);
+                    index.save(&dir)?;
+                    kiln::io::write_json(dir.join(BenchStamp::FILE), &stamp)?;
+                    index
+                }
+            };
+            let path = dir.join(super::index::INDEX_FILE);
             let disk = std::fs::metadata(&path)
                 .with_context(|| format!("cannot stat {}", path.display()))?
                 .len();
-            std::fs::remove_dir_all(&dir).ok();
+            if args.dir.is_none() {
+                std::fs::remove_dir_all(&dir).ok();
+            }
+            let name = format!(
+                "hnsw {quant} M={} efc={}",
+                args.connectivity, args.expansion_add
+            );
             for &ef in &args.ef {
                 index.set_expansion_search(ef);
-                let mut found: Vec<Vec<Match>> = Vec::with_capacity(args.queries);
-                let lat = latencies(args.queries, |i| {
-                    found.push(index.search(&queries[i * d..(i + 1) * d], args.k)?);
-                    Ok(())
-                })?;
-                let t = Instant::now();
-                index.search_many(&queries, args.k)?;
-                let batch_s = t.elapsed().as_secs_f64();
-                let row = BenchRow {
-                    rows,
-                    method: format!(
-                        "hnsw {quant} M={} efc={} ef={ef}",
-                        args.connectivity, args.expansion_add
-                    ),
-                    build_s,
-                    disk_bytes: disk,
-                    memory_bytes: index.memory_bytes() as u64,
-                    recall: recall_at_k(&found, &truth, args.k),
-                    p50_ms: percentile(&lat, 0.5),
-                    p99_ms: percentile(&lat, 0.99),
-                    batch_qps: args.queries as f64 / batch_s,
-                };
-                print(&row);
-                table.push(row);
+                // The index's own answer, then what `get-similar` returns: a few more
+                // candidates re-scored with the f32 rows.
+                let variants = std::iter::once(None).chain(args.rescore.iter().map(Some));
+                for rescore in variants {
+                    if let Some(&n) = rescore {
+                        index.set_rescore_candidates(n);
+                    }
+                    let index = &index;
+                    let search = |q: &[f32]| match rescore {
+                        Some(_) => index.search_rescored(q, args.k, &gallery, metric),
+                        None => index.search(q, args.k),
+                    };
+                    let mut found: Vec<Vec<Match>> = Vec::with_capacity(args.queries);
+                    let lat = latencies(args.queries, |i| {
+                        found.push(search(&queries[i * d..(i + 1) * d])?);
+                        Ok(())
+                    })?;
+                    let t = Instant::now();
+                    queries
+                        .par_chunks(d)
+                        .map(search)
+                        .collect::<Result<Vec<_>>>()?;
+                    let batch_s = t.elapsed().as_secs_f64();
+                    let row = BenchRow {
+                        rows,
+                        method: if rescore.is_some() {
+                            format!(
+                                "{name} ef={ef} + f32 re-score of {}",
+                                index.rescore_candidates(args.k)
+                            )
+                        } else {
+                            format!("{name} ef={ef}")
+                        },
+                        build_s: stamp.build_s,
+                        disk_bytes: disk,
+                        memory_bytes: index.memory_bytes() as u64,
+                        recall: recall_at_k(&found, &truth, args.k),
+                        p50_ms: percentile(&lat, 0.5),
+                        p99_ms: percentile(&lat, 0.99),
+                        batch_qps: args.queries as f64 / batch_s,
+                    };
+                    print(&row);
+                    table.push(row);
+                }
             }
         }
+    }
+    if args.dir.is_none() {
+        std::fs::remove_dir_all(&tmp).ok();
     }
     if let Some(path) = &args.json {
         kiln::io::write_json(path, &table)?;
     }
     Ok(table)
+}
+
+/// `bench.json` beside a kept index: the gallery and build parameters it was made with, and
+/// its build time (for `--reuse`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct BenchStamp {
+    rows: usize,
+    dim: usize,
+    seed: u64,
+    connectivity: usize,
+    expansion_add: usize,
+    quantization: Quantization,
+    build_s: f64,
+}
+
+impl BenchStamp {
+    const FILE: &str = "bench.json";
+
+    /// Everything but the build time.
+    fn settings(&self) -> (usize, usize, u64, usize, usize, Quantization) {
+        let s = self;
+        (
+            s.rows,
+            s.dim,
+            s.seed,
+            s.connectivity,
+            s.expansion_add,
+            s.quantization,
+        )
+    }
+
+    /// The build time of the index kept in `dir` when it was made exactly as `wanted` asks,
+    /// `None` when there is none (or another), so that it is built again.
+    fn reusable(dir: &std::path::Path, wanted: &BenchStamp) -> Result<Option<f64>> {
+        let path = dir.join(Self::FILE);
+        if !path.is_file() || !dir.join(super::index::INDEX_FILE).is_file() {
+            return Ok(None);
+        }
+        let kept: BenchStamp = kiln::io::read_json(&path)?;
+        let same = kept.settings() == wanted.settings();
+        if !same {
+            tracing::warn!(
+                "{} was made with other settings ({kept:?}): building the index again",
+                path.display()
+            );
+        }
+        Ok(same.then_some(kept.build_s))
+    }
 }
 
 fn tempfile_dir(dir: Option<&std::path::Path>) -> Result<PathBuf> {

@@ -9,7 +9,7 @@
 //! [`SavedGallery::search`] is the one search entry point: exact ([`ExactSearch`]) or through
 //! the index ([`SearchMode`]). The index is asked for `max(2k, k + 8)` candidates, which are
 //! re-scored with exact f32 distances from `embeddings.npy` (only their rows are read) and cut
-//! to the `k` best, so the reported distances are the exact search's whatever the index's
+//! to the `k` best ([`AnnIndex::search_rescored`]), so the reported distances are the exact search's whatever the index's
 //! storage, and rows appended after the index was built are searched exactly and merged in.
 
 use std::path::{Path, PathBuf};
@@ -321,20 +321,7 @@ impl SavedGallery {
         let dim = self.dim;
         let mut found: Vec<Vec<Match>> = queries
             .par_chunks(dim)
-            .map(|q| -> Result<Vec<Match>> {
-                let mut top = TopK::new(k);
-                // A few more candidates than asked: their exact distances may reorder them
-                // (f16 / int8 storage), and the k best of the re-scored set are kept.
-                let wanted = k.saturating_mul(2).max(k + 8).min(covered);
-                for m in index.search(q, wanted)? {
-                    let g = &data[m.index * dim..(m.index + 1) * dim];
-                    top.push(Match {
-                        index: m.index,
-                        distance: metric.distance(q, g),
-                    });
-                }
-                Ok(top.into_sorted())
-            })
+            .map(|q| index.search_rescored(q, k, data, metric))
             .collect::<Result<_>>()?;
         if covered < self.num_rows {
             // Rows appended after the index was built: exact search over them, merged in.

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use super::{Match, SearchMetric};
+use super::{Match, SearchMetric, TopK};
 use crate::loss::DistanceFunc;
 
 /// File name of the index in a gallery directory.
@@ -139,6 +139,8 @@ pub struct IndexSidecar {
 pub struct AnnIndex {
     index: Index,
     sidecar: IndexSidecar,
+    /// Least candidates re-scored by [`AnnIndex::search_rescored`] (0: the default count).
+    rescore: usize,
 }
 
 fn usearch_error(what: &str, path: Option<&Path>, e: impl std::fmt::Display) -> anyhow::Error {
@@ -200,6 +202,7 @@ impl AnnIndex {
                 dim,
                 rows: 0,
             },
+            rescore: 0,
         })
     }
 
@@ -313,6 +316,56 @@ impl AnnIndex {
         Ok(out)
     }
 
+    /// Candidates asked of the index by [`search_rescored`](Self::search_rescored) for `k`
+    /// results: `max(2k, k + 8)`, or more when
+    /// [`set_rescore_candidates`](Self::set_rescore_candidates) asks for more; at most the
+    /// indexed rows.
+    pub fn rescore_candidates(&self, k: usize) -> usize {
+        k.saturating_mul(2)
+            .max(k + 8)
+            .max(self.rescore)
+            .min(self.len())
+    }
+
+    /// Re-scores at least `n` candidates per query in
+    /// [`search_rescored`](Self::search_rescored) (`get-similar --rescore`): with int8 or f16
+    /// storage, true neighbours that the reduced precision ranks lower are then still found.
+    /// The search beam is at least the candidate count.
+    pub fn set_rescore_candidates(&mut self, n: usize) {
+        self.rescore = n;
+    }
+
+    /// The `k` nearest rows of `query` with exact distances: the index's
+    /// [`rescore_candidates`](Self::rescore_candidates) nearest rows re-scored against `rows`
+    /// (the row-major f32 vectors the index was built from, at least [`len`](Self::len) rows)
+    /// by `metric`, and cut to the `k` best. With f16 or int8 storage the index's own ranking
+    /// of near ties is approximate; re-scoring a few more candidates than asked repairs it.
+    /// This is what `get-similar` searches with.
+    pub fn search_rescored(
+        &self,
+        query: &[f32],
+        k: usize,
+        rows: &[f32],
+        metric: SearchMetric,
+    ) -> Result<Vec<Match>> {
+        let dim = self.sidecar.dim;
+        ensure!(
+            rows.len() >= self.len() * dim,
+            "index re-scoring: {} rows given, the index holds {}",
+            rows.len() / dim,
+            self.len()
+        );
+        let mut top = TopK::new(k.min(self.len()));
+        for m in self.search(query, self.rescore_candidates(k))? {
+            let g = &rows[m.index * dim..(m.index + 1) * dim];
+            top.push(Match {
+                index: m.index,
+                distance: metric.distance(query, g),
+            });
+        }
+        Ok(top.into_sorted())
+    }
+
     /// [`search`](Self::search) for every row of the row-major `queries`, in parallel.
     pub fn search_many(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Match>>> {
         queries
@@ -398,6 +451,10 @@ impl AnnIndex {
             sidecar.rows
         );
         index.change_expansion_search(sidecar.params.expansion_search);
-        Ok(AnnIndex { index, sidecar })
+        Ok(AnnIndex {
+            index,
+            sidecar,
+            rescore: 0,
+        })
     }
 }

@@ -173,6 +173,10 @@ pub struct GetSimilarArgs {
     /// Index search beam width ef (default: the one saved with the index).
     #[arg(long)]
     pub ef: Option<usize>,
+    /// Index candidates per query re-scored with the exact f32 distances (default and least:
+    /// max(2·topk, topk + 8)); more finds neighbours that int8 or f16 storage ranks too low.
+    #[arg(long, value_name = "N")]
+    pub rescore: Option<usize>,
     /// Memory-map the index instead of reading it into memory.
     #[arg(long)]
     pub view: bool,

@@ -204,7 +204,6 @@ fn check_recall(
     metric: SearchMetric,
 ) -> Result<()> {
     ensure!(n > 0, "--check-recall needs at least one query");
-    let dim = queries.dim();
     let mut rows: Vec<usize> = (0..queries.rows()).collect();
     rows.shuffle(&mut StdRng::seed_from_u64(0));
     rows.truncate(n);
@@ -226,7 +225,6 @@ fn check_recall(
         queries.rows(),
         recall_at_k(&approx, &exact, k)
     );
-    let _ = dim;
     Ok(())
 }
 
@@ -249,6 +247,9 @@ pub(super) fn run(
         .with_context(|| format!("--gallery-data {}", args.gallery_data.display()))?;
     if let (Some(ef), Some(index)) = (args.ef, gallery.index_mut()) {
         index.set_expansion_search(ef);
+    }
+    if let (Some(n), Some(index)) = (args.rescore, gallery.index_mut()) {
+        index.set_rescore_candidates(n);
     }
     let queries = match &args.query_embeddings {
         Some(path) => embedding_queries(path, args.query_names.as_deref())?,
