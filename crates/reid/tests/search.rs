@@ -160,14 +160,20 @@ fn small_params(quantization: Quantization) -> IndexParams {
     }
 }
 
-#[test]
-fn index_recall_round_trip_and_views() {
-    let dim = 32;
-    let (gallery, queries) = clustered(3000, 50, dim);
+/// A 3000-row clustered gallery, `queries` queries and their exact top 10 (unit rows).
+fn clustered_with_truth(queries: usize, dim: usize) -> (Vec<f32>, Vec<f32>, Vec<Vec<Match>>) {
+    let (gallery, queries) = clustered(3000, queries, dim);
     let truth = ExactSearch::new(&gallery, dim, UNIT)
         .unwrap()
         .search(&queries, 10)
         .unwrap();
+    (gallery, queries, truth)
+}
+
+#[test]
+fn index_recall_round_trip_and_views() {
+    let dim = 32;
+    let (gallery, queries, truth) = clustered_with_truth(50, dim);
     for quant in [Quantization::F32, Quantization::F16, Quantization::I8] {
         let index = AnnIndex::build(&gallery, dim, UNIT, small_params(quant), false).unwrap();
         assert_eq!(index.len(), 3000);
@@ -200,11 +206,7 @@ fn index_recall_round_trip_and_views() {
 #[test]
 fn rescored_index_search_gives_exact_distances_and_repairs_int8_ranking() {
     let dim = 32;
-    let (gallery, queries) = clustered(3000, 60, dim);
-    let truth = ExactSearch::new(&gallery, dim, UNIT)
-        .unwrap()
-        .search(&queries, 10)
-        .unwrap();
+    let (gallery, queries, truth) = clustered_with_truth(60, dim);
     let mut index =
         AnnIndex::build(&gallery, dim, UNIT, small_params(Quantization::I8), false).unwrap();
     index.set_expansion_search(16);
