@@ -279,17 +279,20 @@ pub fn run(args: &BenchSearchArgs) -> Result<Vec<BenchRow>> {
                 quantization: quant,
             };
             let dir = tmp.join(format!("bench-{rows}-{quant}"));
-            let mut stamp = BenchStamp {
+            let settings = BenchSettings {
                 rows,
                 dim: d,
                 seed: args.seed,
                 connectivity: params.connectivity,
                 expansion_add: params.expansion_add,
                 quantization: quant,
+            };
+            let mut stamp = BenchStamp {
+                settings,
                 build_s: 0.0,
             };
             let reused = if args.reuse {
-                BenchStamp::reusable(&dir, &stamp)?
+                BenchStamp::reusable(&dir, &settings)?
             } else {
                 None
             };
@@ -378,48 +381,42 @@ pub fn run(args: &BenchSearchArgs) -> Result<Vec<BenchRow>> {
     Ok(table)
 }
 
-/// `bench.json` beside a kept index: the gallery and build parameters it was made with, and
-/// its build time (for `--reuse`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct BenchStamp {
+/// What a kept index was made from: the gallery and the build parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+struct BenchSettings {
     rows: usize,
     dim: usize,
     seed: u64,
     connectivity: usize,
     expansion_add: usize,
     quantization: Quantization,
+}
+
+/// `bench.json` beside a kept index: its settings and its build time (for `--reuse`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct BenchStamp {
+    #[serde(flatten)]
+    settings: BenchSettings,
     build_s: f64,
 }
 
 impl BenchStamp {
     const FILE: &str = "bench.json";
 
-    /// Everything but the build time.
-    fn settings(&self) -> (usize, usize, u64, usize, usize, Quantization) {
-        let s = self;
-        (
-            s.rows,
-            s.dim,
-            s.seed,
-            s.connectivity,
-            s.expansion_add,
-            s.quantization,
-        )
-    }
-
-    /// The build time of the index kept in `dir` when it was made exactly as `wanted` asks,
-    /// `None` when there is none (or another), so that it is built again.
-    fn reusable(dir: &std::path::Path, wanted: &BenchStamp) -> Result<Option<f64>> {
+    /// The build time of the index kept in `dir` when it was made with `wanted`, `None` when
+    /// there is none (or another), so that it is built again.
+    fn reusable(dir: &std::path::Path, wanted: &BenchSettings) -> Result<Option<f64>> {
         let path = dir.join(Self::FILE);
         if !path.is_file() || !dir.join(super::index::INDEX_FILE).is_file() {
             return Ok(None);
         }
         let kept: BenchStamp = kiln::io::read_json(&path)?;
-        let same = kept.settings() == wanted.settings();
+        let same = kept.settings == *wanted;
         if !same {
             tracing::warn!(
-                "{} was made with other settings ({kept:?}): building the index again",
-                path.display()
+                "{} was made with other settings ({:?}): building the index again",
+                path.display(),
+                kept.settings
             );
         }
         Ok(same.then_some(kept.build_s))

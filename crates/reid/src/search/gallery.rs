@@ -7,10 +7,12 @@
 //! | `index.usearch`, `index.json` | the HNSW index over the first `rows` rows (optional) |
 //!
 //! [`SavedGallery::search`] is the one search entry point: exact ([`ExactSearch`]) or through
-//! the index ([`SearchMode`]). The index is asked for `max(2k, k + 8)` candidates, which are
-//! re-scored with exact f32 distances from `embeddings.npy` (only their rows are read) and cut
-//! to the `k` best ([`AnnIndex::search_rescored`]), so the reported distances are the exact search's whatever the index's
-//! storage, and rows appended after the index was built are searched exactly and merged in.
+//! the index ([`SearchMode`]). The index is asked for `max(2k, k + 8)` candidates (or more,
+//! `get-similar --rescore`), which are re-scored with exact f32 distances from
+//! `embeddings.npy` (only their rows are read) and cut to the `k` best
+//! ([`AnnIndex::search_rescored`]), so the reported distances are the exact search's whatever
+//! the index's storage, and rows appended after the index was built are searched exactly and
+//! merged in.
 
 use std::path::{Path, PathBuf};
 
